@@ -1,0 +1,52 @@
+# The two fresh-machine commands are `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+UPSTREAM_PORT ?= 8081
+PYTEST_ARGS ?=
+
+.PHONY: venv test lint typecheck pytest run bench bench-smoke routes system-deps clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --only-binary=aiohttp,yarl,multidict,frozenlist,propcache,uvloop -e '.[dev]'
+	rm -f $(VENV)/.installed-*; touch $@
+
+venv: $(STAMP)
+
+# System packages the test suite uses when present (redis-server, curl, npm); installed with
+# apt-get when we are root and they are missing. Without root, the tests that need them skip.
+system-deps:
+	@./scripts/system-deps.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check gateway tests bench
+	$(VENV)/bin/ruff format --check gateway tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+pytest: $(STAMP)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: system-deps lint typecheck pytest
+
+routes: $(STAMP)
+	$(PY) -m gateway routes
+
+run: $(STAMP)
+	./scripts/run-demo.sh
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) bench/run.py
+
+bench-smoke: $(STAMP)
+	$(PY) bench/run.py --smoke
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

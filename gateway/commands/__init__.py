@@ -1,0 +1,11 @@
+"""Sub-commands. Each module has `register(subparsers)` that sets `func(args) -> exit code`."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from gateway.commands import check, demo, policies, routes, serve, store
+
+__all__ = ["COMMANDS"]
+
+COMMANDS: tuple[ModuleType, ...] = (serve, routes, check, policies, store, demo)

@@ -1,0 +1,93 @@
+"""The vocabulary of verdicts: stable reason codes and the `Decision` value.
+
+A denial is a value, not an exception. Reason codes are grep-able and appear unchanged in
+logs, metric labels, the `X-Gateway-Reason` header and the README's troubleshooting table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+__all__ = ["STATUS", "Audit", "Decision", "Reason"]
+
+
+class Reason(StrEnum):
+    # allowed
+    NO_TOKEN = "no_token"
+    OWN_PROJECT = "own_project"
+    ALLOWLIST_DISABLED = "allowlist_disabled"
+    DEFAULT_PERMISSIONS = "default_permissions"
+    POLICIES_GRANTED = "policies_granted"
+    UNCONTROLLED_ENDPOINT = "uncontrolled_endpoint"
+    GIT_HTTP = "git_http"
+    # refused before any lookup
+    BAD_TARGET = "bad_target"
+    CREDENTIAL_CONFLICT = "credential_conflict"
+    BODY_NOT_INSPECTABLE = "body_not_inspectable"
+    BODY_TOO_LARGE = "body_too_large"
+    UPGRADE_REFUSED = "upgrade_refused"
+    TOKEN_REQUIRED = "token_required"
+    # denied after resolution
+    TOKEN_INVALID = "token_invalid"
+    TOKEN_EXPIRED = "token_expired"
+    ROUTE_NOT_AVAILABLE = "route_not_available"
+    NOT_ALLOWLISTED = "not_allowlisted"
+    INSUFFICIENT_PERMISSIONS = "insufficient_permissions"
+    NO_PERMISSIONS_GRANTED = "no_permissions_granted"
+    REGISTRY_OTHER_PROJECT = "registry_other_project"
+    TARGET_UNRESOLVED = "target_unresolved"
+    # infrastructure
+    STORE_UNAVAILABLE = "store_unavailable"
+    UPSTREAM_UNREACHABLE = "upstream_unreachable"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+
+
+# The status a gateway-made response carries for each non-allowing reason.
+STATUS: dict[Reason, int] = {
+    Reason.BAD_TARGET: 400,
+    Reason.CREDENTIAL_CONFLICT: 400,
+    Reason.BODY_NOT_INSPECTABLE: 413,
+    Reason.BODY_TOO_LARGE: 413,
+    Reason.UPGRADE_REFUSED: 400,
+    Reason.TOKEN_REQUIRED: 401,
+    Reason.TOKEN_INVALID: 401,
+    Reason.TOKEN_EXPIRED: 401,
+    Reason.ROUTE_NOT_AVAILABLE: 403,
+    Reason.NOT_ALLOWLISTED: 403,
+    Reason.INSUFFICIENT_PERMISSIONS: 403,
+    Reason.NO_PERMISSIONS_GRANTED: 403,
+    Reason.REGISTRY_OTHER_PROJECT: 403,
+    Reason.TARGET_UNRESOLVED: 403,
+    Reason.STORE_UNAVAILABLE: 503,
+    Reason.UPSTREAM_UNREACHABLE: 502,
+    Reason.UPSTREAM_TIMEOUT: 504,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    """What the log line and `check` report about a decision (never a raw token)."""
+
+    fingerprint: str | None = None
+    job_id: int | None = None
+    source_project: str | None = None
+    target: str | None = None
+    route: str | None = None
+    required: tuple[str, ...] = ()
+    granted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The verdict on one request. `message` is the GitLab-shaped `{"message": ...}` text."""
+
+    allowed: bool
+    reason: Reason
+    message: str = ""
+    audit: Audit = field(default_factory=Audit)
+
+    @property
+    def status(self) -> int | None:
+        """The status of the gateway's own answer, or None when the request is forwarded."""
+        return None if self.allowed else STATUS.get(self.reason, 403)
