@@ -1,0 +1,52 @@
+"""Prometheus metrics (prometheus-client). Names are part of the operator interface: keep them stable.
+
+With several workers, prometheus-client's multiprocess mode aggregates every worker's values
+(the serve command sets it up before the workers start).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "BYTES",
+    "CACHE_HITS",
+    "CACHE_MISSES",
+    "DECISION_SECONDS",
+    "IN_FLIGHT",
+    "REQUESTS",
+    "STORE_LOOKUPS",
+    "UPSTREAM_ERRORS",
+    "UPSTREAM_SECONDS",
+]
+
+_FAST = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1)
+_SLOW = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+REQUESTS = Counter(
+    "gateway_requests_total",
+    "Requests by decision reason and response status",
+    ["reason", "status"],
+)
+DECISION_SECONDS = Histogram(
+    "gateway_decision_seconds",
+    "Time to reach a decision (extract, match, resolve, decide)",
+    buckets=_FAST,
+)
+UPSTREAM_SECONDS = Histogram(
+    "gateway_upstream_seconds",
+    "Time from forwarding to the upstream's response headers",
+    buckets=_SLOW,
+)
+UPSTREAM_ERRORS = Counter("gateway_upstream_errors_total", "Upstream failures by kind", ["kind"])
+BYTES = Counter("gateway_bytes_total", "Body bytes proxied", ["direction"])  # direction: in|out
+IN_FLIGHT = Gauge(
+    "gateway_in_flight_requests", "Requests being handled", multiprocess_mode="livesum"
+)
+STORE_LOOKUPS = Counter(
+    "gateway_store_lookups_total",
+    "Token store lookups by store kind and result",
+    ["store", "result"],
+)
+CACHE_HITS = Counter("gateway_cache_hits_total", "Token resolutions answered from the cache")
+CACHE_MISSES = Counter("gateway_cache_misses_total", "Token resolutions that went to the store")
