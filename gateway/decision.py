@@ -41,6 +41,8 @@ class Reason(StrEnum):
     STORE_UNAVAILABLE = "store_unavailable"
     UPSTREAM_UNREACHABLE = "upstream_unreachable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_BAD_RESPONSE = "upstream_bad_response"  # closed early, garbage, oversized headers
+    INTERNAL_ERROR = "internal_error"  # a gateway fault before forwarding: fail closed
 
 
 # The status a gateway-made response carries for each non-allowing reason.
@@ -62,6 +64,8 @@ STATUS: dict[Reason, int] = {
     Reason.STORE_UNAVAILABLE: 503,
     Reason.UPSTREAM_UNREACHABLE: 502,
     Reason.UPSTREAM_TIMEOUT: 504,
+    Reason.UPSTREAM_BAD_RESPONSE: 502,
+    Reason.INTERNAL_ERROR: 500,
 }
 
 
