@@ -24,6 +24,7 @@ class Reason(StrEnum):
     # refused before any lookup
     BAD_TARGET = "bad_target"
     CREDENTIAL_CONFLICT = "credential_conflict"
+    BAD_BODY = "bad_body"  # a form/JSON body inspected for tokens does not parse
     BODY_NOT_INSPECTABLE = "body_not_inspectable"
     BODY_TOO_LARGE = "body_too_large"
     UPGRADE_REFUSED = "upgrade_refused"
@@ -49,6 +50,7 @@ class Reason(StrEnum):
 STATUS: dict[Reason, int] = {
     Reason.BAD_TARGET: 400,
     Reason.CREDENTIAL_CONFLICT: 400,
+    Reason.BAD_BODY: 400,
     Reason.BODY_NOT_INSPECTABLE: 413,
     Reason.BODY_TOO_LARGE: 413,
     Reason.UPGRADE_REFUSED: 400,

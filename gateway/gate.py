@@ -8,37 +8,279 @@ CONTRACT used by the proxy (`gateway.handler`), the `check` command and future d
     await gate.reload() -> None               # SIGHUP: re-read route table/store; ConfigError keeps old
     await gate.close() -> None
 
-TEMPORARY STUB: the tokens issue replaces this body. It allows everything (NO_TOKEN) and must not land.
+Order of work (cheap first): target refusals, token extraction, route match and git recognition
+use no I/O; a request without a job token is decided there, and so is a job token on a route
+job tokens cannot use. Only then is the job resolved (cache, then store, then optionally the
+upstream), then the accessed project and its allowlist, and `policy.decide` rules.
 """
 
 from __future__ import annotations
 
-from gateway.decision import Decision, Reason
+import logging
+from dataclasses import replace
+
+from gateway import gitpath, policy, routes, tokens
+from gateway.decision import Audit, Decision, Reason
+from gateway.errors import StoreUnavailable
+from gateway.grants import Allowlist, Job, Project
 from gateway.request import RequestView
+from gateway.routes import Refusal, RouteTable, Target, TargetKind
 from gateway.settings import Settings
+from gateway.stores import Store, open_store
+from gateway.stores.cache import MISS, CachedStore
+from gateway.stores.file import FileStore
+from gateway.stores.upstream import UpstreamValidator
 
 __all__ = ["Gate"]
 
+log = logging.getLogger(__name__)
+
+UNAUTHORIZED = "401 Unauthorized"
+NOT_AVAILABLE = (
+    "403 Forbidden - This endpoint is not available to CI/CD job tokens through this gateway."
+)
+UNRESOLVED = (
+    "403 Forbidden - The gateway cannot tell which project's resources this endpoint returns, "
+    "so CI/CD job tokens cannot use it."
+)
+STORE_DOWN = "503 Service Unavailable - The token store cannot answer; try again later."
+_METHODS_WITHOUT_BODY = frozenset({"TRACE", "CONNECT"})
+
 
 class Gate:
-    def __init__(self, settings: Settings) -> None:
+    """One per process (or per app): owns the route table, the cached store and the validator."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        table: RouteTable,
+        store: CachedStore,
+        validator: UpstreamValidator | None = None,
+    ) -> None:
         self.settings = settings
+        self.table = table
+        self.store = store
+        self.validator = validator
+        self._root = settings.relative_url_root
 
     @classmethod
-    async def open(cls, settings: Settings) -> Gate:
-        return cls(settings)
+    async def open(cls, settings: Settings, *, store: Store | None = None) -> Gate:
+        """Load the route table and open the store (given, or from `settings.store`).
+
+        Raises ConfigError for a bad route table, store URL or grants file. A store that is
+        down does not stop start-up: the gate answers 503 and `ready()` says why until it is back.
+        """
+        table = RouteTable.load(
+            settings.routes,
+            api_prefix=settings.api_prefix,
+            relative_url_root=settings.relative_url_root,
+        )
+        backend = store or open_store(settings.store, timeout=settings.store_timeout)
+        if isinstance(backend, FileStore):
+            await backend.check()
+        cached = CachedStore(
+            backend,
+            size=settings.cache_size,
+            ttl=settings.cache_ttl,
+            timeout=settings.store_timeout,
+        )
+        cached.start()
+        try:
+            await cached.poll()
+        except StoreUnavailable as exc:
+            log.warning("token store unavailable at start-up: %s", exc)
+        return cls(settings, table, cached, _validator(settings))
+
+    # ---- the contract
 
     def needs_body(self, view: RequestView) -> bool:
-        return False
+        """True for a form or JSON body Rails would read params from (any method can carry one)."""
+        if (
+            view.method in _METHODS_WITHOUT_BODY
+            or tokens.body_kind(view.headers, view.method) is None
+        ):
+            return False
+        length = view.headers.get("Content-Length")
+        return "Transfer-Encoding" in view.headers or (length is not None and length.strip() != "0")
 
     async def evaluate(self, view: RequestView) -> Decision:
-        return Decision(allowed=True, reason=Reason.NO_TOKEN)
+        """The verdict for one request; never raises for a request (store faults -> 503)."""
+        refusal = routes.check_target(view.target)
+        if refusal is not None:
+            return _bad_target(refusal)
+        try:
+            found = tokens.extract(view)
+        except tokens.BodyError as exc:
+            return policy.deny(Reason.BAD_BODY, f"400 Bad request - {exc}", Audit())
+        if found is None:
+            if self.settings.require_job_token:
+                return policy.deny(Reason.TOKEN_REQUIRED, UNAUTHORIZED, Audit())
+            return Decision(allowed=True, reason=Reason.NO_TOKEN)
+        if isinstance(found, tokens.Conflict):
+            message = f"400 Bad request - Conflicting credentials: {found.detail}."
+            return policy.deny(Reason.CREDENTIAL_CONFLICT, message, Audit())
+        if isinstance(found, tokens.Malformed):
+            return policy.deny(Reason.TOKEN_INVALID, UNAUTHORIZED, Audit())
+        return await self._authorize(view, found)
 
     async def ready(self) -> tuple[bool, str]:
-        return True, "stub"
+        try:
+            await self.store.ping()
+        except StoreUnavailable as exc:
+            return False, f"token store unavailable: {exc}"
+        return True, f"{len(self.table)} routes, {self.store.store.kind} store reachable"
 
     async def reload(self) -> None:
-        return None
+        """Re-read the route table and a file store; drop caches. On ConfigError the old route
+        table stays in force and the error is raised for the caller to log."""
+        backend = self.store.store
+        if isinstance(backend, FileStore):
+            await backend.reload()
+        self.store.invalidate()
+        if self.validator is not None:
+            self.validator.invalidate()
+        settings = self.settings
+        self.table = RouteTable.load(
+            settings.routes,
+            api_prefix=settings.api_prefix,
+            relative_url_root=settings.relative_url_root,
+        )
 
     async def close(self) -> None:
+        await self.store.close()
+        if self.validator is not None:
+            await self.validator.close()
+
+    # ---- the stages
+
+    async def _authorize(self, view: RequestView, credential: tokens.Credential) -> Decision:
+        audit = Audit(fingerprint=credential.fingerprint)
+        planned = self._plan(view, audit)
+        if isinstance(planned, Decision):
+            return planned  # refused before any store lookup
+        access, target = planned
+        audit = replace(audit, route=access.name, required=access.permissions)
+        try:
+            return await self._resolve(credential, access, target, audit)
+        except StoreUnavailable as exc:
+            log.warning("token store unavailable: %s", exc)
+            return policy.deny(Reason.STORE_UNAVAILABLE, STORE_DOWN, audit)
+
+    def _plan(self, view: RequestView, audit: Audit) -> Decision | tuple[policy.Access, Target]:
+        found = self.table.match(view.method, view.target)
+        if isinstance(found, Refusal):
+            return _bad_target(found, audit)
+        if found is not None:
+            route = found.route
+            access = policy.Access(
+                route.name, route.permissions, route.controllable, route.own_project_only
+            )
+            return access, found.target
+        if self.table.in_api(view.target):
+            return policy.deny(Reason.ROUTE_NOT_AVAILABLE, NOT_AVAILABLE, audit)
+        git = self._git(view)
+        if git is None or not self.settings.git_http:
+            return policy.deny(Reason.ROUTE_NOT_AVAILABLE, NOT_AVAILABLE, audit)
+        # Cross-project push needs admin_repositories (ProjectPolicy
+        # #cross_project_push_allowed_for_job_token?); reads need the allowlist only.
+        required = ("admin_repositories",) if git.push else ()
+        access = policy.Access(f"git {git.operation}", required, controllable=git.push, git=True)
+        return access, Target(TargetKind.PROJECT, git.project)
+
+    def _git(self, view: RequestView) -> gitpath.GitAccess | None:
+        path, _, query = view.target.partition("?")
+        if self._root:
+            if not path.startswith(self._root + "/"):
+                return None
+            path = path[len(self._root) :]
+        return gitpath.parse(view.method, path, query)
+
+    async def _resolve(
+        self, credential: tokens.Credential, access: policy.Access, target: Target, audit: Audit
+    ) -> Decision:
+        job = await self._job(credential)
+        if job is None or job.revoked:
+            return policy.deny(Reason.TOKEN_INVALID, UNAUTHORIZED, audit)
+        audit = replace(audit, job_id=job.job_id, source_project=job.project.path)
+        if job.expired(self.store.wall()):
+            return policy.deny(Reason.TOKEN_EXPIRED, UNAUTHORIZED, audit)
+        kind = target.kind
+        if kind is TargetKind.OWN:
+            return Decision(
+                True, Reason.OWN_PROJECT, audit=replace(audit, target=_label(job.project))
+            )
+        if kind is TargetKind.NONE and not access.permissions:
+            return Decision(True, Reason.UNCONTROLLED_ENDPOINT, audit=audit)
+        accessed = await self._accessed(target)
+        if accessed is None:
+            return policy.deny(
+                Reason.TARGET_UNRESOLVED, UNRESOLVED, replace(audit, target=target.ref)
+            )
+        audit = replace(
+            audit, target=_label(accessed.project) if accessed.project else accessed.ref
+        )
+        allowlist = None
+        if accessed.project is not None and not accessed.is_project(job.project):
+            allowlist = await self._allowlist(accessed.project.id)
+        return policy.decide(job, accessed, allowlist, access, audit)
+
+    async def _job(self, credential: tokens.Credential) -> Job | None:
+        store = self.store
+        job = store.peek_job(credential.digest)
+        if job is MISS:
+            job = await store.fetch_job(credential.digest)
+        if job is not None or self.validator is None:
+            return job  # type: ignore[return-value]
+        validated = await self.validator.job(credential.digest, credential.secret)
+        if validated is None:
+            return None
+        # A job revoked in the store stays revoked whatever the upstream says.
+        known = await self._lookup("job_id", validated.job_id)
+        return known if isinstance(known, Job) and known.revoked else validated
+
+    async def _accessed(self, target: Target) -> policy.Accessed | None:
+        ref = target.ref
+        if ref is None:
+            return None
+        if target.kind is TargetKind.PROJECT:
+            project = await self._lookup("project", ref.lower())
+            return policy.Accessed(ref, project if isinstance(project, Project) else None)
+        if target.kind is TargetKind.JOB and ref.isdigit():
+            owner = await self._lookup("job_id", int(ref))
+            if isinstance(owner, Job) and owner.project.id:
+                return policy.Accessed(str(owner.project.id), owner.project)
+        return None  # GROUP, UNRESOLVED, an unknown job: never more permissive than GitLab
+
+    async def _allowlist(self, project_id: int) -> Allowlist | None:
+        found = await self._lookup("allowlist", project_id)
+        return found if isinstance(found, Allowlist) else None
+
+    async def _lookup(self, kind: str, arg: object) -> object:
+        key = (kind, arg)
+        value = self.store.peek(key)
+        return await self.store.fetch(key) if value is MISS else value
+
+
+def _label(project: Project) -> str:
+    return f"#{project.id} {project.path}"
+
+
+def _bad_target(refusal: Refusal, audit: Audit | None = None) -> Decision:
+    return policy.deny(Reason.BAD_TARGET, f"400 Bad request - {refusal.detail}", audit or Audit())
+
+
+def _validator(settings: Settings) -> UpstreamValidator | None:
+    if not settings.upstream_validation:
         return None
+    if settings.upstream is None:
+        from gateway.errors import ConfigError
+
+        raise ConfigError("--upstream-validation needs --upstream (the API server to ask)")
+    return UpstreamValidator(
+        settings.upstream,
+        api_prefix=settings.api_prefix,
+        relative_url_root=settings.relative_url_root,
+        timeout=settings.store_timeout,
+        ttl=settings.cache_ttl,
+        size=settings.cache_size,
+    )

@@ -1,0 +1,334 @@
+"""What a token store knows: projects, running jobs and inbound allowlists, plus the YAML
+interchange file every store loads from (`store load`, the `file://` backend).
+
+The values are small frozen dataclasses read on the hot path. The file model is pydantic with
+`extra="forbid"`; `load_grants` validates everything and names the file, the entry
+(`jobs[2].project`) and the reason of the first problems found, or returns a complete `Grants`.
+
+GitLab's model (app/models/ci/job_token/allowlist.rb, project_scope_link.rb, group_scope_link.rb):
+an allowlist belongs to the *accessed* project; each entry admits a source project or a group
+(which covers its subgroups) with `default_permissions` (legacy, unrestricted) or a list of
+`job_token_policies`, where `admin_X` implies `read_X`
+(app/models/concerns/ci/job_token/expanded_job_token_policies.rb).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gateway.errors import PolicyFileError
+from gateway.permissions import KNOWN_POLICIES
+
+__all__ = [
+    "Allowlist",
+    "AllowlistEntry",
+    "EntryKind",
+    "Grants",
+    "Job",
+    "Project",
+    "ancestors",
+    "build_grants",
+    "expand",
+    "load_grants",
+    "parse_grants",
+]
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_PATH = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.\-]*(/[A-Za-z0-9_.][A-Za-z0-9_.\-]*)*")
+GROUP_LINK_LIMIT = 200  # app/models/ci/job_token/group_scope_link.rb; the doc caps entries at 200
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    id: int
+    path: str  # full path as written; compared case-insensitively (find_by_full_path)
+
+    @property
+    def key(self) -> str:
+        return self.path.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    digest: str
+    job_id: int
+    project: Project
+    expires_at: float | None = None  # epoch seconds; None = until revoked
+    revoked: bool = False
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+
+class EntryKind(StrEnum):
+    PROJECT = "project"
+    GROUP = "group"
+
+
+@dataclass(frozen=True, slots=True)
+class AllowlistEntry:
+    kind: EntryKind
+    source: str  # lower-case full path of the admitted project or group
+    source_id: int | None = None  # the project id, for project entries
+    default_permissions: bool = True  # GitLab's column default is true (legacy behaviour)
+    policies: tuple[str, ...] = ()
+    granted: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "granted", expand(self.policies))
+
+
+@dataclass(frozen=True, slots=True)
+class Allowlist:
+    """The inbound allowlist of one accessed project."""
+
+    project_id: int
+    enabled: bool = True
+    entries: tuple[AllowlistEntry, ...] = ()
+    _by_key: Mapping[str, AllowlistEntry] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index: dict[str, AllowlistEntry] = {}
+        for entry in self.entries:
+            index[f"{entry.kind}:{entry.source}"] = entry
+            if entry.source_id is not None:
+                index[f"id:{entry.source_id}"] = entry
+        object.__setattr__(self, "_by_key", index)
+
+    def nearest(self, source: Project) -> AllowlistEntry | None:
+        """The entry that admits `source`: its project entry, else the entry of its nearest
+        ancestor group. Entries are never merged (Ci::JobToken::Allowlist
+        #nearest_scope_for_target_project: the project link first, then group links ordered by
+        the source's `parent_groups`)."""
+        index = self._by_key
+        entry = index.get(f"id:{source.id}") or index.get(f"project:{source.key}")
+        if entry is not None:
+            return entry
+        for group in ancestors(source.key):
+            if (entry := index.get(f"group:{group}")) is not None:
+                return entry
+        return None
+
+
+def ancestors(path: str) -> list[str]:
+    """The groups above a project path, nearest first: a/b/c -> [a/b, a]."""
+    parts = path.split("/")[:-1]
+    return ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
+def expand(policies: Sequence[str]) -> frozenset[str]:
+    """`admin_X` also grants `read_X`; `read_X` never grants `admin_X`."""
+    granted = set(policies)
+    granted.update("read_" + p[len("admin_") :] for p in policies if p.startswith("admin_"))
+    return frozenset(granted)
+
+
+@dataclass(frozen=True, slots=True)
+class Grants:
+    """A complete store content, as loaded from one interchange file."""
+
+    projects: tuple[Project, ...] = ()
+    jobs: tuple[Job, ...] = ()
+    allowlists: tuple[Allowlist, ...] = ()
+
+
+# --- the interchange file ---------------------------------------------------------------
+
+_Strict = ConfigDict(extra="forbid", frozen=True)
+
+
+class _ProjectModel(BaseModel):
+    model_config = _Strict
+    id: int = Field(gt=0)
+    path: str = Field(pattern=_PATH.pattern)
+
+
+class _JobModel(BaseModel):
+    model_config = _Strict
+    token: str | None = Field(None, min_length=1, repr=False)
+    token_sha256: str | None = Field(None, pattern=_SHA256.pattern)
+    job_id: int = Field(gt=0)
+    project: int | str
+    expires_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _one_token(self) -> _JobModel:
+        if (self.token is None) == (self.token_sha256 is None):
+            raise ValueError("give exactly one of `token` and `token_sha256`")
+        if self.expires_at is not None and self.expires_at.tzinfo is None:
+            raise ValueError("expires_at needs a timezone (e.g. 2030-01-01T00:00:00Z)")
+        return self
+
+
+class _EntryModel(BaseModel):
+    model_config = _Strict
+    source: int | str
+    kind: Literal["project", "group"] | None = None
+    default_permissions: bool = True
+    policies: list[str] = Field(default_factory=list)
+
+
+class _AllowlistModel(BaseModel):
+    model_config = _Strict
+    project: int | str
+    enabled: bool = True
+    entries: list[_EntryModel] = Field(default_factory=list, max_length=GROUP_LINK_LIMIT)
+
+
+class _GrantsModel(BaseModel):
+    model_config = _Strict
+    projects: list[_ProjectModel] = Field(default_factory=list)
+    jobs: list[_JobModel] = Field(default_factory=list)
+    allowlists: list[_AllowlistModel] = Field(default_factory=list)
+
+
+def load_grants(path: Path) -> Grants:
+    """Read and validate a grants file; raises `PolicyFileError` naming the file and entries."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyFileError(f"{path}: cannot read: {exc}") from None
+    return parse_grants(text, str(path))
+
+
+def parse_grants(text: str, origin: str) -> Grants:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyFileError(f"{origin}: not valid YAML: {exc}") from None
+    if document is None:
+        document = {}
+    try:
+        model = _GrantsModel.model_validate(document)
+    except ValidationError as exc:
+        raise PolicyFileError(f"{origin}: " + _describe(exc)) from None
+    problems: list[str] = []
+    grants = build_grants(model, problems)
+    if problems:
+        raise PolicyFileError(f"{origin}: " + "; ".join(problems))
+    return grants
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors()[:10]:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+        lines.append(f"{where.lstrip('.') or 'file'}: {error['msg']}")
+    return "; ".join(lines)
+
+
+class _Index:
+    def __init__(self, projects: list[_ProjectModel], problems: list[str]) -> None:
+        self.by_id: dict[int, Project] = {}
+        self.by_path: dict[str, Project] = {}
+        for i, item in enumerate(projects):
+            project = Project(item.id, item.path)
+            if item.id in self.by_id:
+                problems.append(f"projects[{i}].id: duplicate project id {item.id}")
+            if project.key in self.by_path:
+                problems.append(f"projects[{i}].path: duplicate project path {item.path!r}")
+            self.by_id[item.id] = project
+            self.by_path[project.key] = project
+
+    def find(self, ref: int | str) -> Project | None:
+        if isinstance(ref, int) or ref.isdigit():
+            return self.by_id.get(int(ref))
+        return self.by_path.get(ref.lower())
+
+
+def build_grants(model: Any, problems: list[str]) -> Grants:
+    """Turn a validated `_GrantsModel` into values, appending cross-reference problems."""
+    index = _Index(model.projects, problems)
+    jobs = tuple(_jobs(model.jobs, index, problems))
+    allowlists = tuple(_allowlists(model.allowlists, index, problems))
+    return Grants(tuple(index.by_id.values()), jobs, allowlists)
+
+
+def _jobs(items: list[_JobModel], index: _Index, problems: list[str]) -> list[Job]:
+    jobs: list[Job] = []
+    seen_ids: set[int] = set()
+    seen_digests: set[str] = set()
+    for i, item in enumerate(items):
+        project = index.find(item.project)
+        if project is None:
+            problems.append(f"jobs[{i}].project: unknown project {item.project!r}")
+            continue
+        if item.token is not None:
+            token_digest = hashlib.sha256(item.token.encode()).hexdigest()
+        else:
+            token_digest = str(item.token_sha256)
+        if token_digest in seen_digests:
+            problems.append(f"jobs[{i}].token: the same token is listed twice")
+        if item.job_id in seen_ids:
+            problems.append(f"jobs[{i}].job_id: duplicate job id {item.job_id}")
+        seen_ids.add(item.job_id)
+        seen_digests.add(token_digest)
+        expires = None if item.expires_at is None else item.expires_at.astimezone(UTC).timestamp()
+        jobs.append(Job(token_digest, item.job_id, project, expires))
+    return jobs
+
+
+def _allowlists(
+    items: list[_AllowlistModel], index: _Index, problems: list[str]
+) -> list[Allowlist]:
+    lists: list[Allowlist] = []
+    seen: set[int] = set()
+    for i, item in enumerate(items):
+        project = index.find(item.project)
+        if project is None:
+            problems.append(f"allowlists[{i}].project: unknown project {item.project!r}")
+            continue
+        if project.id in seen:
+            problems.append(f"allowlists[{i}].project: a second allowlist for {project.path!r}")
+        seen.add(project.id)
+        entries = [
+            _entry(entry, index, problems, f"allowlists[{i}].entries[{j}]")
+            for j, entry in enumerate(item.entries)
+        ]
+        lists.append(Allowlist(project.id, item.enabled, tuple(e for e in entries if e)))
+    return lists
+
+
+def _entry(
+    item: _EntryModel, index: _Index, problems: list[str], where: str
+) -> AllowlistEntry | None:
+    unknown = sorted(set(item.policies) - KNOWN_POLICIES)
+    if unknown:
+        problems.append(f"{where}.policies: unknown policy {', '.join(unknown)}")
+    if item.default_permissions and item.policies:
+        problems.append(f"{where}: policies are ignored when default_permissions is true")
+    if len(set(item.policies)) != len(item.policies):
+        problems.append(f"{where}.policies: duplicate policy")
+    source = _source(item, index, problems, where)
+    if source is None:
+        return None
+    kind, path, source_id = source
+    return AllowlistEntry(kind, path, source_id, item.default_permissions, tuple(item.policies))
+
+
+def _source(
+    item: _EntryModel, index: _Index, problems: list[str], where: str
+) -> tuple[EntryKind, str, int | None] | None:
+    project = index.find(item.source)
+    if item.kind == "group" or (item.kind is None and project is None):
+        if isinstance(item.source, int) or item.source.isdigit():
+            problems.append(f"{where}.source: unknown project id {item.source}")
+            return None
+        if not _PATH.fullmatch(item.source):
+            problems.append(f"{where}.source: not a group path {item.source!r}")
+            return None
+        return EntryKind.GROUP, item.source.lower(), None
+    if project is None:
+        problems.append(f"{where}.source: unknown project {item.source!r}")
+        return None
+    return EntryKind.PROJECT, project.key, project.id

@@ -1,0 +1,137 @@
+"""GitLab's job-token authorization rules as one pure function: `decide(...) -> Decision`.
+
+No I/O, no clock, no store: the gate resolves the job, the accessed project and its allowlist
+first and hands them in. The rules and messages follow GitLab:
+
+- `Ci::JobToken::Scope#policies_allowed?` (app/models/ci/job_token/scope.rb): the job's own
+  project is never restricted (`self_referential?`); an allowlist that is off ("All groups and
+  projects") admits everyone without fine-grained checks; otherwise the source must be on the
+  accessed project's allowlist, and its nearest entry either has `default_permissions` or grants
+  every policy of the route (`(policies - scope.expanded_job_token_policies).empty?`).
+- `API::Helpers#find_project!`, `#handle_job_token_failure!`,
+  `#job_token_policies_unauthorized_message` (lib/api/helpers.rb): the order of the checks and
+  the 403 texts; `forbidden!(reason)` renders `403 Forbidden - <reason>`.
+- `skip_job_token_policies` routes (the page's `None`) get no policy check, but the allowlist
+  still applies (`ProjectPolicy#project_allowed_for_job_token_by_scope`, app/policies/project_policy.rb).
+- Cross-project git push: `ProjectPolicy#cross_project_push_allowed_for_job_token?` checks
+  `policies_allowed?(project, [:admin_repositories])`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from gateway.decision import Audit, Decision, Reason
+from gateway.grants import Allowlist, Job, Project
+
+__all__ = ["Access", "Accessed", "decide", "deny", "to_sentence"]
+
+UNAUTHORIZED = "401 Unauthorized"
+FORBIDDEN = "403 Forbidden - "
+REGISTRY_MESSAGE = (
+    "This project's CI/CD job token cannot be used to authenticate with the container registry "
+    "of a different project."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """What a request needs: the route's policies (AND), or a git-over-HTTP operation."""
+
+    name: str
+    permissions: tuple[str, ...] = ()
+    controllable: bool = True
+    own_project_only: bool = False
+    git: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Accessed:
+    """The project a request touches, as named (`ref`) and as the store knows it (or not)."""
+
+    ref: str
+    project: Project | None = None
+
+    @property
+    def label(self) -> str:
+        """GitLab names the target `project #<id>`; an unknown path is shown as given."""
+        if self.project is not None:
+            return f"#{self.project.id}"
+        return f"#{self.ref}" if self.ref.isdigit() else self.ref
+
+    def is_project(self, source: Project) -> bool:
+        """Same project: numeric ids, or full paths case-insensitively (find_by_full_path)."""
+        if self.project is not None:
+            return self.project.id == source.id
+        if self.ref.isdigit():
+            return int(self.ref) == source.id
+        return self.ref.lower() == source.key
+
+
+def deny(reason: Reason, message: str, audit: Audit) -> Decision:
+    return Decision(allowed=False, reason=reason, message=message, audit=audit)
+
+
+def allow(reason: Reason, audit: Audit) -> Decision:
+    return Decision(allowed=True, reason=reason, audit=audit)
+
+
+def to_sentence(words: Sequence[str]) -> str:
+    """Ruby's Array#to_sentence: "a", "a and b", "a, b, and c"."""
+    if len(words) <= 1:
+        return "".join(words)
+    if len(words) == 2:
+        return f"{words[0]} and {words[1]}"
+    return ", ".join(words[:-1]) + f", and {words[-1]}"
+
+
+def decide(
+    job: Job, accessed: Accessed, allowlist: Allowlist | None, access: Access, audit: Audit
+) -> Decision:
+    """The verdict for `job` touching `accessed` through `access`.
+
+    `allowlist` is the accessed project's inbound allowlist; None (a project the store does not
+    know, or one without a configured allowlist) counts as enabled with no entries: fail closed.
+    """
+    if accessed.is_project(job.project):
+        return allow(Reason.GIT_HTTP if access.git else Reason.OWN_PROJECT, audit)
+    if access.own_project_only:
+        return deny(Reason.REGISTRY_OTHER_PROJECT, FORBIDDEN + REGISTRY_MESSAGE, audit)
+    if allowlist is not None and not allowlist.enabled:
+        return allow(Reason.GIT_HTTP if access.git else Reason.ALLOWLIST_DISABLED, audit)
+    entry = allowlist.nearest(job.project) if allowlist is not None else None
+    if entry is None:
+        message = (
+            f"Authentication by CI/CD job token not allowed from {job.project.path} "
+            f"to project {accessed.label}."
+        )
+        return deny(Reason.NOT_ALLOWLISTED, FORBIDDEN + message, audit)
+    audit = replace(
+        audit,
+        granted=("default_permissions",)
+        if entry.default_permissions
+        else tuple(sorted(entry.granted)),
+    )
+    if not access.controllable:
+        return allow(Reason.GIT_HTTP if access.git else Reason.UNCONTROLLED_ENDPOINT, audit)
+    if entry.default_permissions:
+        return allow(Reason.GIT_HTTP if access.git else Reason.DEFAULT_PERMISSIONS, audit)
+    return _policies(access, accessed, entry.granted, audit)
+
+
+def _policies(
+    access: Access, accessed: Accessed, granted: frozenset[str], audit: Audit
+) -> Decision:
+    required = access.permissions
+    if not required:
+        message = "This action is unauthorized for CI/CD job tokens."
+        return deny(Reason.NO_PERMISSIONS_GRANTED, FORBIDDEN + message, audit)
+    if all(permission in granted for permission in required):
+        return allow(Reason.GIT_HTTP if access.git else Reason.POLICIES_GRANTED, audit)
+    noun = "permission is" if len(required) == 1 else "permissions are"
+    message = (
+        f"Insufficient permissions to access this resource in project {accessed.label}. "
+        f"The following token {noun} required: {to_sentence(required)}."
+    )
+    return deny(Reason.INSUFFICIENT_PERMISSIONS, FORBIDDEN + message, audit)

@@ -1,0 +1,257 @@
+"""`sqlite:///path.db`: the embedded default store (no server).
+
+The schema is created on first use; the database runs in WAL mode so the `store` command can
+write while gateways read. Every query runs on one dedicated thread (sqlite3 blocks), so the
+event loop never waits on disk. Each write bumps `meta.generation` in the same transaction;
+gateways poll it (about once a second, via the cache layer) to see another process's
+revocations and loads. A failing database (locked, corrupt, unreadable) raises
+`StoreUnavailable`; the connection is reopened on the next call, so the gateway recovers alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.errors import StoreUnavailable
+from gateway.grants import Allowlist, AllowlistEntry, EntryKind, Grants, Job, Project
+from gateway.stores import Listing
+from gateway.stores.content import tombstone
+
+__all__ = ["SqliteStore"]
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0), ('schema', 1);
+CREATE TABLE IF NOT EXISTS projects (
+    id INTEGER PRIMARY KEY, path TEXT NOT NULL, path_key TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS jobs (
+    digest TEXT PRIMARY KEY, job_id INTEGER NOT NULL UNIQUE,
+    project_id INTEGER NOT NULL REFERENCES projects (id), expires_at REAL);
+CREATE TABLE IF NOT EXISTS allowlists (project_id INTEGER PRIMARY KEY, enabled INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    project_id INTEGER NOT NULL, position INTEGER NOT NULL, kind TEXT NOT NULL,
+    source TEXT NOT NULL, source_id INTEGER, default_permissions INTEGER NOT NULL,
+    policies TEXT NOT NULL, PRIMARY KEY (project_id, position));
+CREATE TABLE IF NOT EXISTS revoked_digests (digest TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS revoked_jobs (job_id INTEGER PRIMARY KEY);
+"""
+
+_JOB = """
+SELECT j.digest, j.job_id, p.id, p.path, j.expires_at,
+       EXISTS (SELECT 1 FROM revoked_digests r WHERE r.digest = j.digest)
+       OR EXISTS (SELECT 1 FROM revoked_jobs r WHERE r.job_id = j.job_id)
+FROM jobs j JOIN projects p ON p.id = j.project_id
+"""
+
+
+class SqliteStore:
+    kind = "sqlite"
+
+    def __init__(self, path: str, *, timeout: float = 2.0) -> None:
+        self.path = path
+        self._timeout = timeout
+        self._conn: sqlite3.Connection | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+
+    # ---- plumbing (runs on the store thread)
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            parent = Path(self.path).parent
+            parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=self._timeout, check_same_thread=False, isolation_level=None
+            )
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
+                conn.executescript(SCHEMA)
+            except sqlite3.Error:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return work(self._connect())
+        except (sqlite3.Error, OSError) as exc:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            raise StoreUnavailable(f"sqlite store {self.path}: {exc}") from exc
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._call, work)
+
+    # ---- TokenStore
+
+    async def job(self, digest: str) -> Job | None:
+        return await self._run(lambda conn: _job(conn, "WHERE j.digest = ?", digest, digest=digest))
+
+    async def job_by_id(self, job_id: int) -> Job | None:
+        return await self._run(lambda conn: _job(conn, "WHERE j.job_id = ?", job_id, job_id=job_id))
+
+    async def project(self, ref: str) -> Project | None:
+        arg: int | str
+        if ref.isdigit():
+            query, arg = "SELECT id, path FROM projects WHERE id = ?", int(ref)
+        else:
+            query, arg = "SELECT id, path FROM projects WHERE path_key = ?", ref.lower()
+        row = await self._run(lambda conn: conn.execute(query, (arg,)).fetchone())
+        return None if row is None else Project(row[0], row[1])
+
+    async def allowlist(self, project_id: int) -> Allowlist | None:
+        return await self._run(lambda conn: _allowlist(conn, project_id))
+
+    async def ping(self) -> None:
+        await self._run(
+            lambda conn: conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        )
+
+    async def close(self) -> None:
+        def shut(conn: sqlite3.Connection) -> None:
+            conn.close()
+            self._conn = None
+
+        if self._conn is not None:
+            await self._run(shut)
+        self._pool.shutdown(wait=True)
+
+    # ---- ChangeFeed
+
+    async def generation(self) -> str:
+        row = await self._run(
+            lambda conn: conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        )
+        return str(row[0])
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        return None  # other processes' writes are found by polling `generation`
+
+    # ---- StoreAdmin
+
+    async def load(self, grants: Grants) -> None:
+        await self._run(lambda conn: _write(conn, lambda: _replace(conn, grants)))
+
+    async def revoke(self, *, digest: str | None = None, job_id: int | None = None) -> int:
+        return await self._run(lambda conn: _write(conn, lambda: _revoke(conn, digest, job_id)))
+
+    async def listing(self) -> Listing:
+        return await self._run(_listing)
+
+
+def _write(conn: sqlite3.Connection, change: Callable[[], T]) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = change()
+        conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+def _job(
+    conn: sqlite3.Connection, where: str, arg: Any, *, digest: str = "", job_id: int = 0
+) -> Job | None:
+    row = conn.execute(f"{_JOB} {where}", (arg,)).fetchone()
+    if row is not None:
+        return Job(row[0], row[1], Project(row[2], row[3]), row[4], revoked=bool(row[5]))
+    if (
+        digest
+        and conn.execute("SELECT 1 FROM revoked_digests WHERE digest = ?", (digest,)).fetchone()
+    ):
+        return tombstone(digest=digest)
+    if job_id and conn.execute("SELECT 1 FROM revoked_jobs WHERE job_id = ?", (job_id,)).fetchone():
+        return tombstone(job_id=job_id)
+    return None
+
+
+def _allowlist(conn: sqlite3.Connection, project_id: int) -> Allowlist | None:
+    row = conn.execute(
+        "SELECT enabled FROM allowlists WHERE project_id = ?", (project_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    rows = conn.execute(
+        "SELECT kind, source, source_id, default_permissions, policies FROM entries "
+        "WHERE project_id = ? ORDER BY position",
+        (project_id,),
+    ).fetchall()
+    entries = tuple(
+        AllowlistEntry(
+            EntryKind(kind), source, source_id, bool(default), tuple(json.loads(policies))
+        )
+        for kind, source, source_id, default, policies in rows
+    )
+    return Allowlist(project_id, bool(row[0]), entries)
+
+
+def _replace(conn: sqlite3.Connection, grants: Grants) -> None:
+    for table in ("entries", "allowlists", "jobs", "projects"):
+        conn.execute(f"DELETE FROM {table}")  # noqa: S608 - constant table names
+    conn.executemany(
+        "INSERT INTO projects (id, path, path_key) VALUES (?, ?, ?)",
+        [(p.id, p.path, p.key) for p in grants.projects],
+    )
+    conn.executemany(
+        "INSERT INTO jobs (digest, job_id, project_id, expires_at) VALUES (?, ?, ?, ?)",
+        [(j.digest, j.job_id, j.project.id, j.expires_at) for j in grants.jobs],
+    )
+    conn.executemany(
+        "INSERT INTO allowlists (project_id, enabled) VALUES (?, ?)",
+        [(a.project_id, int(a.enabled)) for a in grants.allowlists],
+    )
+    conn.executemany(
+        "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                a.project_id,
+                i,
+                e.kind.value,
+                e.source,
+                e.source_id,
+                int(e.default_permissions),
+                json.dumps(list(e.policies)),
+            )
+            for a in grants.allowlists
+            for i, e in enumerate(a.entries)
+        ],
+    )
+
+
+def _revoke(conn: sqlite3.Connection, digest: str | None, job_id: int | None) -> int:
+    hits = 0
+    if digest is not None:
+        conn.execute("INSERT OR IGNORE INTO revoked_digests VALUES (?)", (digest,))
+        hits += conn.execute("SELECT COUNT(*) FROM jobs WHERE digest = ?", (digest,)).fetchone()[0]
+    if job_id is not None:
+        conn.execute("INSERT OR IGNORE INTO revoked_jobs VALUES (?)", (job_id,))
+        hits += conn.execute("SELECT COUNT(*) FROM jobs WHERE job_id = ?", (job_id,)).fetchone()[0]
+    return int(hits)
+
+
+def _listing(conn: sqlite3.Connection) -> Listing:
+    projects = tuple(
+        Project(i, p) for i, p in conn.execute("SELECT id, path FROM projects ORDER BY id")
+    )
+    jobs = tuple(
+        Job(r[0], r[1], Project(r[2], r[3]), r[4], revoked=bool(r[5]))
+        for r in conn.execute(f"{_JOB} ORDER BY j.job_id")
+    )
+    ids = [row[0] for row in conn.execute("SELECT project_id FROM allowlists ORDER BY project_id")]
+    allowlists = tuple(a for a in (_allowlist(conn, i) for i in ids) if a is not None)
+    digests = frozenset(row[0] for row in conn.execute("SELECT digest FROM revoked_digests"))
+    job_ids = frozenset(row[0] for row in conn.execute("SELECT job_id FROM revoked_jobs"))
+    return Listing(Grants(projects, jobs, allowlists), digests, job_ids)

@@ -1,0 +1,353 @@
+# ruff: noqa: S105 - carrier names ("JOB-TOKEN header") are labels, not secrets
+"""Finding the CI/CD job token in a request exactly where GitLab looks, and nothing else.
+
+GitLab reads credentials in this order (`API::APIGuard#find_user_from_sources`, lib/api/api_guard.rb;
+`Gitlab::Auth::AuthFinders`, lib/gitlab/auth/auth_finders.rb):
+
+1. a job token as an OAuth value (`find_user_from_job_bearer_token`): Doorkeeper's
+   `access_token` param, `Authorization: Bearer`, `bearer_token` param
+   (config/initializers/doorkeeper.rb `access_token_methods`);
+2. a PAT (`find_user_from_access_token`): `private_token` param, `PRIVATE-TOKEN` header. A
+   `glcbt-` value there is skipped: `return if api_request? && CiJobToken.prefix?(current_token)`
+   (runners send the job token as PRIVATE-TOKEN on `PUT /api/v4/jobs/:id`);
+3. the job token proper (`find_user_from_job_token`): HTTP Basic with user `gitlab-ci-token`
+   (`Gitlab::Auth::CI_JOB_USER`), then `get_job_token_from_query_param_or_header`:
+   `params[:job_token] || params[:token] || env['HTTP_JOB_TOKEN']`. The package helpers take the
+   Basic password whatever the user name (lib/api/helpers/packages_manager_clients_helpers.rb
+   `find_job_from_http_basic_auth`).
+
+`params` is Rails/Grape params: the query string plus a form or JSON body (top-level keys).
+
+Because the gateway must authorize the token the upstream will authenticate with, any request
+where that is ambiguous is refused (`Conflict`): two different job tokens anywhere, a job token
+next to another credential, a repeated credential header, or a nested `job_token[]` parameter.
+
+Only a SHA-256 digest and a short fingerprint of it leave this module (the raw value stays on
+`Credential`, excluded from its repr, for the optional upstream validation).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from urllib.parse import unquote_plus
+
+from gateway.request import Headers, RequestView
+
+__all__ = [
+    "JOB_TOKEN_PREFIX",
+    "MAX_JOB_TOKEN_SIZE_BYTES",
+    "BodyError",
+    "Carrier",
+    "Conflict",
+    "Credential",
+    "Extraction",
+    "Malformed",
+    "body_kind",
+    "digest",
+    "extract",
+    "fingerprint",
+    "parse_form",
+]
+
+# app/models/ci/build.rb TOKEN_PREFIX; lib/authn/tokens/ci_job_token.rb `prefix?`.
+JOB_TOKEN_PREFIX = "glcbt-"
+# lib/gitlab/auth/auth_finders.rb MAX_JOB_TOKEN_SIZE_BYTES (Ci::AuthJobFinder MAX_TOKEN_BYTESIZE).
+MAX_JOB_TOKEN_SIZE_BYTES = 8192
+CI_JOB_USER = "gitlab-ci-token"  # lib/gitlab/auth.rb CI_JOB_USER
+FINGERPRINT_CHARS = 12
+
+# GitLab token prefixes that are never job tokens: a `token` parameter carrying one is the
+# trigger or runner API's own credential (lib/api/ci/triggers.rb, lib/api/ci/runner.rb), not a
+# job token. Sources: app/models/ci/trigger.rb TRIGGER_TOKEN_PREFIX, app/models/ci/runner.rb
+# CREATED_RUNNER_TOKEN_PREFIX, app/models/personal_access_token.rb.
+_OTHER_TOKEN_PREFIXES = ("glptt-", "glrt-", "glrtr-", "GR1348941", "glpat-", "gldt-", "gloas-")
+
+_JSON_TYPES = frozenset({"application/json", "text/x-json", "application/jsonrequest"})
+_FORM_TYPE = "application/x-www-form-urlencoded"
+_PRINTABLE = re.compile(r"[\x21-\x7e]+")
+# Rack's query parser splits on & (and ; in Rack 2) and drops spaces after a separator.
+_PAIR_SEP = re.compile(r"[&;] *")
+
+
+class Carrier(StrEnum):
+    """Where a credential was found; the values appear in conflict messages and audits."""
+
+    ACCESS_TOKEN_PARAM = "access_token parameter"
+    BEARER = "Authorization Bearer"
+    BEARER_TOKEN_PARAM = "bearer_token parameter"
+    BASIC = "Authorization Basic"
+    JOB_TOKEN_PARAM = "job_token parameter"
+    TOKEN_PARAM = "token parameter"
+    JOB_TOKEN_HEADER = "JOB-TOKEN header"
+    PRIVATE_TOKEN_HEADER = "PRIVATE-TOKEN header"
+    PRIVATE_TOKEN_PARAM = "private_token parameter"
+    DEPLOY_TOKEN_HEADER = "DEPLOY-TOKEN header"
+    AUTHORIZATION = "Authorization header"
+
+
+# GitLab's precedence among job-token carriers (first wins); see the module docstring.
+_PRECEDENCE = (
+    Carrier.ACCESS_TOKEN_PARAM,
+    Carrier.BEARER,
+    Carrier.BEARER_TOKEN_PARAM,
+    Carrier.BASIC,
+    Carrier.JOB_TOKEN_PARAM,
+    Carrier.TOKEN_PARAM,
+    Carrier.JOB_TOKEN_HEADER,
+)
+_RANK = {carrier: rank for rank, carrier in enumerate(_PRECEDENCE)}
+
+# Parameter names that carry credentials, and what a value there is.
+_PARAMS: dict[str, Carrier] = {
+    "job_token": Carrier.JOB_TOKEN_PARAM,
+    "token": Carrier.TOKEN_PARAM,
+    "access_token": Carrier.ACCESS_TOKEN_PARAM,
+    "bearer_token": Carrier.BEARER_TOKEN_PARAM,
+    "private_token": Carrier.PRIVATE_TOKEN_PARAM,
+}
+# Header names (Rack folds '-' and '_' into the same HTTP_* key, so both spellings count).
+_HEADERS: dict[str, Carrier] = {
+    "JOB-TOKEN": Carrier.JOB_TOKEN_HEADER,
+    "JOB_TOKEN": Carrier.JOB_TOKEN_HEADER,
+    "PRIVATE-TOKEN": Carrier.PRIVATE_TOKEN_HEADER,
+    "PRIVATE_TOKEN": Carrier.PRIVATE_TOKEN_HEADER,
+    "DEPLOY-TOKEN": Carrier.DEPLOY_TOKEN_HEADER,
+    "DEPLOY_TOKEN": Carrier.DEPLOY_TOKEN_HEADER,
+}
+
+
+def digest(token: str) -> str:
+    """The hex SHA-256 of a token: the only form stores hold."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def fingerprint(token_digest: str) -> str:
+    """A short, loggable name for a token derived from its digest (never from the token)."""
+    return "sha256:" + token_digest[:FINGERPRINT_CHARS]
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """The one job token a request carries. `secret` is kept out of repr and logs."""
+
+    carrier: Carrier
+    digest: str
+    secret: str = field(repr=False, compare=False)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.digest)
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """The request's credentials are ambiguous; `detail` names carriers, never values."""
+
+    carriers: tuple[str, ...]
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A job token that GitLab would reject before any lookup (too long, unprintable)."""
+
+    carrier: Carrier
+    why: str
+
+
+class BodyError(ValueError):
+    """A form or JSON body the gateway was asked to inspect does not parse."""
+
+
+Extraction = Credential | Conflict | Malformed | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    carrier: Carrier
+    value: str
+    job: bool  # a job token (else another credential)
+    problem: str | None = None  # a carrier whose value GitLab would read unpredictably
+
+
+def body_kind(headers: Headers, method: str) -> str | None:
+    """ "form" or "json" when Rails would parse this request's body into params, else None.
+
+    Rack parses a form body for any method, and a POST without Content-Type as a form
+    (`Rack::Request#form_data?`); Rails parses JSON for its JSON MIME types.
+    """
+    raw = headers.get("Content-Type")
+    if raw is None:
+        return "form" if method == "POST" else None
+    media = raw.split(";", 1)[0].strip().lower()
+    if media == _FORM_TYPE:
+        return "form"
+    if media in _JSON_TYPES:
+        return "json"
+    return None
+
+
+def parse_form(raw: str) -> list[tuple[str, str]]:
+    """application/x-www-form-urlencoded pairs as Rack reads them, repeated keys kept."""
+    pairs = []
+    for part in _PAIR_SEP.split(raw):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        pairs.append((unquote_plus(key), unquote_plus(value)))
+    return pairs
+
+
+def _json_pairs(body: bytes) -> list[tuple[str, object]]:
+    pairs: list[tuple[str, object]] = []
+
+    def keep(items: list[tuple[str, object]]) -> dict[str, object]:
+        # The hook runs innermost-first, so its last call is the top-level object.
+        pairs.clear()
+        pairs.extend(items)
+        return dict(items)
+
+    try:
+        document = json.loads(body, object_pairs_hook=keep)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BodyError(f"JSON body does not parse: {exc.__class__.__name__}") from None
+    return pairs if isinstance(document, dict) else []
+
+
+def _params(view: RequestView, kind: str | None) -> Iterator[tuple[str, object]]:
+    _, _, query = view.target.partition("?")
+    query = query.partition("#")[0]
+    yield from parse_form(query)
+    if view.body and kind == "form":
+        yield from parse_form(view.body.decode("utf-8", "surrogateescape"))
+    elif view.body and kind == "json":
+        yield from _json_pairs(view.body)
+
+
+def _from_params(pairs: Iterable[tuple[str, object]]) -> Iterator[_Found]:
+    for key, value in pairs:
+        base, bracket, _ = key.partition("[")
+        carrier = _PARAMS.get(base)
+        if carrier is None:
+            continue
+        if bracket or not isinstance(value, str):
+            # Rack turns `job_token[]=x` into an array; JSON may carry a non-string.
+            problem = f"{carrier} is not a plain string"
+            yield _Found(
+                carrier, "", job=carrier is not Carrier.PRIVATE_TOKEN_PARAM, problem=problem
+            )
+        elif value:  # GitLab uses `.presence`: an empty value is absent
+            yield from _classify(carrier, value)
+
+
+def _classify(carrier: Carrier, value: str) -> Iterator[_Found]:
+    prefixed = value.startswith(JOB_TOKEN_PREFIX)
+    if carrier in (Carrier.PRIVATE_TOKEN_HEADER, Carrier.PRIVATE_TOKEN_PARAM):
+        if not prefixed:  # a glcbt- PAT is skipped by GitLab (auth_finders.rb), so by us too
+            yield _Found(carrier, value, job=False)
+    elif carrier in (Carrier.JOB_TOKEN_PARAM, Carrier.JOB_TOKEN_HEADER):
+        yield _Found(carrier, value, job=True)
+    elif carrier is Carrier.TOKEN_PARAM:
+        yield _Found(carrier, value, job=not value.startswith(_OTHER_TOKEN_PREFIXES))
+    else:  # Bearer, access_token, bearer_token, DEPLOY-TOKEN: a job token only when prefixed
+        yield _Found(carrier, value, job=prefixed)
+
+
+def _from_authorization(value: str) -> Iterator[_Found]:
+    scheme, _, rest = value.strip().partition(" ")
+    rest = rest.strip()
+    if scheme.lower() == "bearer" and rest:
+        yield from _classify(Carrier.BEARER, rest)
+    elif scheme.lower() == "basic" and rest:
+        yield from _from_basic(rest)
+    elif value.strip():
+        yield _Found(Carrier.AUTHORIZATION, value, job=False)
+
+
+def _from_basic(encoded: str) -> Iterator[_Found]:
+    try:
+        user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        # Ruby's Base64.decode64 is lenient: what it would read is unknowable, so refuse.
+        yield _Found(Carrier.BASIC, "", job=True, problem="Authorization Basic does not decode")
+        return
+    if not sep or not password:
+        # `find_user_from_job_token_basic_auth` needs login and password present.
+        if user or password:
+            yield _Found(Carrier.BASIC, password, job=False)
+        return
+    job = user == CI_JOB_USER or password.startswith(JOB_TOKEN_PREFIX)
+    yield _Found(Carrier.BASIC, password, job=job)
+
+
+def _from_headers(headers: Headers) -> tuple[list[_Found], list[str]]:
+    found: list[_Found] = []
+    repeated: list[str] = []
+    for name, carrier in _HEADERS.items():
+        values = headers.getall(name, [])
+        if len(values) > 1:
+            repeated.append(f"{carrier} repeated")
+        for value in values:
+            if value.strip():
+                found.extend(_classify(carrier, value.strip()))
+    values = headers.getall("Authorization", [])
+    if len(values) > 1:
+        repeated.append("Authorization header repeated")
+    for value in values:
+        found.extend(_from_authorization(value))
+    return found, repeated
+
+
+def extract(view: RequestView) -> Extraction:
+    """The job token GitLab would authenticate this request with, or why there is none.
+
+    Returns None when no job token is present (other credentials alone are not ours to judge),
+    a `Conflict` when the credentials are ambiguous, `Malformed` for a token GitLab rejects on
+    sight, else the `Credential`. Raises `BodyError` when `view.body` should be a form or JSON
+    body and does not parse (Rails would answer 400; we cannot tell what it would read).
+    """
+    found, repeated = _from_headers(view.headers)
+    found.extend(_from_params(_params(view, body_kind(view.headers, view.method))))
+    jobs = [item for item in found if item.job]
+    if not jobs:
+        return None
+    others = [item for item in found if not item.job]
+    if conflict := _conflict(jobs, others, repeated):
+        return conflict
+    chosen = min(jobs, key=lambda item: _RANK.get(item.carrier, len(_RANK)))
+    if why := _malformation(chosen):
+        return Malformed(chosen.carrier, why)
+    return Credential(chosen.carrier, digest(chosen.value), chosen.value)
+
+
+def _conflict(jobs: list[_Found], others: list[_Found], repeated: list[str]) -> Conflict | None:
+    reasons: list[str] = []
+    reasons.extend(item.problem for item in jobs if item.problem)
+    if len({item.value for item in jobs if not item.problem}) > 1:
+        reasons.append("different job tokens in " + _names(jobs))
+    if others:
+        reasons.append(f"a job token ({_names(jobs)}) with other credentials ({_names(others)})")
+    reasons.extend(repeated)
+    if not reasons:
+        return None
+    carriers = tuple(dict.fromkeys(str(item.carrier) for item in [*jobs, *others]))
+    return Conflict(carriers, "; ".join(reasons))
+
+
+def _names(items: list[_Found]) -> str:
+    return ", ".join(dict.fromkeys(str(item.carrier) for item in items))
+
+
+def _malformation(item: _Found) -> str | None:
+    if len(item.value.encode("utf-8", "surrogateescape")) > MAX_JOB_TOKEN_SIZE_BYTES:
+        return f"longer than {MAX_JOB_TOKEN_SIZE_BYTES} bytes"
+    if not _PRINTABLE.fullmatch(item.value):
+        return "contains characters outside printable ASCII"
+    return None
