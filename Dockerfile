@@ -38,6 +38,11 @@ COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
     && /opt/venv/bin/pip install --only-binary=:all: --requirement requirements.txt
 
+# The route table, readable by the runtime's non-root user whatever modes the build context had
+# (a checkout made under umask 077 would otherwise ship files only root can read).
+COPY policies ./policies
+RUN chmod -R u=rwX,go=rX ./policies
+
 # The package itself, without touching the dependency layer above.
 COPY README.md ./
 COPY gateway ./gateway
@@ -60,7 +65,7 @@ RUN groupadd --system --gid 10001 gateway \
 
 COPY --from=builder /opt/venv /opt/venv
 # Root-owned and read-only for the gateway user: the route table is part of the release.
-COPY policies /app/policies
+COPY --from=builder /src/policies /app/policies
 
 # Every GATEWAY_* variable is a setting (README "Configuration reference"); the listeners bind
 # all interfaces because inside a container loopback is unreachable from the outside.

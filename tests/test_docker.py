@@ -187,9 +187,29 @@ def test_every_gateway_variable_is_a_setting_with_a_valid_value(image: Dockerfil
 
 def test_route_table_is_baked_in(image: Dockerfile) -> None:
     routes = Path(image.final.env["GATEWAY_ROUTES"])
-    copies = [i.args.split() for i in image.final.all("COPY") if not i.args.startswith("--from")]
-    assert ["policies", "/app/policies"] in copies
+    assert ["policies", "./policies"] in [
+        i.args.split() for i in image.stage("builder").all("COPY")
+    ]
+    runtime_copies = [i.args.split() for i in image.final.all("COPY")]
+    assert ["--from=builder", "/src/policies", "/app/policies"] in runtime_copies
     assert routes.parent == Path("/app/policies")
+    assert (REPO / "policies" / routes.name).is_file()
+
+
+def test_route_table_becomes_readable_by_the_gateway_user(
+    image: Dockerfile, tmp_path: Path
+) -> None:
+    # A checkout made under umask 077 has 0600 files; the non-root user must still read them.
+    (step,) = [c for c in builder_commands(image) if c.startswith("chmod") and "policies" in c]
+    policies = tmp_path / "policies"
+    (policies / "sub").mkdir(parents=True)
+    for path in (policies / "routes.yaml", policies / "sub" / "x.yaml"):
+        path.write_text("x: 1\n")
+        path.chmod(0o600)
+    policies.chmod(0o700)
+    assert run_like_the_builder(step, tmp_path).returncode == 0
+    assert {oct(p.stat().st_mode & 0o777) for p in policies.rglob("*.yaml")} == {"0o644"}
+    assert oct(policies.stat().st_mode & 0o777) == "0o755"
 
 
 def test_store_lives_on_the_state_volume(image: Dockerfile) -> None:
