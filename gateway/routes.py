@@ -111,13 +111,47 @@ class Refusal:
 
 # --------------------------------------------------------------------------- refusals
 
+# Fast path: a target with none of these characters (and no `/.`) needs no further checks:
+# anything outside printable ASCII, `#` (0x23), `%` (0x25), `\` (0x5C).
+_SUSPECT = re.compile(r"[^\x20-\x22\x24\x26-\x5b\x5d-\x7e]")
 # Raw bytes no request-target may carry: a fragment, C0 controls (incl. NUL) and DEL.
 _RAW_BAD = re.compile(r"[\x00-\x1f\x7f#]")
-_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})?")
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_HEX = frozenset("0123456789abcdefABCDEF")
-_DOTS = (".", "..")
-_DECODE_ROUNDS = 3  # `%25252e` and deeper: refused as double encoding by `match` anyway
+_ENCODED_SUBSET = re.compile(r"%(?:(?P<control>[01][0-9A-Fa-f]|7[Ff])|(?P<backslash>5[Cc]))")
+_ENCODED_STRICT = re.compile(
+    r"%(?:(?P<bad>(?![0-9A-Fa-f]{2}).{0,2})"
+    r"|(?P<double>25[0-9A-Fa-f]{2})"
+    # A-Z a-z 0-9 - . _ ~ : Mustermann matches literals against their encoded forms and the
+    # upstream may decode them, so `%61pi` is `api` to one reader and not to another.
+    r"|(?P<unreserved>[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DEde]|5[Ff]|7[Ee]))",
+    re.DOTALL,
+)
+# A `.` or `..` segment in any spelling: raw, `%2e`, double-encoded `%252e` (any depth), ended
+# by `/`, `;` (path parameters: `..;x`, Tomcat and others), their encodings, or the end; also
+# after an encoded slash (`a%2F..%2Fb`), which a reader that decodes `%2F` sees as a segment.
+_DOT = r"(?:\.|%(?:25)*2[Ee])"
+_SEP = r"(?:/|%(?:25)*2[Ff])"
+_DOT_SEGMENT = re.compile(rf"{_SEP}{_DOT}{{1,2}}(?=$|/|;|%(?:25)*(?:2[Ff]|3[Bb]))")
+
+
+def _may_have_dots(path: str) -> bool:
+    """Cheap pre-filter for _DOT_SEGMENT (substring tests beat a regex alternation here)."""
+    return (
+        "/." in path
+        or "%2e" in path
+        or "%2E" in path
+        or "%25" in path
+        or "F." in path
+        or "f." in path
+    )
+
+
+_REASONS = {
+    "control": (RefusalReason.CONTROL_BYTE, "percent-encoded control byte"),
+    "backslash": (RefusalReason.BACKSLASH, "percent-encoded backslash"),
+    "bad": (RefusalReason.BAD_ESCAPE, "invalid percent-escape"),
+    "double": (RefusalReason.DOUBLE_ENCODING, "double encoding"),
+    "unreserved": (RefusalReason.ENCODED_UNRESERVED, "encoded unreserved character"),
+}
 
 
 def check_target(raw_target: str) -> Refusal | None:
@@ -127,11 +161,17 @@ def check_target(raw_target: str) -> Refusal | None:
     anywhere, raw control bytes (C0, DEL) anywhere, backslash in the path (raw or `%5C`),
     percent-encoded control bytes in the path, and dot segments in the path in any spelling
     (`.`, `..`, `%2e`, `.%2E`, double-encoded `%252e`, path-parameter forms `..;x`, and dots
-    hidden behind an encoded slash `a%2F..%2Fb`). Otherwise None. The query is only checked for
-    raw bytes: encoded newlines are ordinary in query values.
+    behind an encoded slash `a%2F..%2Fb`). Otherwise None. The query is only checked for raw
+    bytes: encoded newlines are ordinary in query values.
     """
     if not raw_target.startswith("/"):
         return Refusal(RefusalReason.NOT_ORIGIN_FORM, "request-target must start with '/'")
+    if _SUSPECT.search(raw_target) is None and "/." not in raw_target:
+        return None
+    return _subset_refusal(raw_target)
+
+
+def _subset_refusal(raw_target: str) -> Refusal | None:
     bad = _RAW_BAD.search(raw_target)
     if bad is not None:
         if bad.group() == "#":
@@ -140,74 +180,36 @@ def check_target(raw_target: str) -> Refusal | None:
     path = raw_target.partition("?")[0]
     if "\\" in path:
         return Refusal(RefusalReason.BACKSLASH, "backslash in the path")
-    if "%" in path:
-        refusal = _scan_escapes(path, strict=False)
-        if refusal is not None:
-            return refusal
-    return _dot_segment(path)
+    refusal = _encoded(_ENCODED_SUBSET, path)
+    if refusal is not None:
+        return refusal
+    dots = _DOT_SEGMENT.search(path) if _may_have_dots(path) else None
+    if dots is not None:
+        segment = dots.group().lstrip("/")
+        return Refusal(RefusalReason.DOT_SEGMENT, f"dot segment {segment!r} in the path")
+    return None
 
 
 def _strict_refusal(raw_target: str) -> Refusal | None:
     """`check_target`, then the checks `match` adds (encodings the upstream may read otherwise)."""
-    refusal = check_target(raw_target)
+    if not raw_target.startswith("/"):
+        return Refusal(RefusalReason.NOT_ORIGIN_FORM, "request-target must start with '/'")
+    if _SUSPECT.search(raw_target) is None and "/." not in raw_target:
+        return None
+    refusal = _subset_refusal(raw_target)
     if refusal is not None:
         return refusal
     if not raw_target.isascii():
         return Refusal(RefusalReason.NON_ASCII, "non-ASCII bytes must be percent-encoded")
-    path = raw_target.partition("?")[0]
-    return _scan_escapes(path, strict=True) if "%" in path else None
+    return _encoded(_ENCODED_STRICT, raw_target.partition("?")[0])
 
 
-def _scan_escapes(path: str, *, strict: bool) -> Refusal | None:
-    """Classify every `%` escape of the path; `strict` adds the checks only `match` makes."""
-    for found in _ESCAPE.finditer(path):
-        digits = found.group(1)
-        if digits is None:
-            if strict:
-                bad = path[found.start() : found.start() + 3]
-                return Refusal(RefusalReason.BAD_ESCAPE, f"invalid percent-escape {bad!r}")
-            continue
-        refusal = _classify_escape(path, found.end(), int(digits, 16), strict=strict)
-        if refusal is not None:
-            return refusal
-    return None
-
-
-def _classify_escape(path: str, end: int, byte: int, *, strict: bool) -> Refusal | None:
-    escape = path[end - 3 : end]
-    if byte < 0x20 or byte == 0x7F:
-        return Refusal(RefusalReason.CONTROL_BYTE, f"percent-encoded control byte {escape!r}")
-    if byte == 0x5C:
-        return Refusal(RefusalReason.BACKSLASH, f"percent-encoded backslash {escape!r}")
-    if not strict:
+def _encoded(pattern: re.Pattern[str], path: str) -> Refusal | None:
+    found = pattern.search(path) if "%" in path else None
+    if found is None or found.lastgroup is None:
         return None
-    after = path[end : end + 2]
-    if byte == 0x25 and len(after) == 2 and set(after) <= _HEX:
-        return Refusal(RefusalReason.DOUBLE_ENCODING, f"double encoding {escape + after!r}")
-    if byte in _UNRESERVED:
-        # Mustermann matches literals against their encoded forms and the upstream may decode
-        # them: `%61pi` would be `api` to one reader and not to another.
-        return Refusal(RefusalReason.ENCODED_UNRESERVED, f"encoded unreserved character {escape!r}")
-    return None
-
-
-def _dot_segment(path: str) -> Refusal | None:
-    for segment in path.split("/"):
-        if (segment[:1] == "." or "%" in segment) and _is_dot_segment(segment):
-            return Refusal(RefusalReason.DOT_SEGMENT, f"dot segment {segment!r} in the path")
-    return None
-
-
-def _is_dot_segment(segment: str) -> bool:
-    """True when `segment`, decoded up to three times, holds a `.`/`..` piece (before any `;`)."""
-    text = segment
-    for _ in range(_DECODE_ROUNDS + 1):
-        if any(piece.partition(";")[0] in _DOTS for piece in text.split("/")):
-            return True
-        if "%" not in text:
-            return False
-        text = unquote(text)
-    return False
+    reason, what = _REASONS[found.lastgroup]
+    return Refusal(reason, f"{what} {found.group()!r} in the path")
 
 
 # --------------------------------------------------------------------------- templates
@@ -488,6 +490,37 @@ class _Leaf:
     route: Route
     names: tuple[str, ...]
     rule: TargetRule
+    target: Target | None = None  # precomputed when the rule needs no parameter
+    kind: TargetKind = TargetKind.UNRESOLVED
+    ref_param: str = ""
+    plain: bool = False  # the target's ref is a parameter as is
+
+    def __post_init__(self) -> None:
+        if self.rule.param is None:
+            self.target = Target(self.rule.kind)
+        self.kind, self.ref_param = self.rule.kind, self.rule.param or ""
+        self.plain = self.rule.param is not None and self.rule.derive is Derive.PARAM
+
+
+# The hot path builds its frozen values without the dataclass __init__ (same fields, ~2x
+# faster); `Target(...)`/`RouteMatch(...)` stay the public way to build them.
+_object_new = object.__new__
+_object_set = object.__setattr__
+
+
+def _new_target(kind: TargetKind, ref: str) -> Target:
+    target = _object_new(Target)
+    _object_set(target, "kind", kind)
+    _object_set(target, "ref", ref)
+    return target
+
+
+def _new_match(route: Route, params: dict[str, str], target: Target) -> RouteMatch:
+    found = _object_new(RouteMatch)
+    _object_set(found, "route", route)
+    _object_set(found, "params", params)
+    _object_set(found, "target", target)
+    return found
 
 
 @dataclass(slots=True, eq=False)
@@ -528,7 +561,7 @@ class Overlap:
     significant: bool  # different permissions, controllable, own-project-only or target kind
 
 
-def _walk(node: _Node, segs: Sequence[str], i: int, caps: list[str]) -> _Leaf | None:
+def _walk(node: _Node, segs: list[str], i: int, caps: list[str]) -> _Leaf | None:
     """Depth-first, most specific first, backtracking; `caps` collects params in order."""
     if i == len(segs):
         return node.leaf
@@ -543,46 +576,53 @@ def _walk(node: _Node, segs: Sequence[str], i: int, caps: list[str]) -> _Leaf | 
         child = node.literal.get(seg[:-5])
         if child is not None and child.leaf is not None:
             return child.leaf
-    for regex, child in node.mixed:
-        hit = regex.fullmatch(seg)
-        if hit is not None:
-            found = _walk_captured(child, segs, i + 1, caps, hit.groups())
-            if found is not None:
-                return found
-    if node.param is not None:
-        found = _walk_captured(node.param, segs, i + 1, caps, (seg,))
+    if node.mixed:
+        found = _walk_mixed(node, segs, i, caps)
         if found is not None:
             return found
+    if node.param is not None:
+        caps.append(seg)
+        found = _walk(node.param, segs, i + 1, caps)
+        if found is not None:
+            return found
+        caps.pop()
     return _walk_splat(node.splat, segs, i, caps) if node.splat is not None else None
 
 
-def _walk_captured(
-    node: _Node, segs: Sequence[str], i: int, caps: list[str], values: Sequence[str]
-) -> _Leaf | None:
-    caps.extend(values)
-    found = _walk(node, segs, i, caps)
-    if found is None:
-        del caps[len(caps) - len(values) :]
-    return found
+def _walk_mixed(node: _Node, segs: list[str], i: int, caps: list[str]) -> _Leaf | None:
+    for regex, child in node.mixed:
+        hit = regex.fullmatch(segs[i])
+        if hit is not None:
+            values = hit.groups()
+            caps.extend(values)
+            found = _walk(child, segs, i + 1, caps)
+            if found is not None:
+                return found
+            del caps[len(caps) - len(values) :]
+    return None
 
 
-def _walk_splat(node: _Node, segs: Sequence[str], i: int, caps: list[str]) -> _Leaf | None:
+def _walk_splat(node: _Node, segs: list[str], i: int, caps: list[str]) -> _Leaf | None:
     # Lazy like Mustermann's `.*?`: the fewest segments that let the rest match.
     for end in range(i + 1, len(segs) + 1):
-        found = _walk_captured(node, segs, end, caps, ("/".join(segs[i:end]),))
+        caps.append("/".join(segs[i:end]))
+        found = _walk(node, segs, end, caps)
         if found is not None:
             return found
+        caps.pop()
     return None
 
 
 class RouteTable:
     """The compiled route table. Build with `load` or `compile`; immutable afterwards."""
 
-    __slots__ = ("_prefix", "_roots", "routes", "shapes")
+    __slots__ = ("_prefix", "_prefix_slash", "_roots", "_start", "routes", "shapes")
 
     def __init__(self, routes: tuple[Route, ...], prefix: str) -> None:
         self.routes = routes
         self._prefix = prefix
+        self._prefix_slash = prefix + "/"
+        self._start = len(prefix) + 1
         self._roots: dict[str, _Node] = {}
         self.shapes: dict[Route, tuple[Template, ...]] = {}
         for route in routes:
@@ -658,21 +698,24 @@ class RouteTable:
         if refusal is not None:
             return refusal
         root = self._roots.get("GET" if method == "HEAD" else method)
-        if root is None:
+        segs = self._segments(raw_target) if root is not None else None
+        if segs is None or root is None:
             return None
-        segs = self._segments(raw_target)
-        if segs is None:
-            return None
-        try:
-            decoded = [unquote(seg, errors="strict") if "%" in seg else seg for seg in segs]
-        except UnicodeDecodeError:
-            return Refusal(RefusalReason.BAD_ESCAPE, "percent-escapes do not decode to UTF-8")
+        if "%" in raw_target:
+            try:
+                segs = [_decode(seg) if "%" in seg else seg for seg in segs]
+            except UnicodeDecodeError:
+                return Refusal(RefusalReason.BAD_ESCAPE, "percent-escapes do not decode to UTF-8")
         caps: list[str] = []
-        leaf = _walk(root, decoded, 0, caps)
+        leaf = _walk(root, segs, 0, caps)
         if leaf is None:
             return None
-        params = dict(zip(leaf.names, caps, strict=True))
-        return RouteMatch(leaf.route, params, leaf.rule.resolve(params))
+        params = dict(zip(leaf.names, caps))  # noqa: B905 (same length by construction)
+        target = leaf.target
+        if target is None:
+            ref = params[leaf.ref_param] if leaf.plain else None
+            target = _new_target(leaf.kind, ref) if ref is not None else leaf.rule.resolve(params)
+        return _new_match(leaf.route, params, target)
 
     def in_api(self, raw_target: str) -> bool:
         """Is the path under relative URL root + API prefix (after slash squeezing)? A prefix
@@ -685,12 +728,18 @@ class RouteTable:
         return not prefix or path == prefix or path.startswith(prefix + "/")
 
     def _segments(self, raw_target: str) -> list[str] | None:
+        """Segments after the prefix (still encoded), or None outside the prefix or at its root."""
+        start = self._start  # len(prefix) + 1
+        if raw_target.startswith(self._prefix_slash):
+            end = raw_target.find("?", start)
+            rest = raw_target[start:] if end < 0 else raw_target[start:end]
+            if rest and "//" not in rest and rest[-1] != "/":
+                return rest.split("/")
         end = raw_target.find("?")
         path = _normalize(raw_target if end < 0 else raw_target[:end])
-        prefix = self._prefix
-        if not path.startswith(prefix) or path[len(prefix) : len(prefix) + 1] != "/":
+        if not path.startswith(self._prefix_slash) or len(path) == start:
             return None
-        return path[len(prefix) + 1 :].split("/")
+        return path[start:].split("/")
 
     # ---- analysis
 
@@ -738,6 +787,26 @@ class RouteTable:
 
 
 _SLASHES = re.compile("//+")
+# `%XX` -> character for ASCII bytes, both hex cases; `match` has refused malformed escapes.
+_ASCII_ESCAPES = {
+    f"{byte:02{case}}"[:1] + f"{byte:02{case2}}"[1:]: chr(byte)
+    for byte in range(0x80)
+    for case in "xX"
+    for case2 in "xX"
+}
+
+
+def _decode(segment: str) -> str:
+    """Percent-decode one segment exactly once (UTF-8, strict); faster than `unquote` for ASCII."""
+    head, *rest = segment.split("%")
+    out = [head]
+    for part in rest:
+        char = _ASCII_ESCAPES.get(part[:2])
+        if char is None:  # a non-ASCII byte: let the standard decoder check the UTF-8
+            return unquote(segment, errors="strict")
+        out.append(char)
+        out.append(part[2:])
+    return "".join(out)
 
 
 def _normalize(path: str) -> str:
