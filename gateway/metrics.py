@@ -6,18 +6,23 @@ With several workers, prometheus-client's multiprocess mode aggregates every wor
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import multiprocess as _multiprocess
 
 __all__ = [
     "BYTES",
     "CACHE_HITS",
     "CACHE_MISSES",
     "DECISION_SECONDS",
+    "DRY_RUN_DENIALS",
     "IN_FLIGHT",
+    "RELOADS",
     "REQUESTS",
     "STORE_LOOKUPS",
     "UPSTREAM_ERRORS",
     "UPSTREAM_SECONDS",
+    "collecting_registry",
+    "mark_worker_dead",
 ]
 
 _FAST = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1)
@@ -50,3 +55,26 @@ STORE_LOOKUPS = Counter(
 )
 CACHE_HITS = Counter("gateway_cache_hits_total", "Token resolutions answered from the cache")
 CACHE_MISSES = Counter("gateway_cache_misses_total", "Token resolutions that went to the store")
+
+# --- proxy (issue 3): dry-run outcomes, reloads, and the multiprocess wiring used by `serve`
+DRY_RUN_DENIALS = Counter(
+    "gateway_dry_run_denials_total",
+    "Requests forwarded in dry-run mode that enforce mode would have denied, by reason",
+    ["reason"],
+)
+RELOADS = Counter("gateway_reloads_total", "SIGHUP reloads by result (ok|failed)", ["result"])
+
+
+def collecting_registry(multiproc_dir: str | None) -> CollectorRegistry:
+    """The registry `/metrics` serves: this process's own, or every worker's when `serve` runs
+    several (prometheus-client multiprocess mode, files under `multiproc_dir`)."""
+    if multiproc_dir is None:
+        return REGISTRY
+    registry = CollectorRegistry()
+    _multiprocess.MultiProcessCollector(registry, path=multiproc_dir)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def mark_worker_dead(pid: int, multiproc_dir: str) -> None:
+    """Drop a dead worker's live gauges (in-flight) from the aggregate."""
+    _multiprocess.mark_process_dead(pid, multiproc_dir)  # type: ignore[no-untyped-call]

@@ -1,0 +1,115 @@
+"""`create_app(settings)`: the proxy application and its app-lifetime resources.
+
+Resources live in cleanup contexts under typed keys: the Gate (route table + token store), the
+one upstream `ClientSession`, and the `Proxy` handler built from both. Every path and method
+goes to the same handler (one catch-all route); nothing on the proxy port is special-cased.
+`runner_options(settings)` are the server options every listener of the proxy must use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import web
+
+from gateway import forward
+from gateway.decision import Decision
+from gateway.errors import ConfigError
+from gateway.exchange import Recorder
+from gateway.gate import Gate
+from gateway.handler import Proxy
+from gateway.headers import HeaderPolicy
+from gateway.request import RequestView
+from gateway.settings import Settings
+
+__all__ = ["GATE", "PROXY", "SESSION", "GateService", "create_app", "runner_options"]
+
+
+class GateService(Protocol):
+    """The Gate contract (gateway/gate.py) as the proxy, admin and server use it."""
+
+    def needs_body(self, view: RequestView) -> bool: ...
+    async def evaluate(self, view: RequestView) -> Decision: ...
+    async def ready(self) -> tuple[bool, str]: ...
+    async def reload(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+GATE = web.AppKey("gate", GateService)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+PROXY = web.AppKey("proxy", Proxy)
+
+CleanupContext = Callable[[web.Application], AsyncIterator[None]]
+
+
+def runner_options(settings: Settings) -> dict[str, Any]:
+    """`AppRunner` options of the proxy listener (reference aiohttp-proxying.md §1, §6)."""
+    return {
+        "access_log": None,  # the proxy writes its own request line
+        "auto_decompress": False,  # a gzip upload must reach the upstream still gzipped (§1.10)
+        "handler_cancellation": True,  # a client that goes away cancels the upstream call (§1.22)
+        "shutdown_timeout": settings.grace_period,  # SIGTERM drains in-flight requests this long
+        "max_line_size": settings.max_line_size,
+        "max_field_size": settings.max_field_size,
+        "max_headers": settings.max_headers,
+    }
+
+
+def create_app(settings: Settings, *, gate: GateService | None = None) -> web.Application:
+    """The proxy application. `gate` replaces `Gate.open(settings)` (the caller then owns it)."""
+    if settings.upstream is None:
+        raise ConfigError("--upstream / GATEWAY_UPSTREAM is required to serve")
+    app = web.Application()
+    app.cleanup_ctx.append(_gate_context(settings, gate))
+    app.cleanup_ctx.append(_session_context(settings))
+    app.cleanup_ctx.append(_proxy_context(settings))
+    app.router.add_route("*", "/{tail:.*}", _handle, expect_handler=_expect)
+    return app
+
+
+async def _handle(request: web.Request) -> web.StreamResponse:
+    return await request.app[PROXY].handle(request)
+
+
+async def _expect(request: web.Request) -> None:
+    await request.app[PROXY].expect(request)
+
+
+def _gate_context(settings: Settings, injected: GateService | None) -> CleanupContext:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        if injected is not None:
+            app[GATE] = injected
+            yield
+            return
+        gate = await Gate.open(settings)
+        app[GATE] = gate
+        try:
+            yield
+        finally:
+            await gate.close()
+
+    return context
+
+
+def _session_context(settings: Settings) -> CleanupContext:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        session = forward.open_session(settings)
+        app[SESSION] = session
+        try:
+            yield
+        finally:
+            await session.close()
+
+    return context
+
+
+def _proxy_context(settings: Settings) -> CleanupContext:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        headers = HeaderPolicy(settings)
+        forwarder = forward.ClientForwarder(settings, app[SESSION], headers)
+        app[PROXY] = Proxy(settings, app[GATE], forwarder, headers, Recorder())
+        yield
+
+    return context

@@ -1,0 +1,239 @@
+"""The forwarding leg: send the authorized request upstream and stream the answer back.
+
+`Forwarder` is the interface the handler calls; `ClientForwarder` implements it with one
+aiohttp `ClientSession`. What it guarantees (reference aiohttp-proxying.md §1, §6):
+- the request-target goes upstream byte-for-byte (`raw_path`, `encoded=True`, no join/params);
+- headers stay multidicts; hop-by-hop and Connection-listed headers are dropped both ways;
+- bodies stream both ways with bounded memory and are never decompressed or recompressed;
+- failures before the response starts raise `UpstreamError` / `BodyTooLarge` (the handler
+  answers 502/504/413); after it started, the client connection is aborted so a truncated body
+  never looks complete, and `Transfer.error` says what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Protocol
+
+import aiohttp
+import structlog
+from aiohttp import web
+from yarl import URL
+
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from gateway.headers import HeaderPolicy, response_headers
+from gateway.request import RequestView
+from gateway.settings import Settings
+
+__all__ = [
+    "BodyTooLarge",
+    "ClientBodyError",
+    "ClientForwarder",
+    "Forwarder",
+    "Transfer",
+    "UpstreamBadResponse",
+    "open_session",
+]
+
+# Upstream response headers can be larger than a client's (GitLab's Content-Security-Policy,
+# pagination `Link`); aiohttp's client refuses lines over 8190 bytes by default (§1.23).
+UPSTREAM_MAX_HEADER = 65536
+# The client must add nothing of its own (§1.9): no Accept, Accept-Encoding, User-Agent, and no
+# Content-Type on streamed bodies.
+SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+
+_log = structlog.get_logger("gateway.forward")
+
+
+class BodyTooLarge(GatewayError):
+    """The streamed request body went over `max_body_size` (-> 413 if nothing was sent back yet)."""
+
+
+class ClientBodyError(GatewayError):
+    """The client's request body failed (disconnect, broken chunked framing) while forwarding."""
+
+
+class UpstreamBadResponse(UpstreamError):
+    """The upstream answered with something that is not a valid response (-> 502)."""
+
+
+@dataclass(slots=True)
+class Transfer:
+    """One forwarding leg: created with the request id, filled in with what happened."""
+
+    request_id: str
+    bytes_in: int = 0
+    bytes_out: int = 0
+    upstream_seconds: float | None = None
+    error: str | None = None
+    body_failure: GatewayError | None = None
+
+
+class Forwarder(Protocol):
+    async def forward(
+        self, request: web.Request, view: RequestView, transfer: Transfer
+    ) -> web.StreamResponse:
+        """Forward the authorized `view` (its target, headers and, if set, its body buffer).
+
+        Raises `UpstreamError`/`BodyTooLarge`/`ClientBodyError` only before the response has
+        started; later failures abort the client connection and are recorded in `transfer`.
+        """
+        ...
+
+
+def open_session(settings: Settings) -> aiohttp.ClientSession:
+    """The one upstream session of a worker: a keep-alive pool, no cookies, no transformations."""
+    connector = aiohttp.TCPConnector(
+        limit=settings.pool_limit, keepalive_timeout=settings.keepalive_timeout
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        # total=None: a multi-GB transfer must not be cut at 5 minutes (§1.19).
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
+        ),
+        auto_decompress=False,  # pass Content-Encoding through untouched (§1.10)
+        cookie_jar=aiohttp.DummyCookieJar(),  # one client's cookies never reach another's request
+        skip_auto_headers=SKIP_AUTO_HEADERS,
+        max_line_size=UPSTREAM_MAX_HEADER,
+        max_field_size=UPSTREAM_MAX_HEADER,
+        trust_env=False,  # HTTP(S)_PROXY in the environment must not reroute the upstream leg
+    )
+
+
+class ClientForwarder:
+    """`Forwarder` over an aiohttp `ClientSession`."""
+
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession, headers: HeaderPolicy):
+        if settings.upstream is None:
+            raise ValueError("ClientForwarder needs settings.upstream")
+        self._base = settings.upstream
+        self._session = session
+        self._headers = headers
+        self._max_body = settings.max_body_size
+
+    async def forward(
+        self, request: web.Request, view: RequestView, transfer: Transfer
+    ) -> web.StreamResponse:
+        upstream = await self._send(request, view, transfer)
+        try:
+            return await self._relay(request, upstream, transfer)
+        except BaseException:
+            upstream.close()  # cancelled (client gone): the upstream sees the disconnect (§1.22)
+            raise
+        finally:
+            upstream.release()
+
+    async def _send(
+        self, request: web.Request, view: RequestView, transfer: Transfer
+    ) -> aiohttp.ClientResponse:
+        # SECURITY: concatenate, never URL.join or params=: `//evil.example/x` must stay a path on
+        # the upstream (SSRF), and encoded=True keeps %2F, %7E, %ZZ, + byte-for-byte (§1.2, §1.3).
+        url = URL(self._base + view.target, encoded=True)
+        headers = self._headers.outbound(request, view.headers, transfer.request_id)
+        started = perf_counter()
+        try:
+            response = await self._session.request(
+                view.method,
+                url,
+                headers=headers,
+                data=self._body(request, view, transfer),
+                allow_redirects=False,
+            )
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _map_send_error(exc, transfer) from exc
+        transfer.upstream_seconds = perf_counter() - started
+        return response
+
+    def _body(
+        self, request: web.Request, view: RequestView, transfer: Transfer
+    ) -> bytes | AsyncIterator[bytes] | None:
+        if view.body is not None:  # authorized from this buffer: forward exactly these bytes
+            transfer.bytes_in = len(view.body)
+            return view.body
+        if not request.body_exists:
+            return None
+        return self._stream(request.content, transfer)
+
+    async def _stream(
+        self, content: aiohttp.StreamReader, transfer: Transfer
+    ) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                chunk = await content.readany()
+            except Exception as exc:  # client disconnected or broke its chunked framing
+                transfer.body_failure = ClientBodyError(type(exc).__name__)
+                raise transfer.body_failure from exc
+            if not chunk:
+                return
+            transfer.bytes_in += len(chunk)
+            if self._max_body and transfer.bytes_in > self._max_body:
+                transfer.body_failure = BodyTooLarge(f"request body over {self._max_body} bytes")
+                raise transfer.body_failure
+            yield chunk
+
+    async def _relay(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, transfer: Transfer
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=response_headers(upstream.headers),
+        )
+        try:
+            await response.prepare(request)
+            if request.method != "HEAD":
+                await _copy(upstream, response, transfer)
+            await response.write_eof()
+        except ConnectionError:  # the client went away: nobody is left to tell (§1.22)
+            transfer.error = "client_disconnected"
+            upstream.close()
+        except _UpstreamBodyFailed as exc:
+            transfer.error = f"upstream_body_failed: {exc}"
+            _abort(request, upstream)
+        except Exception as exc:  # a fault after the headers went out: same rule, abort
+            transfer.error = f"internal_error: {type(exc).__name__}"
+            _log.exception("relay_failed", request_id=transfer.request_id)
+            _abort(request, upstream)
+        return response
+
+
+class _UpstreamBodyFailed(Exception):
+    """Reading the upstream body failed after the response started."""
+
+
+async def _copy(
+    upstream: aiohttp.ClientResponse, response: web.StreamResponse, transfer: Transfer
+) -> None:
+    content = upstream.content
+    while True:
+        try:
+            chunk = await content.readany()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _UpstreamBodyFailed(type(exc).__name__) from exc
+        if not chunk:
+            return
+        transfer.bytes_out += len(chunk)
+        await response.write(chunk)  # waits for the client to drain: memory stays bounded
+
+
+def _abort(request: web.Request, upstream: aiohttp.ClientResponse) -> None:
+    # SECURITY: never let aiohttp finish a truncated body as if it were complete (§1.15; Home
+    # Assistant ingress swallowed ClientPayloadError and served silently truncated files).
+    upstream.close()
+    if request.transport is not None:
+        request.transport.abort()
+
+
+def _map_send_error(exc: BaseException, transfer: Transfer) -> GatewayError:
+    """What a failure before the upstream's response headers means, as a gateway error."""
+    if transfer.body_failure is not None:  # our own body stream stopped the request
+        return transfer.body_failure
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamUnreachable(f"{type(exc).__name__}: {exc.os_error.strerror or exc}")
+    if isinstance(exc, asyncio.TimeoutError):  # includes ServerTimeoutError and its subclasses
+        return UpstreamTimeout(type(exc).__name__)
+    return UpstreamBadResponse(type(exc).__name__)

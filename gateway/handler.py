@@ -1,0 +1,254 @@
+"""The aiohttp adapter of the request pipeline: build a RequestView -> gate -> forward | deny.
+
+Order on every request (cheap checks first, no I/O before them):
+  1. `routes.check_target(raw_path)`: malformed targets -> 400 bad_target;
+  2. upgrade requests -> 400 upgrade_refused; a Content-Length over `max_body_size` -> 413;
+  3. the view (end-to-end headers, see `gateway.headers`), the body read only when the gate
+     needs it (bounded by `body_inspect_limit`, 413 body_not_inspectable beyond);
+  4. `gate.evaluate(view)`: denied -> the gate's status and message (enforce) or a forward with
+     `would_deny=true` (dry-run); anything unexpected -> 500 internal_error, never a forward;
+  5. the forwarder; upstream failures before the response -> 502/504.
+`Expect: 100-continue` runs steps 1-4 on the headers before answering 100 (`Proxy.expect`).
+Each request ends with exactly one log line and its metrics (`gateway.exchange`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, replace
+from time import perf_counter
+from typing import Protocol
+
+import structlog
+from aiohttp import HttpVersion11, web
+
+from gateway import metrics, routes
+from gateway.decision import Decision, Reason
+from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from gateway.exchange import Exchange, Recorder
+from gateway.forward import BodyTooLarge, ClientBodyError, Forwarder, Transfer
+from gateway.headers import HeaderPolicy, is_upgrade
+from gateway.request import RequestView
+from gateway.responses import gitlab_message, refusal
+from gateway.settings import Mode, Settings
+
+__all__ = ["EXCHANGE", "Decider", "Permit", "Proxy", "Refuse"]
+
+EXCHANGE = web.RequestKey("exchange", Exchange)
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_log = structlog.get_logger("gateway.handler")
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Answer the request ourselves."""
+
+    reason: Reason
+    status: int
+    message: str
+    close: bool = False  # close the connection after the answer (body left unread)
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """Forward this view (its body, when set, is the buffer that was authorized)."""
+
+    view: RequestView
+
+
+Verdict = Refuse | Permit
+
+
+class Decider(Protocol):
+    """The part of the Gate contract (gateway/gate.py) the request pipeline calls."""
+
+    def needs_body(self, view: RequestView) -> bool: ...
+    async def evaluate(self, view: RequestView) -> Decision: ...
+
+
+class Proxy:
+    """The request handler and the `Expect: 100-continue` handler of the proxy listener."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        gate: Decider,
+        forwarder: Forwarder,
+        headers: HeaderPolicy,
+        recorder: Recorder,
+    ) -> None:
+        self._settings = settings
+        self._gate = gate
+        self._forwarder = forwarder
+        self._headers = headers
+        self._recorder = recorder
+        self._dry_run = settings.mode is Mode.DRY_RUN
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        exchange = request.get(EXCHANGE) or self._begin(request)
+        metrics.IN_FLIGHT.inc()
+        try:
+            response = await self._respond(request, exchange)
+        except BaseException:  # cancelled: the client went away (handler_cancellation)
+            exchange.status, exchange.transfer.error = 499, "client_disconnected"
+            raise
+        else:
+            exchange.status = exchange.status or response.status
+        finally:
+            metrics.IN_FLIGHT.dec()
+            self._recorder.finish(exchange)
+        return response
+
+    async def expect(self, request: web.Request) -> None:
+        """Decide on the headers alone, then send `100 Continue` only if the request may go on.
+
+        aiohttp's default handler sends 100 before any handler runs, so a refused client would
+        start sending its (possibly GB-sized) body (reference aiohttp-proxying.md §1.16). A
+        refusal is stored and answered by `handle`, which then never reads the body.
+        """
+        expectation = request.headers.get("Expect", "").lower()
+        if request.version != HttpVersion11 or expectation != "100-continue":
+            return  # unknown expectations are ignored (RFC 9110 §10.1.1) and never forwarded
+        exchange = self._begin(request)
+        exchange.verdict = await self._judge(request, exchange, headers_only=True)
+        if isinstance(exchange.verdict, Refuse):
+            exchange.verdict = replace(exchange.verdict, close=True)
+            return
+        try:
+            await request.writer.write(_CONTINUE)
+        except ConnectionError:
+            return  # the client is gone; `handle` finds out when it reads the body
+
+    def _begin(self, request: web.Request) -> Exchange:
+        exchange = Exchange(
+            transfer=Transfer(request_id=secrets.token_hex(8)),
+            method=request.method,
+            target=request.raw_path,
+            remote=request.remote,
+            started=perf_counter(),
+        )
+        request[EXCHANGE] = exchange
+        return exchange
+
+    async def _respond(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        verdict = exchange.verdict
+        if verdict is None:
+            verdict = await self._judge(request, exchange, headers_only=False)
+        if isinstance(verdict, Refuse):
+            return self._refuse(exchange, verdict)
+        assert isinstance(verdict, Permit)
+        try:
+            return await self._forwarder.forward(request, verdict.view, exchange.transfer)
+        except (UpstreamError, BodyTooLarge, ClientBodyError) as exc:
+            return self._forward_failed(request, exchange, exc)
+
+    async def _judge(
+        self, request: web.Request, exchange: Exchange, *, headers_only: bool
+    ) -> Verdict | None:
+        """The verdict, or None when only the body can tell (and we may not read it yet).
+
+        Fail closed: an exception here is a gateway fault and ends in a 500, never a forward.
+        """
+        try:
+            refused = self._precheck(request)
+            if refused is not None:
+                return refused
+            view = RequestView(
+                method=request.method,
+                target=request.raw_path,
+                headers=self._headers.inbound(request),
+                remote=request.remote,
+            )
+            if self._gate.needs_body(view):
+                if headers_only:
+                    return None
+                body = await self._read_body(request)
+                if isinstance(body, Refuse):
+                    return body
+                view = replace(view, body=body)
+            return await self._decide(view, exchange)
+        except Exception:
+            _log.exception("decision_failed", request_id=exchange.transfer.request_id)
+            return Refuse(Reason.INTERNAL_ERROR, 500, gitlab_message(500))
+
+    def _precheck(self, request: web.Request) -> Refuse | None:
+        """The checks that need no I/O and apply to every request."""
+        problem = routes.check_target(request.raw_path)
+        if problem is not None:
+            return Refuse(Reason.BAD_TARGET, 400, gitlab_message(400, problem.detail))
+        if is_upgrade(request.headers):
+            # /api/v4 has no websocket endpoints; passing an upgrade through would not be
+            # transparent anyway (reference aiohttp-proxying.md §1.18).
+            detail = "protocol upgrades are not supported"
+            return Refuse(Reason.UPGRADE_REFUSED, 400, gitlab_message(400, detail), close=True)
+        limit = self._settings.max_body_size
+        length = request.content_length
+        if limit and length is not None and length > limit:
+            return Refuse(Reason.BODY_TOO_LARGE, 413, gitlab_message(413))
+        return None
+
+    async def _read_body(self, request: web.Request) -> bytes | Refuse:
+        """The whole body, if it fits `body_inspect_limit` (and `max_body_size`); never more."""
+        limit = self._settings.body_inspect_limit
+        if self._settings.max_body_size:
+            limit = min(limit, self._settings.max_body_size)
+        too_large = Refuse(Reason.BODY_NOT_INSPECTABLE, 413, gitlab_message(413))
+        length = request.content_length
+        if length is not None and length > limit:
+            return too_large
+        buffer = bytearray()
+        while chunk := await request.content.readany():
+            buffer += chunk
+            if len(buffer) > limit:
+                return too_large
+        return bytes(buffer)
+
+    async def _decide(self, view: RequestView, exchange: Exchange) -> Verdict:
+        started = perf_counter()
+        decision = await self._gate.evaluate(view)
+        exchange.decision_seconds = perf_counter() - started
+        exchange.decision = decision
+        if decision.allowed:
+            return Permit(view)
+        if self._dry_run:
+            exchange.would_deny = True
+            return Permit(view)
+        status = decision.status or 403
+        return Refuse(decision.reason, status, decision.message or gitlab_message(status))
+
+    def _refuse(self, exchange: Exchange, verdict: Refuse) -> web.Response:
+        exchange.reason = verdict.reason
+        response = refusal(
+            verdict.reason,
+            verdict.message,
+            status=verdict.status,
+            request_id=exchange.transfer.request_id,
+        )
+        if verdict.close:
+            response.force_close()
+        return response
+
+    def _forward_failed(
+        self, request: web.Request, exchange: Exchange, exc: Exception
+    ) -> web.Response:
+        exchange.transfer.error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, ClientBodyError):
+            # The client dropped or broke its own upload: nobody is left to answer.
+            exchange.status = 499
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=400)
+        if isinstance(exc, BodyTooLarge):
+            return self._refuse(
+                exchange, Refuse(Reason.BODY_TOO_LARGE, 413, gitlab_message(413), close=True)
+            )
+        reason = _UPSTREAM_REASONS.get(type(exc), Reason.UPSTREAM_BAD_RESPONSE)
+        metrics.UPSTREAM_ERRORS.labels(reason.value).inc()
+        status = 504 if reason is Reason.UPSTREAM_TIMEOUT else 502
+        return self._refuse(exchange, Refuse(reason, status, gitlab_message(status)))
+
+
+_UPSTREAM_REASONS: dict[type[Exception], Reason] = {
+    UpstreamUnreachable: Reason.UPSTREAM_UNREACHABLE,
+    UpstreamTimeout: Reason.UPSTREAM_TIMEOUT,
+}
