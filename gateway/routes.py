@@ -590,8 +590,9 @@ def _walk(node: _Node, segs: list[str], i: int, caps: list[str]) -> _Leaf | None
 
 
 def _walk_mixed(node: _Node, segs: list[str], i: int, caps: list[str]) -> _Leaf | None:
+    seg = segs[i]
     for regex, child in node.mixed:
-        hit = regex.fullmatch(segs[i])
+        hit = regex.fullmatch(seg)
         if hit is not None:
             values = hit.groups()
             caps.extend(values)
@@ -599,6 +600,12 @@ def _walk_mixed(node: _Node, segs: list[str], i: int, caps: list[str]) -> _Leaf 
             if found is not None:
                 return found
             del caps[len(caps) - len(values) :]
+    if i + 1 == len(segs) and seg.endswith(".json"):  # `:v.info` + Grape's `(.json)`
+        for regex, child in node.mixed:
+            hit = regex.fullmatch(seg[:-5])
+            if hit is not None and child.leaf is not None:
+                caps.extend(hit.groups())
+                return child.leaf
     return None
 
 
@@ -733,7 +740,7 @@ class RouteTable:
         if raw_target.startswith(self._prefix_slash):
             end = raw_target.find("?", start)
             rest = raw_target[start:] if end < 0 else raw_target[start:end]
-            if rest and "//" not in rest and rest[-1] != "/":
+            if rest and rest[0] != "/" and rest[-1] != "/" and "//" not in rest:
                 return rest.split("/")
         end = raw_target.find("?")
         path = _normalize(raw_target if end < 0 else raw_target[:end])
