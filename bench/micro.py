@@ -1,0 +1,184 @@
+"""Micro figures for the decision core, in microseconds per call, using the gateway's own modules.
+
+    route match      RouteTable.match(method, raw_target) over the bench mix's targets
+    token extraction tokens.extract(view) for header, Bearer and query-parameter tokens
+    decision         await Gate.evaluate(view): extract + match + cached resolve + decide, for
+                     allowed requests whose token resolution is already cached (the hot path)
+    decision (deny)  the same for requests the policy denies (cached token, missing permission)
+
+Each figure is the median of `--repeat` timed loops over the same inputs (min reported too).
+A figure whose module is not there yet is reported as `not_available_yet` with the reason.
+
+Usage: python bench/micro.py [--json] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH.parent))
+
+import traffic  # noqa: E402
+
+
+def _views(entries: list[traffic.Entry]) -> list[Any]:
+    from multidict import CIMultiDict
+
+    from gateway.request import RequestView
+
+    views = []
+    for entry in entries:
+        head, _, body = entry.raw.partition("\r\n\r\n")
+        lines = head.split("\r\n")
+        method, target, _ = lines[0].split(" ", 2)
+        headers = CIMultiDict(tuple(line.split(": ", 1)) for line in lines[1:])  # type: ignore[misc]
+        views.append(
+            RequestView(method, target, headers, body.encode() if body else None, "127.0.0.1")
+        )
+    return views
+
+
+def _time(fn: Callable[[], object], n: int, repeat: int) -> dict[str, Any]:
+    rounds = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for _ in range(n):
+            fn()
+        rounds.append((time.perf_counter() - started) / n * 1e6)
+    return {
+        "status": "ok",
+        "us": round(statistics.median(rounds), 3),
+        "min_us": round(min(rounds), 3),
+        "calls": n,
+    }
+
+
+async def _atime(fn: Callable[[], Awaitable[object]], n: int, repeat: int) -> dict[str, Any]:
+    rounds = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for _ in range(n):
+            await fn()
+        rounds.append((time.perf_counter() - started) / n * 1e6)
+    return {
+        "status": "ok",
+        "us": round(statistics.median(rounds), 3),
+        "min_us": round(min(rounds), 3),
+        "calls": n,
+    }
+
+
+def _cycle(items: list[Any]) -> Callable[[], Any]:
+    state = {"i": -1}
+
+    def next_item() -> Any:
+        state["i"] = (state["i"] + 1) % len(items)
+        return items[state["i"]]
+
+    return next_item
+
+
+def bench_match(entries: list[traffic.Entry], n: int, repeat: int) -> dict[str, Any]:
+    from gateway.routes import RouteTable
+    from gateway.settings import DEFAULT_ROUTES
+
+    table = RouteTable.load(DEFAULT_ROUTES)
+    targets = [(v.method, v.target) for v in _views(entries)]
+    pick = _cycle(targets)
+    matched = sum(1 for m, t in targets if type(table.match(m, t)).__name__ == "RouteMatch")
+    result = _time(lambda: table.match(*pick()), n, repeat)
+    result["matched_share"] = round(matched / len(targets), 3)
+    return result
+
+
+def bench_extract(entries: list[traffic.Entry], n: int, repeat: int) -> dict[str, Any]:
+    from gateway import tokens
+
+    views = [v for v in _views(entries) if v.body is None]
+    pick = _cycle(views)
+    return _time(lambda: tokens.extract(pick()), n, repeat)
+
+
+async def bench_decision(
+    entries: list[traffic.Entry], n: int, repeat: int, forwarded: bool
+) -> dict[str, Any]:
+    import gateway.gate as gate_module
+    from gateway.gate import Gate
+    from gateway.settings import Settings
+
+    if "TEMPORARY STUB" in (gate_module.__doc__ or ""):
+        return {"status": "not_available_yet", "reason": "gateway.gate is still the stub"}
+    chosen = [
+        e
+        for e in entries
+        if e.token_kind == "hot" and e.forwarded == forwarded and "\r\n\r\n{" not in e.raw
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        grants = Path(tmp) / "grants.yaml"
+        traffic.write_grants(traffic.PROJECTS, grants)
+        gate = await Gate.open(Settings.build(store=f"file://{grants}", log_level="error"))
+        try:
+            views = _views(chosen)
+            verdicts = [await gate.evaluate(v) for v in views]  # warms the cache
+            pick = _cycle(views)
+            result = await _atime(lambda: gate.evaluate(pick()), n, repeat)
+            allowed = sum(d.allowed for d in verdicts)
+            result["allowed_share"] = round(allowed / len(verdicts), 3)
+            result["reasons"] = sorted({str(d.reason) for d in verdicts})
+            return result
+        finally:
+            await gate.close()
+
+
+def run(quick: bool) -> dict[str, Any]:
+    n, repeat = (2_000, 3) if quick else (20_000, 5)
+    entries = traffic.build(seed=7, size=2_000, cold_tokens=traffic.PROJECTS).entries
+    figures: dict[str, Any] = {}
+    jobs: dict[str, Callable[[], Any]] = {
+        "route_match": lambda: bench_match(entries, n, repeat),
+        "token_extraction": lambda: bench_extract(entries, n, repeat),
+        "decision": lambda: asyncio.run(bench_decision(entries, n, repeat, forwarded=True)),
+        "decision_deny": lambda: asyncio.run(bench_decision(entries, n, repeat, forwarded=False)),
+    }
+    for name, job in jobs.items():
+        try:
+            figures[name] = job()
+        except (ImportError, AttributeError, TypeError) as exc:
+            figures[name] = {
+                "status": "not_available_yet",
+                "reason": f"{type(exc).__name__}: {exc}",
+            }
+    return {"status": "ok", "calls_per_round": n, "rounds": repeat, "figures": figures}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print JSON (default: a table)")
+    parser.add_argument("--quick", action="store_true", help="few iterations (smoke)")
+    args = parser.parse_args()
+    result = run(args.quick)
+    if args.json:
+        print(json.dumps(result))
+        return
+    for name, figure in result["figures"].items():
+        shown = (
+            f"{figure['us']:8.2f} us (min {figure['min_us']:.2f})"
+            if figure["status"] == "ok"
+            else figure["reason"]
+        )
+        print(f"{name:18} {shown}")
+
+
+if __name__ == "__main__":
+    main()
