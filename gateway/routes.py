@@ -257,10 +257,12 @@ _PARAM_TOKEN = re.compile(rf"[:*]{_NAME}")
 _LITERAL_OK = re.compile(r"[A-Za-z0-9\-._~!$&'+,;=@]+")
 
 
-def parse_template(template: str) -> tuple[Template, ...]:
-    """Expand a Grape path template into its concrete shapes, most specific first.
+def parse_template(template: str, spanning: frozenset[str] = frozenset()) -> tuple[Template, ...]:
+    """Expand a Grape path template into its concrete shapes (sorted by their text).
 
-    `:name` is one segment, `*name` one or more segments, `( ... )` optional. Raises ValueError
+    `:name` is one segment (or one or more when `name` is in `spanning`, for params GitLab
+    declares with a `/.+/` requirement), `*name` one or more segments, `( ... )` optional.
+    Raises ValueError
     for a template that is not a path, has unbalanced parentheses or an unsupported segment.
     A splat glued to literal text in one segment (`latest*suffix_path`, produced by
     `latest(/)(*suffix_path)`) is left out: that shape is refused (fail closed) rather than
@@ -271,7 +273,7 @@ def parse_template(template: str) -> tuple[Template, ...]:
     shapes: dict[str, Template] = {}
     for expanded in _expand_optionals(template):
         text = re.sub("/+", "/", expanded).rstrip("/") or "/"
-        parsed = _parse_shape(text, template)
+        parsed = _parse_shape(text, template, spanning)
         if parsed is not None:
             shapes.setdefault(str(parsed), parsed)
     if not shapes:
@@ -297,10 +299,10 @@ def _expand_optionals(text: str) -> list[str]:
     raise ValueError(f"unbalanced '(' in template: {text!r}")
 
 
-def _parse_shape(text: str, template: str) -> Template | None:
+def _parse_shape(text: str, template: str, spanning: frozenset[str]) -> Template | None:
     segments = []
     for part in text.strip("/").split("/") if text != "/" else []:
-        segment = _parse_segment(part, template)
+        segment = _parse_segment(part, template, spanning)
         if segment is None:
             return None
         segments.append(segment)
@@ -309,10 +311,11 @@ def _parse_shape(text: str, template: str) -> Template | None:
     return Template(tuple(segments))
 
 
-def _parse_segment(part: str, template: str) -> Segment | None:
+def _parse_segment(part: str, template: str, spanning: frozenset[str]) -> Segment | None:
     whole = re.fullmatch(rf"([:*])({_NAME})", part)
     if whole is not None:
-        kind = SegmentKind.PARAM if whole.group(1) == ":" else SegmentKind.SPLAT
+        single = whole.group(1) == ":" and whole.group(2) not in spanning
+        kind = SegmentKind.PARAM if single else SegmentKind.SPLAT
         return Segment(kind, part, (whole.group(2),))
     tokens = _PARAM_TOKEN.findall(part)
     if not tokens:
@@ -416,6 +419,13 @@ TARGET_RULES: tuple[TargetRule, ...] = (
     # npm instance routes find the project from the package name in the database
     # (lib/api/npm_instance_packages.rb): no rule, so UNRESOLVED.
 )
+
+# Params GitLab declares with `requirements: { ref_name: /.+/ }`: they may span segments
+# (`jobs/artifacts/feature/x/download`), so they compile like splats (lib/api/ci/job_artifacts.rb).
+SPANNING_PARAMS: Mapping[str, frozenset[str]] = {
+    "/projects/:id/jobs/artifacts/:ref_name/download": frozenset({"ref_name"}),
+    "/projects/:id/jobs/artifacts/:ref_name/raw/*artifact_path": frozenset({"ref_name"}),
+}
 
 # Container registry routes are `job_token_scope: :project`: a job token may only reach its
 # own project (lib/api/project_container_repositories.rb, `route_setting :authentication,
@@ -678,7 +688,7 @@ class RouteTable:
     def _add(self, route: Route) -> None:
         if route.method not in METHODS:
             raise ValueError(f"{route.name}: method must be one of {', '.join(METHODS)}")
-        shapes = parse_template(route.path)
+        shapes = parse_template(route.path, SPANNING_PARAMS.get(route.path, frozenset()))
         rule = target_rule_for(route.path)
         self.shapes[route] = shapes
         for shape in shapes:
