@@ -74,6 +74,7 @@ _FORM_TYPE = "application/x-www-form-urlencoded"
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")
 # Rack's query parser splits on & (and ; in Rack 2) and drops spaces after a separator.
 _PAIR_SEP = re.compile(r"[&;] *")
+_KEY_BASE = re.compile(r"[^\[\]]+")
 
 
 class Carrier(StrEnum):
@@ -233,8 +234,12 @@ def _params(view: RequestView, kind: str | None) -> Iterator[tuple[str, object]]
 
 def _from_params(pairs: Iterable[tuple[str, object]]) -> Iterator[_Found]:
     for key, value in pairs:
-        base, bracket, _ = key.partition("[")
-        carrier = _PARAMS.get(base)
+        # Rack's normalize_params drops leading brackets (`[job_token]` is `job_token`) and
+        # nests on `[`; we also ignore surrounding spaces, to read at least what Rack reads.
+        name = key.strip().lstrip("[]")
+        base = _KEY_BASE.match(name)
+        carrier = _PARAMS.get(base.group() if base else name)
+        bracket = base is not None and "[" in name[base.end() :]
         if carrier is None:
             continue
         if bracket or not isinstance(value, str):

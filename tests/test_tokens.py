@@ -1,0 +1,238 @@
+"""Finding the job token where GitLab looks (lib/gitlab/auth/auth_finders.rb), and refusing ambiguity."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from multidict import CIMultiDict
+
+from gateway import tokens
+from gateway.request import RequestView
+from gateway.tokens import Carrier, Conflict, Credential, Malformed
+
+A = "glcbt-aaaa"
+B = "glcbt-bbbb"
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def a_request(
+    target: str = "/api/v4/projects/1/releases",
+    headers: list[tuple[str, str]] | None = None,
+    method: str = "GET",
+    body: bytes | None = None,
+) -> RequestView:
+    return RequestView(method, target, CIMultiDict(headers or []), body)
+
+
+def credential(view: RequestView) -> Credential:
+    found = tokens.extract(view)
+    assert isinstance(found, Credential), found
+    return found
+
+
+@pytest.mark.parametrize(
+    ("target", "headers", "carrier"),
+    [
+        ("/x?job_token=" + A, [], Carrier.JOB_TOKEN_PARAM),
+        ("/x?token=" + A, [], Carrier.TOKEN_PARAM),
+        ("/x", [("JOB-TOKEN", A)], Carrier.JOB_TOKEN_HEADER),
+        ("/x", [("job-token", A)], Carrier.JOB_TOKEN_HEADER),
+        ("/x", [("JOB_TOKEN", A)], Carrier.JOB_TOKEN_HEADER),
+        ("/x", [("Authorization", basic("gitlab-ci-token", A))], Carrier.BASIC),
+        ("/x", [("Authorization", "Bearer " + A)], Carrier.BEARER),
+        ("/x", [("Authorization", "bearer " + A)], Carrier.BEARER),
+        ("/x?access_token=" + A, [], Carrier.ACCESS_TOKEN_PARAM),
+        ("/x?bearer_token=" + A, [], Carrier.BEARER_TOKEN_PARAM),
+        # GitLab's package helpers take the Basic password whatever the user name.
+        ("/x", [("Authorization", basic("conan-user", A))], Carrier.BASIC),
+        # A legacy token without the prefix is still a job token in the job-token carriers.
+        ("/x", [("Authorization", basic("gitlab-ci-token", "legacy123"))], Carrier.BASIC),
+        ("/x?job_token=legacy123", [], Carrier.JOB_TOKEN_PARAM),
+    ],
+)
+def test_every_carrier_gitlab_reads_is_found(
+    target: str, headers: list[tuple[str, str]], carrier: Carrier
+) -> None:
+    found = credential(a_request(target, headers))
+    assert found.carrier is carrier
+    assert found.digest == tokens.digest(found.secret)
+
+
+def test_the_same_token_in_several_carriers_reports_gitlabs_first_carrier() -> None:
+    view = a_request("/x?token=" + A + "&job_token=" + A, [("JOB-TOKEN", A)])
+    assert credential(view).carrier is Carrier.JOB_TOKEN_PARAM
+    view = a_request("/x?job_token=" + A, [("Authorization", basic("gitlab-ci-token", A))])
+    assert credential(view).carrier is Carrier.BASIC
+    view = a_request("/x?access_token=" + A, [("Authorization", "Bearer " + A)])
+    assert credential(view).carrier is Carrier.ACCESS_TOKEN_PARAM
+
+
+def test_query_parameters_are_decoded_as_forms_are() -> None:
+    found = credential(a_request("/x?job_token=glcbt-%61b+c&x=1".replace("+c", "c")))
+    assert found.secret == "glcbt-abc"
+    found = credential(a_request("/x?a=1;%20job_token=" + A))  # Rack 2 splits on ";" too
+    assert found.secret == A
+    found = credential(a_request("/x?%5Bjob_token%5D=" + A))  # Rack drops leading brackets
+    assert found.secret == A
+
+
+def test_empty_values_are_absent_as_with_presence() -> None:
+    assert tokens.extract(a_request("/x?job_token=&token=", [("JOB-TOKEN", "  ")])) is None
+    assert (
+        tokens.extract(a_request("/x", [("Authorization", basic("gitlab-ci-token", ""))])) is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "headers", "named"),
+    [
+        ("/x?job_token=" + A + "&job_token=" + B, [], ["job_token parameter"]),
+        ("/x?job_token=" + A, [("JOB-TOKEN", B)], ["job_token parameter", "JOB-TOKEN header"]),
+        ("/x?token=" + A, [("JOB-TOKEN", B)], ["token parameter", "JOB-TOKEN header"]),
+        ("/x", [("JOB-TOKEN", A), ("JOB-TOKEN", B)], ["JOB-TOKEN header"]),
+        ("/x", [("JOB-TOKEN", A), ("JOB-TOKEN", A)], ["JOB-TOKEN header repeated"]),
+        ("/x", [("JOB-TOKEN", A), ("JOB_TOKEN", B)], ["JOB-TOKEN header"]),
+        ("/x", [("JOB-TOKEN", A), ("Authorization", "Bearer " + B)], ["Authorization Bearer"]),
+        ("/x", [("JOB-TOKEN", A), ("PRIVATE-TOKEN", "glpat-x")], ["PRIVATE-TOKEN header"]),
+        ("/x?private_token=glpat-x", [("JOB-TOKEN", A)], ["private_token parameter"]),
+        ("/x", [("JOB-TOKEN", A), ("DEPLOY-TOKEN", "gldt-x")], ["DEPLOY-TOKEN header"]),
+        (
+            "/x",
+            [("JOB-TOKEN", A), ("Authorization", "Bearer oauth-or-pat")],
+            ["Authorization Bearer"],
+        ),
+        (
+            "/x",
+            [("JOB-TOKEN", A), ("Authorization", basic("alice", "password"))],
+            ["Authorization Basic"],
+        ),
+        ("/x?access_token=oauth-x", [("JOB-TOKEN", A)], ["access_token parameter"]),
+        ("/x", [("JOB-TOKEN", A), ("Authorization", "Negotiate abc")], ["Authorization header"]),
+        ("/x?job_token[]=" + A, [], ["job_token parameter is not a plain string"]),
+        ("/x", [("Authorization", "Basic !!notbase64"), ("JOB-TOKEN", A)], ["does not decode"]),
+        (
+            "/x",
+            [("Authorization", "Bearer " + A), ("Authorization", "Bearer " + A)],
+            ["Authorization header repeated"],
+        ),
+        ("/x?token=glptt-trigger", [("JOB-TOKEN", A)], ["token parameter"]),
+    ],
+)
+def test_ambiguous_credentials_are_a_conflict_naming_carriers_not_values(
+    target: str, headers: list[tuple[str, str]], named: list[str]
+) -> None:
+    found = tokens.extract(a_request(target, headers))
+    assert isinstance(found, Conflict), found
+    for name in named:
+        assert name in found.detail
+    assert A not in found.detail
+    assert B not in found.detail
+    assert A not in repr(found)
+
+
+def test_a_glcbt_private_token_is_ignored_as_gitlab_does() -> None:
+    # `return if api_request? && ::Authn::Tokens::CiJobToken.prefix?(current_token)`
+    assert tokens.extract(a_request("/x", [("PRIVATE-TOKEN", A)])) is None
+    assert tokens.extract(a_request("/x?private_token=" + A)) is None
+    assert (
+        credential(a_request("/x", [("PRIVATE-TOKEN", A), ("JOB-TOKEN", A)])).carrier
+        is Carrier.JOB_TOKEN_HEADER
+    )
+    assert credential(a_request("/x", [("PRIVATE-TOKEN", B), ("JOB-TOKEN", A)])).secret == A
+
+
+def test_other_credentials_alone_are_not_ours_to_judge() -> None:
+    for headers in (
+        [("PRIVATE-TOKEN", "glpat-x")],
+        [("Authorization", "Bearer some-oauth")],
+        [("Authorization", basic("alice", "pw"))],
+        [("DEPLOY-TOKEN", "gldt-x")],
+    ):
+        assert tokens.extract(a_request("/x", headers)) is None
+    assert tokens.extract(a_request("/x?token=glptt-trigger")) is None  # the trigger API's own
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["glcbt-" + "a" * 8200, "glcbt-a\u00e9b", "glcbt-a b", "glcbt-a%00b"],
+)
+def test_malformed_tokens_are_recognized(value: str) -> None:
+    found = tokens.extract(
+        a_request(
+            "/x",
+            [("JOB-TOKEN", value)] if "%" not in value else [],
+        )
+    )
+    if "%" in value:
+        found = tokens.extract(a_request("/x?job_token=" + value))
+    assert isinstance(found, Malformed)
+    assert value not in repr(found)
+
+
+def test_the_secret_never_shows_in_repr() -> None:
+    found = credential(a_request("/x", [("JOB-TOKEN", A)]))
+    assert A not in repr(found)
+    assert A not in str(found)
+    assert found.fingerprint.startswith("sha256:")
+    assert len(found.fingerprint) == 19
+
+
+class TestBodies:
+    def form(
+        self, body: str, content_type: str | None = "application/x-www-form-urlencoded"
+    ) -> RequestView:
+        headers = [("Content-Type", content_type)] if content_type else []
+        return a_request(
+            "/x", [*headers, ("Content-Length", str(len(body)))], "POST", body.encode()
+        )
+
+    def json(self, document: object) -> RequestView:
+        body = json.dumps(document).encode()
+        return a_request("/x", [("Content-Type", "application/json; charset=utf-8")], "PUT", body)
+
+    def test_form_body_parameters_count(self) -> None:
+        assert credential(self.form("a=1&job_token=" + A)).carrier is Carrier.JOB_TOKEN_PARAM
+        assert (
+            credential(self.form("token=" + A, content_type=None)).secret == A
+        )  # Rack: POST w/o type
+
+    def test_json_top_level_keys_count(self) -> None:
+        assert (
+            credential(self.json({"job_token": A, "ref": "main"})).carrier
+            is Carrier.JOB_TOKEN_PARAM
+        )
+        assert tokens.extract(self.json({"variables": {"job_token": A}})) is None  # top level only
+
+    def test_body_and_query_conflict(self) -> None:
+        view = RequestView(
+            "POST",
+            "/x?job_token=" + B,
+            CIMultiDict([("Content-Type", "application/json")]),
+            json.dumps({"job_token": A}).encode(),
+        )
+        assert isinstance(tokens.extract(view), Conflict)
+        assert isinstance(tokens.extract(self.form("job_token=" + A + "&job_token=" + B)), Conflict)
+
+    def test_duplicate_json_keys_conflict(self) -> None:
+        body = ('{"job_token": "' + A + '", "job_token": "' + B + '"}').encode()
+        view = a_request("/x", [("Content-Type", "application/json")], "POST", body)
+        assert isinstance(tokens.extract(view), Conflict)
+
+    def test_non_string_json_token_is_refused(self) -> None:
+        assert isinstance(tokens.extract(self.json({"job_token": [A]})), Conflict)
+
+    def test_unparseable_json_raises(self) -> None:
+        view = a_request("/x", [("Content-Type", "application/json")], "POST", b'{"job_token": ')
+        with pytest.raises(tokens.BodyError):
+            tokens.extract(view)
+
+    def test_other_content_types_are_not_read(self) -> None:
+        view = a_request(
+            "/x", [("Content-Type", "application/octet-stream")], "PUT", b"job_token=" + A.encode()
+        )
+        assert tokens.extract(view) is None
