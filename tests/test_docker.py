@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from dockerfile_model import Dockerfile
+from image_runner import settings_from_environment
 
 from gateway import healthcheck
 from gateway.settings import Settings, env_for
@@ -181,7 +182,7 @@ def test_every_gateway_variable_is_a_setting_with_a_valid_value(image: Dockerfil
     known = {env_for(name): name for name in Settings.model_fields}
     unknown = set(gateway_env) - set(known)
     assert not unknown, f"not settings: {sorted(unknown)}"
-    settings = Settings.build(**{known[k]: v for k, v in gateway_env.items()})
+    settings = settings_from_environment(gateway_env)
     assert (settings.port, settings.admin_port) == (8080, 9090)
 
 
