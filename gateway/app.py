@@ -8,7 +8,7 @@ goes to the same handler (one catch-all route); nothing on the proxy port is spe
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import aiohttp
@@ -61,12 +61,23 @@ def create_app(settings: Settings, *, gate: GateService | None = None) -> web.Ap
     """The proxy application. `gate` replaces `Gate.open(settings)` (the caller then owns it)."""
     if settings.upstream is None:
         raise ConfigError("--upstream / GATEWAY_UPSTREAM is required to serve")
-    app = web.Application()
+    app = web.Application(middlewares=[_unmatched_targets])
     app.cleanup_ctx.append(_gate_context(settings, gate))
     app.cleanup_ctx.append(_session_context(settings))
     app.cleanup_ctx.append(_proxy_context(settings))
     app.router.add_route("*", "/{tail:.*}", _handle, expect_handler=_expect)
     return app
+
+
+@web.middleware
+async def _unmatched_targets(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Targets the catch-all cannot match (`OPTIONS *`, authority-form) still get the gateway's
+    own refusal and log line, not aiohttp's bare 404."""
+    if request.match_info.http_exception is None:
+        return await handler(request)
+    return await request.app[PROXY].handle(request)
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:

@@ -46,7 +46,7 @@ class Refuse:
     reason: Reason
     status: int
     message: str
-    close: bool = False  # close the connection after the answer (body left unread)
+    close: bool = False  # close right after answering, without reading the body
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +135,10 @@ class Proxy:
         if verdict is None:
             verdict = await self._judge(request, exchange, headers_only=False)
         if isinstance(verdict, Refuse):
-            return self._refuse(exchange, verdict)
+            response = self._refuse(exchange, verdict)
+            if verdict.close:
+                await _answer_and_close(request, response)
+            return response
         assert isinstance(verdict, Permit)
         try:
             return await self._forwarder.forward(request, verdict.view, exchange.transfer)
@@ -225,7 +228,7 @@ class Proxy:
             request_id=exchange.transfer.request_id,
         )
         if verdict.close:
-            response.force_close()
+            response.force_close()  # says `Connection: close`
         return response
 
     def _forward_failed(
@@ -239,9 +242,9 @@ class Proxy:
                 request.transport.abort()
             return web.Response(status=400)
         if isinstance(exc, BodyTooLarge):
-            return self._refuse(
-                exchange, Refuse(Reason.BODY_TOO_LARGE, 413, gitlab_message(413), close=True)
-            )
+            # The client may still be sending: aiohttp reads and discards the rest for a while
+            # (lingering close) so the 413 is not lost to a connection reset.
+            return self._refuse(exchange, Refuse(Reason.BODY_TOO_LARGE, 413, gitlab_message(413)))
         reason = _UPSTREAM_REASONS.get(type(exc), Reason.UPSTREAM_BAD_RESPONSE)
         metrics.UPSTREAM_ERRORS.labels(reason.value).inc()
         status = 504 if reason is Reason.UPSTREAM_TIMEOUT else 502
@@ -252,3 +255,15 @@ _UPSTREAM_REASONS: dict[type[Exception], Reason] = {
     UpstreamUnreachable: Reason.UPSTREAM_UNREACHABLE,
     UpstreamTimeout: Reason.UPSTREAM_TIMEOUT,
 }
+
+
+async def _answer_and_close(request: web.Request, response: web.StreamResponse) -> None:
+    """Send the answer now and close: aiohttp would otherwise wait up to its lingering time
+    for a body that a refused `Expect: 100-continue` client will never send."""
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        return
+    if request.transport is not None:
+        request.transport.close()  # flushes the answer, then closes

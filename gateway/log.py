@@ -128,7 +128,9 @@ def configure(settings: Settings, stream: TextIO | None = None) -> None:
         processors=[*shared, *extra, _scrub_free_text, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.WriteLoggerFactory(file=stream),
-        cache_logger_on_first_use=True,
+        # The per-request logger is bound once at start-up (`get_logger`); module-level loggers
+        # only log rare events, so they may follow a later `configure` (tests reconfigure).
+        cache_logger_on_first_use=False,
     )
     _bridge_stdlib(level, stream, [*shared, structlog.stdlib.add_logger_name], extra, renderer)
 
