@@ -196,17 +196,29 @@ class RunningGateway:
         return self.container.run(IMAGE.healthcheck.command, **self.env)
 
     def get(self, path: str, port: int | None = None, **headers: str) -> tuple[int, Any, Any]:
+        return self.request("GET", path, port=port, headers=headers)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        port: int | None = None,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any, Any]:
+        """One request on a fresh connection, the path sent exactly as given; the JSON or text."""
         conn = http.client.HTTPConnection("127.0.0.1", port or self.port, timeout=10)
         try:
-            conn.request("GET", path, headers=headers)
+            conn.request(method, path, body=body, headers=headers or {})
             response = conn.getresponse()
-            body = response.read()
+            raw = response.read()
         finally:
             conn.close()
         try:
-            parsed: Any = json.loads(body)
+            parsed: Any = json.loads(raw)
         except ValueError:
-            parsed = body.decode()
+            parsed = raw.decode()
         return response.status, response.headers, parsed
 
 

@@ -237,10 +237,20 @@ def gitlab_behind_nginx(
 
 
 def through_nginx(
-    setup: tuple[int, RunningGateway], path: str, **headers: str
+    setup: tuple[int, RunningGateway],
+    path: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    **headers: str,
 ) -> tuple[int, Any, Any]:
     front, gateway = setup
-    return gateway.get(path, port=front, Host="gitlab.example.com", **headers)
+    headers = {"Host": "gitlab.example.com", **headers}
+    return gateway.request(method, path, port=front, body=body, headers=headers)
+
+
+def via_gateway(body: Any) -> bool:
+    """Did the demo upstream's echo come through the gateway (which sets X-Request-ID)?"""
+    return "X-Request-ID" in dict(body["headers"])
 
 
 def test_api_requests_go_through_the_gateway(
@@ -301,3 +311,62 @@ def test_disguised_api_paths_cannot_bypass_the_gateway(
     status, headers, _ = through_nginx(gitlab_behind_nginx, path, **{"JOB-TOKEN": APP_JOB_TOKEN})
     assert status in (400, 403), status
     assert "X-Gateway-Reason" in headers or status == 400
+
+
+def test_encoded_project_paths_reach_gitlab_byte_for_byte(
+    gitlab_behind_nginx: tuple[int, RunningGateway],
+) -> None:
+    path = "/api/v4/projects/acme%2Fplatform%2Fdeployer/deployments?per_page=5"
+    status, _, body = through_nginx(gitlab_behind_nginx, path, **{"JOB-TOKEN": APP_JOB_TOKEN})
+    assert status == 200
+    assert body["raw_path"] == path
+    assert via_gateway(body)
+
+
+RUNNER_JOB = b'{"token": "glcbt-demo-app-job", "state": "running"}'
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("PUT", "/api/v4/jobs/5001"),
+        ("PATCH", "/api/v4/jobs/5001/trace"),
+        ("POST", "/api/v4/jobs/5001/artifacts/authorize"),
+        ("POST", "/api/v4/jobs/5001/artifacts"),
+        ("POST", "/api/v4/jobs/request"),
+        ("POST", "/api/v4/runners/verify"),
+    ],
+)
+def test_the_runner_api_goes_straight_to_gitlab(
+    gitlab_behind_nginx: tuple[int, RunningGateway], method: str, path: str
+) -> None:
+    # The gateway would refuse these (403 route_not_available): runners must keep working.
+    headers = {"Content-Type": "application/json", "JOB-TOKEN": APP_JOB_TOKEN}
+    status, _, body = through_nginx(gitlab_behind_nginx, path, method, RUNNER_JOB, **headers)
+    assert status == 200
+    assert body["raw_path"] == path
+    assert not via_gateway(body)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v4/jobs/5001/artifacts"),  # a policy endpoint (read_jobs)
+        ("PUT", "/api/v4/jobs/5001/x/../../5001"),  # not a runner call as written
+        ("PUT", "/api/v4/jobs/%35001"),
+        ("POST", "/api/v4/jobs/5001/artifacts/"),
+    ],
+)
+def test_only_the_exact_runner_calls_skip_the_gateway(
+    gitlab_behind_nginx: tuple[int, RunningGateway], method: str, path: str
+) -> None:
+    headers = {"Content-Type": "application/json", "JOB-TOKEN": APP_JOB_TOKEN}
+    status, answer_headers, body = through_nginx(
+        gitlab_behind_nginx, path, method, RUNNER_JOB, **headers
+    )
+    if status == 200:
+        assert via_gateway(body), f"{method} {path} skipped the gateway"
+    else:
+        assert "X-Gateway-Reason" in answer_headers, (
+            f"{method} {path}: {status} not from the gateway"
+        )
