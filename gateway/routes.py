@@ -145,6 +145,14 @@ def _may_have_dots(path: str) -> bool:
     )
 
 
+# Second-level fast path for targets with `%` or `/.`: anything but printable ASCII other than
+# `#` and `\\` needs the full classification, and so does any escape `match` refuses.
+_HARD = re.compile(r"[^\x20-\x22\x24-\x5b\x5d-\x7e]")
+_ANY_BAD_ESCAPE = re.compile(
+    r"%(?:(?![0-9A-Fa-f]{2})|[01][0-9A-Fa-f]|7[Ff]|5[Cc]|25[0-9A-Fa-f]{2}"
+    r"|[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DEde]|5[Ff]|7[Ee])"
+)
+
 _REASONS = {
     "control": (RefusalReason.CONTROL_BYTE, "percent-encoded control byte"),
     "backslash": (RefusalReason.BACKSLASH, "percent-encoded backslash"),
@@ -196,12 +204,25 @@ def _strict_refusal(raw_target: str) -> Refusal | None:
         return Refusal(RefusalReason.NOT_ORIGIN_FORM, "request-target must start with '/'")
     if _SUSPECT.search(raw_target) is None and "/." not in raw_target:
         return None
+    if _strictly_clean(raw_target):
+        return None
     refusal = _subset_refusal(raw_target)
     if refusal is not None:
         return refusal
     if not raw_target.isascii():
         return Refusal(RefusalReason.NON_ASCII, "non-ASCII bytes must be percent-encoded")
     return _encoded(_ENCODED_STRICT, raw_target.partition("?")[0])
+
+
+def _strictly_clean(raw_target: str) -> bool:
+    """True when none of `match`'s refusals can apply (one C-level scan per concern)."""
+    if _HARD.search(raw_target) is not None:
+        return False
+    end = raw_target.find("?")
+    path = raw_target if end < 0 else raw_target[:end]
+    if "%" in path and _ANY_BAD_ESCAPE.search(path) is not None:
+        return False
+    return not (_may_have_dots(path) and _DOT_SEGMENT.search(path) is not None)
 
 
 def _encoded(pattern: re.Pattern[str], path: str) -> Refusal | None:
@@ -518,6 +539,15 @@ _object_new = object.__new__
 _object_set = object.__setattr__
 
 
+def _result(leaf: _Leaf, caps: list[str]) -> RouteMatch:
+    params = dict(zip(leaf.names, caps))  # noqa: B905 (same length by construction)
+    target = leaf.target
+    if target is None:
+        ref = params[leaf.ref_param] if leaf.plain else None
+        target = _new_target(leaf.kind, ref) if ref is not None else leaf.rule.resolve(params)
+    return _new_match(leaf.route, params, target)
+
+
 def _new_target(kind: TargetKind, ref: str) -> Target:
     target = _object_new(Target)
     _object_set(target, "kind", kind)
@@ -533,6 +563,9 @@ def _new_match(route: Route, params: dict[str, str], target: Target) -> RouteMat
     return found
 
 
+_BRANCHING, _LITERALS_ONLY, _PARAM_ONLY = 0, 1, 2
+
+
 @dataclass(slots=True, eq=False)
 class _Node:
     literal: dict[str, _Node] = field(default_factory=dict)
@@ -540,6 +573,24 @@ class _Node:
     param: _Node | None = None
     splat: _Node | None = None
     leaf: _Leaf | None = None
+    mode: int = _BRANCHING  # set by `seal` once the trie is built
+
+    def seal(self) -> None:
+        """Record whether this node offers a single way on (see `_walk`), recursively."""
+        others = bool(self.mixed) or self.splat is not None
+        if not others and self.param is None and self.literal:
+            self.mode = _LITERALS_ONLY
+        elif not others and self.param is not None and not self.literal:
+            self.mode = _PARAM_ONLY
+        else:
+            self.mode = _BRANCHING
+        for child in self.children():
+            child.seal()
+
+    def children(self) -> Iterator[_Node]:
+        yield from self.literal.values()
+        yield from (child for _, child in self.mixed)
+        yield from (child for child in (self.param, self.splat) if child is not None)
 
     def child(self, segment: Segment) -> _Node:
         if segment.kind is SegmentKind.LITERAL:
@@ -572,30 +623,59 @@ class Overlap:
 
 
 def _walk(node: _Node, segs: list[str], i: int, caps: list[str]) -> _Leaf | None:
-    """Depth-first, most specific first, backtracking; `caps` collects params in order."""
-    if i == len(segs):
-        return node.leaf
+    """Depth-first, most specific first, backtracking; `caps` collects params in order.
+
+    Nodes with a single way on (only literals, or only a param) are walked in a loop: no
+    alternative there, so no frame to come back to. A failed branch truncates `caps` itself.
+    """
+    n = len(segs)
+    while i < n:
+        mode = node.mode
+        if mode == _LITERALS_ONLY:
+            child = node.literal.get(segs[i])
+            if child is None or (i + 1 == n and child.leaf is None):
+                return _json_literal(node, segs, i)
+            node, i = child, i + 1
+        elif mode == _PARAM_ONLY:
+            caps.append(segs[i])
+            node, i = node.param, i + 1  # type: ignore[assignment]  # mode guarantees it
+        else:
+            return _branch(node, segs, i, caps)
+    return node.leaf
+
+
+def _json_literal(node: _Node, segs: list[str], i: int) -> _Leaf | None:
+    """Grape appends `(.json)` to every route of a single-format API (lib/grape/path.rb)."""
     seg = segs[i]
-    child = node.literal.get(seg)
+    if i + 1 == len(segs) and seg.endswith(".json"):
+        child = node.literal.get(seg[:-5])
+        if child is not None:
+            return child.leaf
+    return None
+
+
+def _branch(node: _Node, segs: list[str], i: int, caps: list[str]) -> _Leaf | None:
+    """A node with alternatives: literal > literal.json > mixed > param > splat."""
+    mark = len(caps)
+    child = node.literal.get(segs[i])
     if child is not None:
         found = _walk(child, segs, i + 1, caps)
         if found is not None:
             return found
-    if i + 1 == len(segs) and seg.endswith(".json"):
-        # Grape appends `(.json)` to every route of a single-format API (lib/grape/path.rb).
-        child = node.literal.get(seg[:-5])
-        if child is not None and child.leaf is not None:
-            return child.leaf
+        del caps[mark:]
+    found = _json_literal(node, segs, i)
+    if found is not None:
+        return found
     if node.mixed:
         found = _walk_mixed(node, segs, i, caps)
         if found is not None:
             return found
     if node.param is not None:
-        caps.append(seg)
+        caps.append(segs[i])
         found = _walk(node.param, segs, i + 1, caps)
         if found is not None:
             return found
-        caps.pop()
+        del caps[mark:]
     return _walk_splat(node.splat, segs, i, caps) if node.splat is not None else None
 
 
@@ -605,11 +685,12 @@ def _walk_mixed(node: _Node, segs: list[str], i: int, caps: list[str]) -> _Leaf 
         hit = regex.fullmatch(seg)
         if hit is not None:
             values = hit.groups()
+            mark = len(caps)
             caps.extend(values)
             found = _walk(child, segs, i + 1, caps)
             if found is not None:
                 return found
-            del caps[len(caps) - len(values) :]
+            del caps[mark:]
     if i + 1 == len(segs) and seg.endswith(".json"):  # `:v.info` + Grape's `(.json)`
         for regex, child in node.mixed:
             hit = regex.fullmatch(seg[:-5])
@@ -621,12 +702,13 @@ def _walk_mixed(node: _Node, segs: list[str], i: int, caps: list[str]) -> _Leaf 
 
 def _walk_splat(node: _Node, segs: list[str], i: int, caps: list[str]) -> _Leaf | None:
     # Lazy like Mustermann's `.*?`: the fewest segments that let the rest match.
+    mark = len(caps)
     for end in range(i + 1, len(segs) + 1):
         caps.append("/".join(segs[i:end]))
         found = _walk(node, segs, end, caps)
         if found is not None:
             return found
-        caps.pop()
+        del caps[mark:]
     return None
 
 
@@ -644,6 +726,8 @@ class RouteTable:
         self.shapes: dict[Route, tuple[Template, ...]] = {}
         for route in routes:
             self._add(route)
+        for root in self._roots.values():
+            root.seal()
 
     # ---- construction
 
@@ -711,12 +795,17 @@ class RouteTable:
         """Match a request. `raw_target` is the raw request-target (percent-encoded, maybe with
         a query) exactly as received. Returns a Refusal for ambiguous forms, None when no route
         matches (wrong method, unknown path, not under the prefix), else the RouteMatch."""
-        refusal = _strict_refusal(raw_target)
-        if refusal is not None:
-            return refusal
+        # The hot path is inlined on purpose (each call costs ~0.1 us): a clean target skips
+        # the refusal checks, a plain path skips normalization.
+        if raw_target[:1] != "/" or "/." in raw_target or _SUSPECT.search(raw_target) is not None:
+            refusal = _strict_refusal(raw_target)
+            if refusal is not None:
+                return refusal
         root = self._roots.get("GET" if method == "HEAD" else method)
-        segs = self._segments(raw_target) if root is not None else None
-        if segs is None or root is None:
+        if root is None:
+            return None
+        segs = self._segments(raw_target)
+        if segs is None:
             return None
         if "%" in raw_target:
             try:
@@ -725,14 +814,7 @@ class RouteTable:
                 return Refusal(RefusalReason.BAD_ESCAPE, "percent-escapes do not decode to UTF-8")
         caps: list[str] = []
         leaf = _walk(root, segs, 0, caps)
-        if leaf is None:
-            return None
-        params = dict(zip(leaf.names, caps))  # noqa: B905 (same length by construction)
-        target = leaf.target
-        if target is None:
-            ref = params[leaf.ref_param] if leaf.plain else None
-            target = _new_target(leaf.kind, ref) if ref is not None else leaf.rule.resolve(params)
-        return _new_match(leaf.route, params, target)
+        return None if leaf is None else _result(leaf, caps)
 
     def in_api(self, raw_target: str) -> bool:
         """Is the path under relative URL root + API prefix (after slash squeezing)? A prefix
@@ -815,6 +897,10 @@ _ASCII_ESCAPES = {
 
 def _decode(segment: str) -> str:
     """Percent-decode one segment exactly once (UTF-8, strict); faster than `unquote` for ASCII."""
+    if "%2" in segment:  # `%2F` (group paths, npm scopes) first: str.replace is C-fast
+        segment = segment.replace("%2F", "/").replace("%2f", "/")
+        if "%" not in segment:
+            return segment
     head, *rest = segment.split("%")
     out = [head]
     for part in rest:
