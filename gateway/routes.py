@@ -204,9 +204,14 @@ def _strict_refusal(raw_target: str) -> Refusal | None:
         return Refusal(RefusalReason.NOT_ORIGIN_FORM, "request-target must start with '/'")
     if _SUSPECT.search(raw_target) is None and "/." not in raw_target:
         return None
-    if _strictly_clean(raw_target):
+    return _strict_slow(raw_target)
+
+
+def _strict_slow(raw_target: str) -> Refusal | None:
+    """`_strict_refusal` for a target the first fast path could not clear."""
+    if raw_target[:1] == "/" and _strictly_clean(raw_target):
         return None
-    refusal = _subset_refusal(raw_target)
+    refusal = check_target(raw_target)
     if refusal is not None:
         return refusal
     if not raw_target.isascii():
@@ -540,7 +545,9 @@ _object_set = object.__setattr__
 
 
 def _result(leaf: _Leaf, caps: list[str]) -> RouteMatch:
-    params = dict(zip(leaf.names, caps))  # noqa: B905 (same length by construction)
+    names = leaf.names
+    # same length by construction; a one-entry literal is cheaper than dict(zip())
+    params = {names[0]: caps[0]} if len(names) == 1 else dict(zip(names, caps))  # noqa: B905
     target = leaf.target
     if target is None:
         ref = params[leaf.ref_param] if leaf.plain else None
@@ -798,7 +805,7 @@ class RouteTable:
         # The hot path is inlined on purpose (each call costs ~0.1 us): a clean target skips
         # the refusal checks, a plain path skips normalization.
         if raw_target[:1] != "/" or "/." in raw_target or _SUSPECT.search(raw_target) is not None:
-            refusal = _strict_refusal(raw_target)
+            refusal = _strict_slow(raw_target)
             if refusal is not None:
                 return refusal
         root = self._roots.get("GET" if method == "HEAD" else method)
