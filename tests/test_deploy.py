@@ -38,6 +38,7 @@ IMAGE = Dockerfile.parse(REPO / "Dockerfile").final
 K8S = list(yaml.safe_load_all((REPO / "deploy" / "kubernetes" / "sidecar.yaml").read_text()))
 NGINX = REPO / "deploy" / "nginx"
 GATEWAY_AT, INTERNAL_AT = "127.0.0.1:8080", "127.0.0.1:8181"
+GITLAB_ONLY_TOKEN = "glcbt-known-to-gitlab-only"
 
 
 # --- Kubernetes ---------------------------------------------------------------------------------
@@ -145,11 +146,14 @@ def recipe_settings() -> dict[str, str]:
 
 def test_recipe_settings_are_valid() -> None:
     settings = recipe_settings()
-    assert {"GATEWAY_UPSTREAM", "GATEWAY_TRUSTED_PROXIES"} <= set(settings)
+    assert {"GATEWAY_UPSTREAM", "GATEWAY_TRUSTED_PROXIES", "GATEWAY_UPSTREAM_VALIDATION"} <= set(
+        settings
+    )
     assert set(settings) <= {env_for(name) for name in Settings.model_fields}
     built = settings_from_environment(settings)
     assert built.upstream == f"http://{INTERNAL_AT}"
     assert built.trusted_proxies == ["127.0.0.1/32"]
+    assert built.upstream_validation is True
 
 
 def nginx_binary() -> str:
@@ -201,9 +205,10 @@ def gitlab_behind_nginx(
     container = Container(tmp_path_factory.mktemp("nginx-image"))
     root = tmp_path_factory.mktemp("nginx")
     front, gateway_port, internal, workhorse = (free_port() for _ in range(4))
-    demo = container.start(
-        "demo-upstream", [*IMAGE.entrypoint, "demo-upstream", "--port", str(workhorse)]
-    )
+    # "GitLab" knows one running job the grants file does not: upstream validation finds it.
+    gitlab_job = f"{GITLAB_ONLY_TOKEN}=7001:10:acme/app"
+    demo_command = ["demo-upstream", "--port", str(workhorse), "--job", gitlab_job]
+    demo = container.start("demo-upstream", [*IMAGE.entrypoint, *demo_command])
     nginx = None
     gateway = None
     try:
@@ -370,3 +375,19 @@ def test_only_the_exact_runner_calls_skip_the_gateway(
         assert "X-Gateway-Reason" in answer_headers, (
             f"{method} {path}: {status} not from the gateway"
         )
+
+
+def test_jobs_only_gitlab_knows_are_validated_through_the_internal_server(
+    gitlab_behind_nginx: tuple[int, RunningGateway],
+) -> None:
+    # GET /api/v4/job goes gateway -> nginx :8181 -> "GitLab"; the allowlist comes from the store.
+    status, _, body = through_nginx(
+        gitlab_behind_nginx, GRANTED, **{"JOB-TOKEN": GITLAB_ONLY_TOKEN}
+    )
+    assert status == 200
+    assert via_gateway(body)
+    status, headers, _ = through_nginx(
+        gitlab_behind_nginx, DENIED, **{"JOB-TOKEN": GITLAB_ONLY_TOKEN}
+    )
+    assert status == 403
+    assert headers["X-Gateway-Reason"] == "insufficient_permissions"
