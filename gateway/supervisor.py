@@ -135,7 +135,7 @@ class Supervisor:
     async def _main(self, metrics_dir: str) -> int:
         self.workers = [Worker(self.settings, i) for i in range(self.settings.workers)]
         try:
-            await self._await_started()
+            await self._await_started(metrics_dir)
             gate = await Gate.open(self.settings)
             try:
                 admin = await server.start_admin(self.settings, self._readiness(gate), metrics_dir)
@@ -150,12 +150,13 @@ class Supervisor:
             await self._stop_workers(metrics_dir)
         return 1 if self.failed else 0
 
-    async def _await_started(self) -> None:
+    async def _await_started(self, metrics_dir: str) -> None:
         waits = [asyncio.to_thread(w.wait_started, START_TIMEOUT) for w in self.workers]
         problems = [problem for problem in await asyncio.gather(*waits) if problem]
         if problems:
             raise ConfigError(problems[0])
-        _log.info("workers_started", pids=[w.pid for w in self.workers])
+        pids = [w.pid for w in self.workers]
+        _log.info("workers_started", pids=pids, metrics_dir=metrics_dir)
 
     def _readiness(self, gate: Gate) -> Readiness:
         async def readiness() -> tuple[bool, str]:
