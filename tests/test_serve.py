@@ -132,4 +132,4 @@ async def test_two_workers_share_the_port_and_the_metrics(an_upstream, a_gateway
     assert len({line["pid"] for line in reloads}) == 3
 
     assert await asyncio.to_thread(gateway.stop) == 0
-    assert not Path(started["metrics_dir"]).exists()
+    assert not await asyncio.to_thread(Path(started["metrics_dir"]).exists)
