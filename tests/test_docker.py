@@ -310,3 +310,18 @@ def test_dockerignore_keeps_everything_the_dockerfile_copies(image: Dockerfile) 
     assert {"pyproject.toml", "README.md", "gateway/cli.py"} <= set(tracked)
     dropped = [path for path in tracked if dockerignore_excludes(path, dockerignore_patterns())]
     assert dropped == []
+
+
+def test_readme_lists_the_images_defaults(image: Dockerfile) -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### The container image", 1)[1].split("\n### ", 1)[0]
+    documented: dict[str, str] = {}
+    for row in re.findall(r"^\s*\|(.+)\|\s*$", section, flags=re.MULTILINE):
+        cells = [cell.strip() for cell in row.split("|")]
+        names = re.findall(r"`(GATEWAY_\w+)`", cells[0])
+        values = re.findall(r"`([^`]+)`", cells[1]) if len(cells) > 1 else []
+        if len(values) == 1:
+            values *= len(names)
+        documented.update(zip(names, values, strict=True))
+    image_env = {k: v for k, v in image.final.env.items() if k.startswith("GATEWAY_")}
+    assert documented == image_env, "README.md, Deployment > The container image: update the table"
