@@ -242,7 +242,8 @@ def _version(argv: list[str]) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     text = (done.stdout + done.stderr).strip()
-    return text.splitlines()[0][:120] if text else None
+    version = re.search(r"\d+\.\d+\.\d+", text)
+    return version.group(0) if version else (text.splitlines()[0][:80] if text else None)
 
 
 def _cpu_model() -> str:
@@ -266,6 +267,8 @@ def machine(tools: dict[str, str | None]) -> dict[str, Any]:
     versions = {name: _version([path, flag]) for name, path, flag in _tool_flags(tools)}
     return {
         "nproc": os.cpu_count(),
+        # Other work on the machine skews every figure: the 1-minute load average at the start.
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
         "cpu_model": _cpu_model(),
         "kernel": platform.release(),
         "python": platform.python_version(),

@@ -64,12 +64,18 @@ BY_MODULE = (
     (re.compile(r"gateway/\w+\.py|bare_proxy\.py"), "handler"),
 )
 GENERIC = re.compile(
-    r"asyncio/|yarl/|multidict/|aiohttp/(streams|helpers|base_protocol|payload|abc|typedefs)\.py|typing\.py|enum\.py|contextlib\.py"
+    r"asyncio/|yarl/|multidict/|random\.py|secrets\.py|json/|dataclasses\.py|aiohttp/(streams|helpers|base_protocol|payload|abc|typedefs)\.py|typing\.py|enum\.py|contextlib\.py"
 )
 # The frames that own the event loop: a sample whose innermost Python frame is one of these
 # is spent in the loop itself (uvloop/libuv: epoll, reads, callbacks).
 LOOP_OWNER = re.compile(
-    r"aiohttp/web\.py|asyncio/(runners|base_events)\.py|uvloop/|gateway/commands/|gateway/(app|server|workers|cli|__main__)\.py|\(<module>|^main "
+    r"aiohttp/web\.py|asyncio/(runners|base_events)\.py|uvloop/|gateway/commands/|gateway/(app|server|supervisor|workers|cli|__main__)\.py|\(<module>|^main "
+)
+RATE = 100  # native unwinding pauses the process per sample: keep the rate modest
+# A thread parked on a lock, a condition or a queue uses no CPU: py-spy --native still reports
+# some of those samples (thread pools of the sqlite store), so they are dropped and counted.
+IDLE = re.compile(
+    r"_queue_SimpleQueue_get|PyThread_acquire_lock_timed|pthread_cond_(timed)?wait|\bsem_(timed)?wait"
 )
 FRAME = re.compile(r"^(.*) \((.*)\)$")
 
@@ -119,13 +125,18 @@ def parse(text: str) -> list[tuple[list[str], int]]:
 def layers(text: str) -> dict[str, Any]:
     counts: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
+    idle = 0
     for frames, count in parse(text):
+        if any(IDLE.search(frame) for frame in frames[-6:]):
+            idle += count
+            continue
         counts[classify(frames)] += count
         python_leaf = next((f for f in reversed(frames) if _python(f)), "(native only)")
         leaves[re.sub(r":\d+\)$", ")", python_leaf)] += count
     total = sum(counts.values()) or 1
     return {
         "samples": total,
+        "idle_samples_dropped": idle,
         "layers": [
             {"layer": key, "title": title, "share": round(counts[key] / total, 3)}
             for key, title in LAYERS
@@ -139,9 +150,9 @@ def layers(text: str) -> dict[str, Any]:
 def record(
     spy: str, pid: int, load: Callable[[], dict[str, Any]], work: Path, duration: float
 ) -> dict[str, Any]:
-    """Samples `pid` (and children) at 250 Hz while `load()` runs; returns layers + load figures."""
+    """Samples `pid` (and children) at RATE Hz while `load()` runs; returns layers + load figures."""
     out = work / f"py-spy-{pid}.txt"
-    argv = [spy, "record", "--pid", str(pid), "--subprocesses", "--native", "--rate", "250"]
+    argv = [spy, "record", "--pid", str(pid), "--subprocesses", "--native", "--rate", str(RATE)]
     argv += ["--format", "raw", "--output", str(out), "--duration", str(int(duration) + 1)]
     spy_proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(0.5)
@@ -153,7 +164,7 @@ def record(
         return {"status": "failed", "reason": "py-spy: " + log.strip()[-300:]}
     result = layers(out.read_text(errors="replace"))
     result.update(
-        status="ok", rate_hz=250, requests_per_s_under_profiler=figures.get("requests_per_s")
+        status="ok", rate_hz=RATE, requests_per_s_under_profiler=figures.get("requests_per_s")
     )
     return result
 

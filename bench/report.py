@@ -126,7 +126,8 @@ def machine_line(doc: dict[str, Any]) -> str:
     tools = ", ".join(f"{k} `{v}`" for k, v in m.get("tools", {}).items() if v)
     return (
         f"Round of {doc['started']} ({doc['mode']}): {m['nproc']} cores, {m['cpu_model']}, Linux {m['kernel']}, "
-        f"Python {m['python']}, aiohttp {m['aiohttp']}, uvloop {m['uvloop']}; {tools}. "
+        f"Python {m['python']}, aiohttp {m['aiohttp']}, uvloop {m['uvloop']}; {tools}; "
+        f"load average at start {m.get('loadavg_1m_at_start', '?')}. "
         f"{doc['pinning']}. Load: {doc['settings']['connections']} connections, "
         f"{doc['settings']['duration']:g} s measured after {doc['settings']['warmup']:g} s warm-up; "
         f"upstream: {doc['upstream_stub']}; gateway store: `{doc.get('store') or 'n/a'}`."
@@ -135,8 +136,8 @@ def machine_line(doc: dict[str, Any]) -> str:
 
 def setups_table(doc: dict[str, Any]) -> list[str]:
     rows = [
-        "| setup | req/s | p50 ms | p90 ms | p99 ms | CPU µs/req | non-2xx | status |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| setup | req/s | p50 ms | p90 ms | p99 ms | CPU µs/req | server CPU busy | non-2xx | status |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, r in doc["setups"].items():
         if r.get("status") == "ok":
@@ -144,13 +145,22 @@ def setups_table(doc: dict[str, Any]) -> list[str]:
             rows.append(
                 f"| {r['title']} (`{name}`) | {_f(r['requests_per_s'])} | {_f(lat.get('p50'), '{:.2f}')} | "
                 f"{_f(lat.get('p90'), '{:.2f}')} | {_f(lat.get('p99'), '{:.2f}')} | {_f(r['cpu_us_per_request'], '{:.0f}')} | "
-                f"{r['non_2xx_share']:.1%} | ran ({r['loadgen']}) |"
+                f"{r['server_cpu_util']:.0%} | {r['non_2xx_share']:.1%} | {_ran(r)} |"
             )
         else:
             rows.append(
-                f"| {r['title']} (`{name}`) | — | — | — | — | — | — | **{r['status'].replace('_', ' ')}**: {r.get('reason', '')[:160]} |"
+                f"| {r['title']} (`{name}`) | — | — | — | — | — | — | — | **{r['status'].replace('_', ' ')}**: {r.get('reason', '')[:160]} |"
             )
     return rows
+
+
+def _ran(r: dict[str, Any]) -> str:
+    notes = [f"ran ({r['loadgen']})"]
+    if len(r.get("runs_requests_per_s", [])) > 1:
+        notes.append("runs " + "/".join(f"{x:,.0f}" for x in r["runs_requests_per_s"]))
+    if r.get("load_bound"):
+        notes.append("**load-bound** (load core saturated: a lower bound)")
+    return "; ".join(notes)
 
 
 def ratio_table(doc: dict[str, Any]) -> list[str]:

@@ -366,6 +366,14 @@ def _record(setup: Setup, load: dict[str, Any], cpu: dict[str, Any], ctx: Ctx) -
     }
 
 
+def _measure_once(ctx: Ctx, setup: Setup) -> dict[str, Any]:
+    try:
+        return measure(ctx, setup)
+    finally:
+        ctx.procs.stop_all()
+        ctx.server, ctx.upstream_pid = {}, None
+
+
 def run_setup(ctx: Ctx, setup: Setup) -> dict[str, Any]:
     missing = [tool for tool in setup.needs if tool != "gateway" and not ctx.tools.get(tool)]
     if missing:
@@ -374,7 +382,7 @@ def run_setup(ctx: Ctx, setup: Setup) -> dict[str, Any]:
         )
     print(f"-- {setup.name}: {setup.title}", flush=True)
     try:
-        record = measure(ctx, setup)
+        runs = [_measure_once(ctx, setup) for _ in range(ctx.args.repeat)]
     except (SetupFailed, ValueError, OSError, KeyError, json.JSONDecodeError) as exc:
         role = "not available yet" if "gateway" in setup.needs and ctx.gateway_problem else "failed"
         print(f"   {role}: {exc}", flush=True)
@@ -384,9 +392,9 @@ def run_setup(ctx: Ctx, setup: Setup) -> dict[str, Any]:
             "role": setup.role,
             "reason": str(exc),
         }
-    finally:
-        ctx.procs.stop_all()
-        ctx.server, ctx.upstream_pid = {}, None
+    # With --repeat N, the run with the median throughput stands for the setup.
+    record = sorted(runs, key=lambda r: float(r["requests_per_s"]))[len(runs) // 2]
+    record["runs_requests_per_s"] = [r["requests_per_s"] for r in runs]
     lat = record["latency_ms"]
     print(
         f"   {record['requests_per_s']:,.0f} req/s  p50 {lat.get('p50')} ms  p99 {lat.get('p99')} ms  "
@@ -601,6 +609,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--warmup", type=float, default=2.0, help="seconds of load before measuring"
     )
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per setup; the median-throughput run is kept"
+    )
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument(
         "--stub", choices=("auto", "python"), default="auto", help="auto = nginx when installed"
@@ -689,7 +700,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             k: v
             for k, v in vars(args).items()
-            if k in ("duration", "warmup", "connections", "loadgen", "large_bytes", "seed")
+            if k
+            in ("duration", "warmup", "connections", "repeat", "loadgen", "large_bytes", "seed")
         },
         "machine": harness.machine(tools),
         "pinning": ctx.cores.note,
