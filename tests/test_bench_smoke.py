@@ -73,7 +73,10 @@ def test_every_setup_has_a_status_and_no_setup_broke(smoke_round: dict[str, Any]
 
 
 def test_the_gateway_enforces_the_mix_and_dry_run_forwards_it(smoke_round: dict[str, Any]) -> None:
-    enforce, dry_run = smoke_round["setups"]["gateway_enforce_1w"], smoke_round["setups"]["gateway_dry_run"]
+    enforce, dry_run = (
+        smoke_round["setups"]["gateway_enforce_1w"],
+        smoke_round["setups"]["gateway_dry_run"],
+    )
     if enforce["status"] != "ok" or dry_run["status"] != "ok":
         pytest.skip(f"gateway not available yet: {enforce.get('reason') or dry_run.get('reason')}")
     predicted = smoke_round["traffic"]["predicted_denied_share"]
@@ -83,7 +86,9 @@ def test_the_gateway_enforces_the_mix_and_dry_run_forwards_it(smoke_round: dict[
 
 def test_results_carry_machine_ratios_targets_bodies_and_micro(smoke_round: dict[str, Any]) -> None:
     machine = smoke_round["machine"]
-    assert machine["nproc"] >= 1 and machine["python"] and machine["aiohttp"]
+    assert machine["nproc"] >= 1
+    assert machine["python"]
+    assert machine["aiohttp"]
     assert smoke_round["ratios"]["bare_proxy/direct"]["throughput"] > 0
     assert {t["target"] for t in smoke_round["targets"]} >= {
         "gateway >= 90% of the bare proxy's req/s",
@@ -92,10 +97,13 @@ def test_results_carry_machine_ratios_targets_bodies_and_micro(smoke_round: dict
     for name in ("direct", "bare_proxy"):
         large = smoke_round["large_bodies"][name]
         assert large["status"] == "ok", large
-        assert large["upload"]["verified"] and large["download"]["verified"]
-        assert large["upload"]["mb_per_s"] > 0 and large["rss_peak_mib"]["max_process"] > 0
+        assert large["upload"]["verified"]
+        assert large["download"]["verified"]
+        assert large["upload"]["mb_per_s"] > 0
+        assert large["rss_peak_mib"]["max_process"] > 0
     match = smoke_round["micro"]["figures"]["route_match"]
-    assert match["status"] == "ok" and match["us"] > 0
+    assert match["status"] == "ok"
+    assert match["us"] > 0
 
 
 def test_the_python_load_generator_drives_a_round_without_wrk(tmp_path: Path) -> None:
@@ -106,7 +114,8 @@ def test_the_python_load_generator_drives_a_round_without_wrk(tmp_path: Path) ->
         record = doc["setups"][name]
         assert record["status"] == "ok", record
         assert record["loadgen"].startswith("python")
-        assert record["requests"] > 0 and record["latency_ms"]["p99"] > 0
+        assert record["requests"] > 0
+        assert record["latency_ms"]["p99"] > 0
 
 
 def test_wrk_output_is_parsed() -> None:
@@ -126,7 +135,9 @@ def test_wrk_output_is_parsed() -> None:
 Requests/sec:  11040.00
 """
     parsed = harness.parse_wrk(output)
-    assert parsed["requests"] == 110400 and parsed["requests_per_s"] == 11040.0
+    assert parsed["requests"] == 110400
+    assert parsed["requests_per_s"] == 11040.0
     assert parsed["latency_ms"] == {"p50": 4.3, "p75": 5.1, "p90": 0.812, "p99": 1200.0}
-    assert parsed["non_2xx"] == 2900 and parsed["errors"] == {"read": 3, "timeout": 2}
+    assert parsed["non_2xx"] == 2900
+    assert parsed["errors"] == {"read": 3, "timeout": 2}
     assert parsed["duration_s"] == 10.0
