@@ -17,12 +17,11 @@ upstream), then the accessed project and its allowlist, and `policy.decide` rule
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 from gateway import gitpath, policy, routes, tokens
 from gateway.decision import Audit, Decision, Reason
 from gateway.errors import StoreUnavailable
-from gateway.grants import Allowlist, Job, Project
+from gateway.grants import Job, Project
 from gateway.request import RequestView
 from gateway.routes import Refusal, RouteTable, Target, TargetKind
 from gateway.settings import Settings
@@ -105,13 +104,19 @@ class Gate:
 
     async def evaluate(self, view: RequestView) -> Decision:
         """The verdict for one request; never raises for a request (store faults -> 503)."""
-        refusal = routes.check_target(view.target)
-        if refusal is not None:
-            return _bad_target(refusal)
+        found: tokens.Extraction | Decision
         try:
             found = tokens.extract(view)
         except tokens.BodyError as exc:
-            return policy.deny(Reason.BAD_BODY, f"400 Bad request - {exc}", Audit())
+            found = Decision(False, Reason.BAD_BODY, f"400 Bad request - {exc}")
+        if isinstance(found, tokens.Credential):
+            # `RouteTable.match` refuses every target `check_target` refuses (and more).
+            return await self._authorize(view, found)
+        refusal = routes.check_target(view.target)
+        if refusal is not None:
+            return _bad_target(refusal)
+        if isinstance(found, Decision):
+            return found
         if found is None:
             if self.settings.require_job_token:
                 return policy.deny(Reason.TOKEN_REQUIRED, UNAUTHORIZED, Audit())
@@ -119,9 +124,7 @@ class Gate:
         if isinstance(found, tokens.Conflict):
             message = f"400 Bad request - Conflicting credentials: {found.detail}."
             return policy.deny(Reason.CREDENTIAL_CONFLICT, message, Audit())
-        if isinstance(found, tokens.Malformed):
-            return policy.deny(Reason.TOKEN_INVALID, UNAUTHORIZED, Audit())
-        return await self._authorize(view, found)
+        return policy.deny(Reason.TOKEN_INVALID, UNAUTHORIZED, Audit())  # Malformed
 
     async def ready(self) -> tuple[bool, str]:
         try:
@@ -154,33 +157,37 @@ class Gate:
     # ---- the stages
 
     async def _authorize(self, view: RequestView, credential: tokens.Credential) -> Decision:
-        audit = Audit(fingerprint=credential.fingerprint)
-        planned = self._plan(view, audit)
+        planned = self._plan(view, credential)
         if isinstance(planned, Decision):
             return planned  # refused before any store lookup
         access, target = planned
-        audit = replace(audit, route=access.name, required=access.permissions)
         try:
-            return await self._resolve(credential, access, target, audit)
+            return await self._resolve(credential, access, target)
         except StoreUnavailable as exc:
             log.warning("token store unavailable: %s", exc)
+            audit = _audit(credential, None, None, access)
             return policy.deny(Reason.STORE_UNAVAILABLE, STORE_DOWN, audit)
 
-    def _plan(self, view: RequestView, audit: Audit) -> Decision | tuple[policy.Access, Target]:
+    def _plan(
+        self, view: RequestView, credential: tokens.Credential
+    ) -> Decision | tuple[policy.Access, Target]:
         found = self.table.match(view.method, view.target)
         if isinstance(found, Refusal):
-            return _bad_target(found, audit)
+            return _bad_target(found, Audit(credential.fingerprint))
         if found is not None:
             route = found.route
             access = policy.Access(
                 route.name, route.permissions, route.controllable, route.own_project_only
             )
             return access, found.target
+        not_available = policy.deny(
+            Reason.ROUTE_NOT_AVAILABLE, NOT_AVAILABLE, Audit(credential.fingerprint)
+        )
         if self.table.in_api(view.target):
-            return policy.deny(Reason.ROUTE_NOT_AVAILABLE, NOT_AVAILABLE, audit)
+            return not_available
         git = self._git(view)
         if git is None or not self.settings.git_http:
-            return policy.deny(Reason.ROUTE_NOT_AVAILABLE, NOT_AVAILABLE, audit)
+            return not_available
         # Cross-project push needs admin_repositories (ProjectPolicy
         # #cross_project_push_allowed_for_job_token?); reads need the allowlist only.
         required = ("admin_repositories",) if git.push else ()
@@ -196,39 +203,47 @@ class Gate:
         return gitpath.parse(view.method, path, query)
 
     async def _resolve(
-        self, credential: tokens.Credential, access: policy.Access, target: Target, audit: Audit
+        self, credential: tokens.Credential, access: policy.Access, target: Target
     ) -> Decision:
-        job = await self._job(credential)
+        store = self.store
+        cached = store.peek_job(credential.digest)  # cache hits stay synchronous: no awaits
+        job: Job | None
+        if isinstance(cached, Job) or (cached is None and self.validator is None):
+            job = cached
+        else:
+            job = await self._job(credential, cached)
         if job is None or job.revoked:
+            audit = _audit(credential, None, None, access)
             return policy.deny(Reason.TOKEN_INVALID, UNAUTHORIZED, audit)
-        audit = replace(audit, job_id=job.job_id, source_project=job.project.path)
-        if job.expired(self.store.wall()):
+        if job.expired(store.wall()):
+            audit = _audit(credential, job, None, access)
             return policy.deny(Reason.TOKEN_EXPIRED, UNAUTHORIZED, audit)
         kind = target.kind
         if kind is TargetKind.OWN:
-            return Decision(
-                True, Reason.OWN_PROJECT, audit=replace(audit, target=_label(job.project))
-            )
+            audit = _audit(credential, job, _label(job.project), access)
+            return Decision(True, Reason.OWN_PROJECT, audit=audit)
         if kind is TargetKind.NONE and not access.permissions:
+            audit = _audit(credential, job, None, access)
             return Decision(True, Reason.UNCONTROLLED_ENDPOINT, audit=audit)
-        accessed = await self._accessed(target)
-        if accessed is None:
-            return policy.deny(
-                Reason.TARGET_UNRESOLVED, UNRESOLVED, replace(audit, target=target.ref)
-            )
-        audit = replace(
-            audit, target=_label(accessed.project) if accessed.project else accessed.ref
-        )
+        accessed = self._peek_accessed(target)
+        if accessed is MISS:
+            accessed = await self._accessed(target)
+        if not isinstance(accessed, policy.Accessed):
+            audit = _audit(credential, job, target.ref, access)
+            return policy.deny(Reason.TARGET_UNRESOLVED, UNRESOLVED, audit)
+        project = accessed.project
+        audit = _audit(credential, job, _label(project) if project else accessed.ref, access)
         allowlist = None
-        if accessed.project is not None and not accessed.is_project(job.project):
-            allowlist = await self._allowlist(accessed.project.id)
+        if project is not None and not accessed.is_project(job.project):
+            allowlist = store.peek(("allowlist", project.id))
+            if allowlist is MISS:
+                allowlist = await store.fetch(("allowlist", project.id))
         return policy.decide(job, accessed, allowlist, access, audit)
 
-    async def _job(self, credential: tokens.Credential) -> Job | None:
-        store = self.store
-        job = store.peek_job(credential.digest)
+    async def _job(self, credential: tokens.Credential, cached: object) -> Job | None:
+        job = cached
         if job is MISS:
-            job = await store.fetch_job(credential.digest)
+            job = await self.store.fetch_job(credential.digest)
         if job is not None or self.validator is None:
             return job  # type: ignore[return-value]
         validated = await self.validator.job(credential.digest, credential.secret)
@@ -237,6 +252,14 @@ class Gate:
         # A job revoked in the store stays revoked whatever the upstream says.
         known = await self._lookup("job_id", validated.job_id)
         return known if isinstance(known, Job) and known.revoked else validated
+
+    def _peek_accessed(self, target: Target) -> policy.Accessed | object:
+        """The accessed project from the cache alone (MISS when the store must be asked)."""
+        if target.kind is TargetKind.PROJECT and target.ref is not None:
+            project = self.store.peek(("project", target.ref.lower()))
+            if isinstance(project, Project) or project is None:
+                return policy.Accessed(target.ref, project)
+        return MISS
 
     async def _accessed(self, target: Target) -> policy.Accessed | None:
         ref = target.ref
@@ -251,14 +274,21 @@ class Gate:
                 return policy.Accessed(str(owner.project.id), owner.project)
         return None  # GROUP, UNRESOLVED, an unknown job: never more permissive than GitLab
 
-    async def _allowlist(self, project_id: int) -> Allowlist | None:
-        found = await self._lookup("allowlist", project_id)
-        return found if isinstance(found, Allowlist) else None
-
     async def _lookup(self, kind: str, arg: object) -> object:
         key = (kind, arg)
         value = self.store.peek(key)
         return await self.store.fetch(key) if value is MISS else value
+
+
+def _audit(
+    credential: tokens.Credential, job: Job | None, target: str | None, access: policy.Access
+) -> Audit:
+    if job is None:
+        return Audit(credential.fingerprint, None, None, target, access.name, access.permissions)
+    source = job.project.path or None
+    return Audit(
+        credential.fingerprint, job.job_id, source, target, access.name, access.permissions
+    )
 
 
 def _label(project: Project) -> str:

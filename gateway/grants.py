@@ -83,9 +83,11 @@ class AllowlistEntry:
     default_permissions: bool = True  # GitLab's column default is true (legacy behaviour)
     policies: tuple[str, ...] = ()
     granted: frozenset[str] = field(init=False)
+    granted_sorted: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "granted", expand(self.policies))
+        object.__setattr__(self, "granted_sorted", tuple(sorted(self.granted)))
 
 
 @dataclass(frozen=True, slots=True)

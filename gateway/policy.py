@@ -20,7 +20,7 @@ first and hands them in. The rules and messages follow GitLab:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from gateway.decision import Audit, Decision, Reason
 from gateway.grants import Allowlist, Job, Project
@@ -107,12 +107,10 @@ def decide(
             f"to project {accessed.label}."
         )
         return deny(Reason.NOT_ALLOWLISTED, FORBIDDEN + message, audit)
-    audit = replace(
-        audit,
-        granted=("default_permissions",)
-        if entry.default_permissions
-        else tuple(sorted(entry.granted)),
-    )
+    granted = ("default_permissions",) if entry.default_permissions else entry.granted_sorted
+    # Built directly: dataclasses.replace costs several microseconds on the hot path.
+    a = audit
+    audit = Audit(a.fingerprint, a.job_id, a.source_project, a.target, a.route, a.required, granted)
     if not access.controllable:
         return allow(Reason.GIT_HTTP if access.git else Reason.UNCONTROLLED_ENDPOINT, audit)
     if entry.default_permissions:

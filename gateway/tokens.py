@@ -71,7 +71,6 @@ _OTHER_TOKEN_PREFIXES = ("glptt-", "glrt-", "glrtr-", "GR1348941", "glpat-", "gl
 
 _JSON_TYPES = frozenset({"application/json", "text/x-json", "application/jsonrequest"})
 _FORM_TYPE = "application/x-www-form-urlencoded"
-_PRINTABLE = re.compile(r"[\x21-\x7e]+")
 # Rack's query parser splits on & (and ; in Rack 2) and drops spaces after a separator.
 _PAIR_SEP = re.compile(r"[&;] *")
 _KEY_BASE = re.compile(r"[^\[\]]+")
@@ -222,14 +221,19 @@ def _json_pairs(body: bytes) -> list[tuple[str, object]]:
     return pairs if isinstance(document, dict) else []
 
 
-def _params(view: RequestView, kind: str | None) -> Iterator[tuple[str, object]]:
+def _params(view: RequestView) -> list[tuple[str, object]]:
     _, _, query = view.target.partition("?")
-    query = query.partition("#")[0]
-    yield from parse_form(query)
-    if view.body and kind == "form":
-        yield from parse_form(view.body.decode("utf-8", "surrogateescape"))
-    elif view.body and kind == "json":
-        yield from _json_pairs(view.body)
+    pairs: list[tuple[str, object]] = []
+    # Every credential parameter name contains "token"; escapes could hide it, so parse those.
+    if "token" in query or "%" in query:
+        pairs.extend(parse_form(query))
+    if view.body:
+        kind = body_kind(view.headers, view.method)
+        if kind == "form":
+            pairs.extend(parse_form(view.body.decode("utf-8", "surrogateescape")))
+        elif kind == "json":
+            pairs.extend(_json_pairs(view.body))
+    return pairs
 
 
 def _from_params(pairs: Iterable[tuple[str, object]]) -> Iterator[_Found]:
@@ -295,18 +299,20 @@ def _from_basic(encoded: str) -> Iterator[_Found]:
 def _from_headers(headers: Headers) -> tuple[list[_Found], list[str]]:
     found: list[_Found] = []
     repeated: list[str] = []
-    for name, carrier in _HEADERS.items():
-        values = headers.getall(name, [])
-        if len(values) > 1:
-            repeated.append(f"{carrier} repeated")
-        for value in values:
-            if value.strip():
-                found.extend(_classify(carrier, value.strip()))
-    values = headers.getall("Authorization", [])
-    if len(values) > 1:
-        repeated.append("Authorization header repeated")
-    for value in values:
-        found.extend(_from_authorization(value))
+    seen: dict[str, int] = {}
+    for name, value in headers.items():  # one pass: requests carry few headers
+        upper = name.upper()
+        carrier = _HEADERS.get(upper)
+        if carrier is None and upper != "AUTHORIZATION":
+            continue
+        label = str(carrier) if carrier is not None else "Authorization header"
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] == 2:
+            repeated.append(f"{label} repeated")
+        if carrier is None:
+            found.extend(_from_authorization(value))
+        elif value.strip():
+            found.extend(_classify(carrier, value.strip()))
     return found, repeated
 
 
@@ -319,14 +325,23 @@ def extract(view: RequestView) -> Extraction:
     body and does not parse (Rails would answer 400; we cannot tell what it would read).
     """
     found, repeated = _from_headers(view.headers)
-    found.extend(_from_params(_params(view, body_kind(view.headers, view.method))))
-    jobs = [item for item in found if item.job]
-    if not jobs:
-        return None
-    others = [item for item in found if not item.job]
-    if conflict := _conflict(jobs, others, repeated):
-        return conflict
-    chosen = min(jobs, key=lambda item: _RANK.get(item.carrier, len(_RANK)))
+    pairs = _params(view)
+    if pairs:
+        found.extend(_from_params(pairs))
+    if len(found) == 1 and not repeated:  # the common case: one carrier
+        chosen = found[0]
+        if not chosen.job:
+            return None
+        if chosen.problem:
+            return _conflict(found, [], repeated)
+    else:
+        jobs = [item for item in found if item.job]
+        if not jobs:
+            return None
+        others = [item for item in found if not item.job]
+        if conflict := _conflict(jobs, others, repeated):
+            return conflict
+        chosen = min(jobs, key=lambda item: _RANK.get(item.carrier, len(_RANK)))
     if why := _malformation(chosen):
         return Malformed(chosen.carrier, why)
     return Credential(chosen.carrier, digest(chosen.value), chosen.value)
@@ -351,8 +366,9 @@ def _names(items: list[_Found]) -> str:
 
 
 def _malformation(item: _Found) -> str | None:
-    if len(item.value.encode("utf-8", "surrogateescape")) > MAX_JOB_TOKEN_SIZE_BYTES:
-        return f"longer than {MAX_JOB_TOKEN_SIZE_BYTES} bytes"
-    if not _PRINTABLE.fullmatch(item.value):
+    value = item.value
+    if not (value.isascii() and value.isprintable()) or " " in value or not value:
         return "contains characters outside printable ASCII"
+    if len(value) > MAX_JOB_TOKEN_SIZE_BYTES:  # ASCII: characters are bytes
+        return f"longer than {MAX_JOB_TOKEN_SIZE_BYTES} bytes"
     return None
