@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port
 from dockerfile_model import Dockerfile
 from image_runner import (
     APP_JOB_TOKEN,
@@ -24,6 +23,7 @@ from image_runner import (
     GRANTS,
     Container,
     RunningGateway,
+    free_port,
     settings_from_environment,
     start_gateway,
     stop,

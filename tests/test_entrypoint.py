@@ -20,7 +20,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import yaml
-from conftest import free_port
 from image_runner import (
     APP_JOB_TOKEN,
     DENIED,
@@ -29,6 +28,7 @@ from image_runner import (
     IMAGE,
     Container,
     RunningGateway,
+    free_port,
     grants_mount,
     replace_option,
     start_gateway,

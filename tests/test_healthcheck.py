@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from image_runner import free_port
 
 from gateway import healthcheck
 from gateway.settings import Settings, env_for
