@@ -166,3 +166,72 @@ def test_an_unreachable_redis_is_reported(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "redis store" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ---- `check METHOD PATH --token T --store URL`: the same Gate.evaluate, offline
+
+
+def check(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "check", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_explains_an_allowed_decision(a_loaded_store: str) -> None:
+    path = "/api/v4/projects/acme%2Fplatform%2Fdeployer/deployments"
+    result = check("GET", path, "--store", a_loaded_store, "--token", APP, "--json")
+    assert result.returncode == 0, result.stderr
+    decision = json.loads(result.stdout)["decision"]
+    assert decision["allowed"] is True
+    assert decision["reason"] == "policies_granted"
+    assert decision["status"] is None
+    assert decision["job_id"] == 5001
+    assert decision["source_project"] == "acme/app"
+    assert decision["target"] == "#20 acme/platform/deployer"
+    assert decision["required"] == ["read_deployments"]
+    assert "read_deployments" in decision["granted"]
+    assert APP not in result.stdout
+
+
+def test_check_explains_a_denial_in_text_and_exits_1(a_loaded_store: str) -> None:
+    result = check(
+        "POST", "/api/v4/projects/20/deployments", "--store", a_loaded_store, "--token", APP
+    )
+    assert result.returncode == 1
+    assert "denied (403): insufficient_permissions" in result.stdout
+    assert "admin_deployments and admin_environments" in result.stdout
+    assert "route        POST /projects/:id/deployments" in result.stdout  # the route part stays
+    assert APP not in result.stdout
+
+
+def test_check_takes_any_carrier_as_a_header(a_loaded_store: str) -> None:
+    from job_grants import basic
+
+    auth = "Authorization: " + basic("gitlab-ci-token", APP)
+    result = check(
+        "GET", "/acme/app.git/info/refs", "--store", a_loaded_store, "--header", auth, "--json"
+    )
+    assert result.returncode == 0, result.stdout
+    assert json.loads(result.stdout)["decision"]["reason"] == "git_http"
+    conflict = check(
+        "GET",
+        "/api/v4/job",
+        "--store",
+        a_loaded_store,
+        "--token",
+        APP,
+        "--header",
+        "PRIVATE-TOKEN: x",
+    )
+    assert conflict.returncode == 1
+    assert "credential_conflict" in conflict.stdout
+
+
+def test_check_refuses_a_missing_sqlite_store(tmp_path: Path) -> None:
+    result = check("GET", "/api/v4/job", "--store", f"sqlite:///{tmp_path}/none.db", "--token", APP)
+    assert result.returncode == 2
+    assert "no token store" in result.stderr
+    assert not (tmp_path / "none.db").exists()

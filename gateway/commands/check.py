@@ -8,12 +8,20 @@ Exit codes: 0 matched, 1 no route or refused, 2 usage or configuration errors.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
+from multidict import CIMultiDict
+
 from gateway.commands.routes import TABLE_SETTINGS, load_table, route_dict
+from gateway.decision import Decision
+from gateway.errors import ConfigError
+from gateway.gate import Gate
+from gateway.request import RequestView
 from gateway.routes import Refusal, RouteMatch, RouteTable, check_target
 from gateway.settings import Settings
 
@@ -70,24 +78,35 @@ def register(subparsers: Any) -> None:
         help="Explain which route a request matches and what a job token needs for it.",
         description="Match METHOD and PATH (the raw request-target, e.g. "
         "'/api/v4/projects/group%%2Fproject/releases?x=1') against the route table. "
-        "Exit 0 matched, 1 no route or refused, 2 usage or configuration errors.",
+        "Exit 0 matched, 1 no route or refused, 2 usage or configuration errors. "
+        "With --token or --header, decide offline against --store: exit 0 allowed, 1 denied.",
     )
     parser.add_argument(
         "method", metavar="METHOD", help="HTTP method (case-sensitive: GET, PUT, ...)"
     )
     parser.add_argument("path", metavar="PATH", help="raw request-target, percent-encoded as sent")
-    Settings.add_arguments(parser, only=TABLE_SETTINGS)
+    Settings.add_arguments(parser, only=TABLE_SETTINGS | DECISION_SETTINGS)
     parser.add_argument("--json", action="store_true", help="Print JSON instead of text.")
+    add_decision_arguments(parser)
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    table = load_table(Settings.from_args(args))
+    settings = Settings.from_args(args)
+    table = load_table(settings)
     report = explain_route(table, args.method, args.path)
+    verdict = explain_decision(settings, args) if decision_requested(args) else None
     if args.json:
-        print(json.dumps(report.to_dict(table), indent=2))
+        document = report.to_dict(table)
+        if verdict is not None:
+            document["decision"] = decision_dict(verdict)
+        print(json.dumps(document, indent=2))
     else:
         print(render_text(table, report))
+        if verdict is not None:
+            print(render_decision(verdict))
+    if verdict is not None:
+        return 0 if verdict.allowed else 1
     return report.exit_code
 
 
@@ -124,3 +143,94 @@ def _match_lines(found: RouteMatch) -> list[str]:
     params = ", ".join(f"{name}={value}" for name, value in found.params.items())
     lines.append(f"  params       {params or '-'}")
     return lines
+
+
+# --------------------------------------------------------------------------- the decision
+# `check METHOD PATH --token T --store URL`: the verdict offline, through the very
+# `Gate.evaluate` the proxy runs (route, target, permissions needed and granted, verdict).
+# Exit 0 allowed, 1 denied.
+
+DECISION_SETTINGS = {"store", "store_timeout", "require_job_token", "git_http"}
+
+
+def add_decision_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--token",
+        help="decide for this job token (sent as JOB-TOKEN; never printed, only its fingerprint)",
+    )
+    parser.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="add a request header, e.g. 'Authorization: Basic ...' (repeatable)",
+    )
+
+
+def decision_requested(args: argparse.Namespace) -> bool:
+    return bool(args.token or args.header)
+
+
+def _view(args: argparse.Namespace) -> RequestView:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for raw in args.header:
+        name, sep, value = raw.partition(":")
+        if not sep or not name.strip():
+            raise ConfigError("--header must look like 'Name: value' (got a header without ':')")
+        headers.add(name.strip(), value.strip())
+    if args.token:
+        headers.add("JOB-TOKEN", args.token)
+    return RequestView(args.method, args.path, headers)
+
+
+def explain_decision(settings: Settings, args: argparse.Namespace) -> Decision:
+    """The gate's decision for the request the arguments describe (store I/O happens here)."""
+    if settings.store.startswith("sqlite:///"):
+        path = Path(settings.store[len("sqlite:///") :])
+        if not path.exists():
+            raise ConfigError(f"no token store at {settings.store} (load one with `store load`)")
+    view = _view(args)
+
+    async def run() -> Decision:
+        gate = await Gate.open(settings)
+        try:
+            return await gate.evaluate(view)
+        finally:
+            await gate.close()
+
+    return asyncio.run(run())
+
+
+def decision_dict(verdict: Decision) -> dict[str, Any]:
+    audit = verdict.audit
+    return {
+        "allowed": verdict.allowed,
+        "reason": str(verdict.reason),
+        "status": verdict.status,
+        "message": verdict.message or None,
+        "token": audit.fingerprint,
+        "job_id": audit.job_id,
+        "source_project": audit.source_project,
+        "target": audit.target,
+        "route": audit.route,
+        "required": list(audit.required),
+        "granted": list(audit.granted),
+    }
+
+
+def render_decision(verdict: Decision) -> str:
+    audit = verdict.audit
+    state = "allowed (forwarded)" if verdict.allowed else f"denied ({verdict.status})"
+    lines = [f"  decision     {state}: {verdict.reason}"]
+    if verdict.message:
+        lines.append(f"  message      {verdict.message}")
+    if audit.fingerprint:
+        job = f"job {audit.job_id} of {audit.source_project}" if audit.job_id else "no job found"
+        lines.append(f"  token        {audit.fingerprint}, {job}")
+    if audit.target:
+        lines.append(f"  accessed     {audit.target}")
+    if audit.route:
+        lines.append(f"  needs        {', '.join(audit.required) or '-'}")
+    if audit.granted:
+        lines.append(f"  granted      {', '.join(audit.granted)}")
+    return "\n".join(lines)
