@@ -33,7 +33,7 @@ RUN python -m venv /opt/venv
 # propcache and uvloop must be their C-extension wheels (the pure-Python HTTP parser is where
 # aiohttp's request-smuggling CVEs lived: CVE-2023-47627, CVE-2024-23829, CVE-2024-52304,
 # CVE-2025-53643), and there is no compiler here, so a missing wheel fails the build instead of
-# silently degrading it. The check after the install proves the extensions load.
+# silently degrading it.
 COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
     && /opt/venv/bin/pip install --only-binary=:all: --requirement requirements.txt
@@ -46,8 +46,10 @@ RUN chmod -R u=rwX,go=rX ./policies
 # The package itself, without touching the dependency layer above.
 COPY README.md ./
 COPY gateway ./gateway
+# The same check `serve` runs at start-up, run at build time: no image without the C extensions
+# (-P: import the installed package, not ./gateway from the working directory).
 RUN /opt/venv/bin/pip install --no-deps . \
-    && /opt/venv/bin/python -c "import aiohttp.helpers, aiohttp.http_parser, multidict, yarl._quoting; assert not aiohttp.helpers.NO_EXTENSIONS; assert aiohttp.http_parser.HttpRequestParser.__module__ == 'aiohttp._http_parser'; assert multidict.MultiDict.__module__ == 'multidict._multidict'; assert yarl._quoting._Quoter.__module__ == 'yarl._quoting_c'"
+    && /opt/venv/bin/python -P -c "from gateway import server; server.check_extensions()"
 
 # ---- runtime -----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
