@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
+from gateway import metrics
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from gateway.headers import HeaderPolicy, response_headers
 from gateway.request import RequestView
@@ -193,6 +194,7 @@ class ClientForwarder:
             upstream.close()
         except _UpstreamBodyFailed as exc:
             transfer.error = f"upstream_body_failed: {exc}"
+            metrics.UPSTREAM_ERRORS.labels("upstream_body_failed").inc()
             _abort(request, upstream)
         except Exception as exc:  # a fault after the headers went out: same rule, abort
             transfer.error = f"internal_error: {type(exc).__name__}"

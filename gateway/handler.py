@@ -14,13 +14,16 @@ Each request ends with exactly one log line and its metrics (`gateway.exchange`)
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass, replace
 from time import perf_counter
 from typing import Protocol
 
+import aiohttp
 import structlog
 from aiohttp import HttpVersion11, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway import metrics, routes
 from gateway.decision import Decision, Reason
@@ -89,7 +92,7 @@ class Proxy:
         metrics.IN_FLIGHT.inc()
         try:
             response = await self._respond(request, exchange)
-        except BaseException:  # cancelled: the client went away (handler_cancellation)
+        except asyncio.CancelledError:  # the client went away (handler_cancellation)
             exchange.status, exchange.transfer.error = 499, "client_disconnected"
             raise
         else:
@@ -144,6 +147,10 @@ class Proxy:
             return await self._forwarder.forward(request, verdict.view, exchange.transfer)
         except (UpstreamError, BodyTooLarge, ClientBodyError) as exc:
             return self._forward_failed(request, exchange, exc)
+        except Exception as exc:  # a fault before the response started (the forwarder's contract)
+            _log.exception("forward_failed", request_id=exchange.transfer.request_id)
+            exchange.transfer.error = f"{type(exc).__name__}: {exc}"
+            return self._refuse(exchange, Refuse(Reason.INTERNAL_ERROR, 500, gitlab_message(500)))
 
     async def _judge(
         self, request: web.Request, exchange: Exchange, *, headers_only: bool
@@ -176,6 +183,9 @@ class Proxy:
 
     def _precheck(self, request: web.Request) -> Refuse | None:
         """The checks that need no I/O and apply to every request."""
+        # SECURITY: dot segments, `#`, backslashes and absolute-form targets are refused before
+        # anything else: the upstream could read them differently from the route table, and an
+        # absolute-form target names another host (reference aiohttp-proxying.md §1.3-1.4).
         problem = routes.check_target(request.raw_path)
         if problem is not None:
             return Refuse(Reason.BAD_TARGET, 400, gitlab_message(400, problem.detail))
@@ -200,10 +210,15 @@ class Proxy:
         if length is not None and length > limit:
             return too_large
         buffer = bytearray()
-        while chunk := await request.content.readany():
-            buffer += chunk
-            if len(buffer) > limit:
-                return too_large
+        try:
+            while chunk := await request.content.readany():
+                buffer += chunk
+                if len(buffer) > limit:
+                    return too_large
+        except (aiohttp.ClientError, HttpProcessingError, ConnectionError) as exc:
+            # The client broke its own upload (framing, disconnect): its fault, not ours.
+            detail = f"the request body could not be read ({type(exc).__name__})"
+            return Refuse(Reason.BAD_BODY, 400, gitlab_message(400, detail))
         return bytes(buffer)
 
     async def _decide(self, view: RequestView, exchange: Exchange) -> Verdict:

@@ -199,3 +199,37 @@ async def test_a_gate_fault_fails_closed(an_upstream, a_gateway, captured_logs):
         assert await answer.json() == {"message": "500 Internal Server Error"}
     assert an_upstream.received == []
     assert captured_logs.events("decision_failed")
+
+
+async def send_then_leave(port: int, head: bytes, first: bytes) -> None:
+    """Start a chunked upload, then disconnect in the middle of it."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head + first)
+    await asyncio.sleep(0.3)
+    writer.transport.abort()
+    await asyncio.sleep(0.3)
+
+
+async def test_an_upload_cut_by_the_client_never_reaches_the_upstream_complete(
+    an_upstream, a_gateway, captured_logs
+):
+    gateway = await a_gateway(an_upstream.url)
+    head = b"POST /up HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    await send_then_leave(gateway.port, head, b"5\r\nhello\r\n")
+
+    assert an_upstream.received == []  # the upstream saw a cut body, never a complete one
+    (line,) = captured_logs.events("request")
+    assert line["status"] == 499
+    assert not [entry for entry in captured_logs.lines() if entry["level"] == "error"]
+
+
+async def test_an_upload_cut_under_inspection_is_never_evaluated(an_upstream, a_gateway):
+    gate = ScriptedGate(wants_body=True)
+    gateway = await a_gateway(an_upstream.url, gate=gate)
+    head = b"POST /form HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    await send_then_leave(gateway.port, head, b"5\r\na=b&c\r\n")
+
+    assert gate.seen == []
+    assert an_upstream.received == []
