@@ -362,7 +362,9 @@ def _conflict(jobs: list[_Found], others: list[_Found], repeated: list[str]) -> 
 
 
 def _names(items: list[_Found]) -> str:
-    return ", ".join(dict.fromkeys(str(item.carrier) for item in items))
+    """Carrier names in GitLab's precedence order (stable messages)."""
+    ordered = sorted(items, key=lambda item: _RANK.get(item.carrier, len(_RANK)))
+    return ", ".join(dict.fromkeys(str(item.carrier) for item in ordered))
 
 
 def _malformation(item: _Found) -> str | None:

@@ -4,6 +4,7 @@ and upstream validation against a real HTTP server."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -400,4 +401,188 @@ async def test_an_unreachable_upstream_validation_is_503() -> None:
     )
     decision = await gate.evaluate(a_request("GET", f"{API}/projects/12/releases", "glcbt-unknown"))
     assert (decision.reason, decision.status) == (Reason.STORE_UNAVAILABLE, 503)
+    await gate.close()
+
+
+# ---- end to end: a real gateway (create_app) in front of a real upstream
+
+
+async def test_an_allowed_call_reaches_the_upstream_unchanged(
+    a_gateway: Any, an_upstream: Any, captured_logs: Any
+) -> None:
+    from fixtures.proxy import call
+
+    gate = await a_gate()
+    gateway = await a_gateway(an_upstream.url, gate=gate)
+    target = "/api/v4/projects/acme%2Fplatform%2Fdeployer/deployments?per_page=5"
+    answer = await call("GET", gateway.url + target, headers={"JOB-TOKEN": APP})
+    assert answer.status == 200
+    assert an_upstream.last.raw_path == target
+    assert an_upstream.last.header("JOB-TOKEN") == [APP]
+    line = captured_logs.events("request")[-1]
+    assert line["reason"] == "policies_granted"
+    assert line["fingerprint"] == tokens.fingerprint(tokens.digest(APP))
+    assert (line["job_id"], line["source_project"]) == (5001, "acme/app")
+    assert APP not in json.dumps(captured_logs.lines())
+    await gate.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "headers", "status", "reason", "message"),
+    [
+        (
+            "GET",
+            "/api/v4/projects/20/releases",
+            {"JOB-TOKEN": APP},
+            403,
+            "insufficient_permissions",
+            "403 Forbidden - Insufficient permissions to access this resource in project #20. "
+            "The following token permission is required: read_releases.",
+        ),
+        (
+            "POST",
+            "/api/v4/projects/20/deployments",
+            {"JOB-TOKEN": APP},
+            403,
+            "insufficient_permissions",
+            "403 Forbidden - Insufficient permissions to access this resource in project #20. "
+            "The following token permissions are required: admin_deployments and admin_environments.",
+        ),
+        (
+            "GET",
+            "/api/v4/projects/20/releases",
+            {"JOB-TOKEN": TOOL},
+            403,
+            "not_allowlisted",
+            "403 Forbidden - Authentication by CI/CD job token not allowed from other/tool to project #20.",
+        ),
+        (
+            "GET",
+            "/api/v4/projects/10/releases",
+            {"JOB-TOKEN": "glcbt-nobody"},
+            401,
+            "token_invalid",
+            "401 Unauthorized",
+        ),
+        (
+            "GET",
+            f"/api/v4/projects/10/releases?job_token={TOOL}",
+            {"JOB-TOKEN": APP},
+            400,
+            "credential_conflict",
+            "400 Bad request - Conflicting credentials: different job tokens in job_token parameter, JOB-TOKEN header.",
+        ),
+        (
+            "GET",
+            "/api/v4/projects/10/issues",
+            {"JOB-TOKEN": APP},
+            403,
+            "route_not_available",
+            "403 Forbidden - This endpoint is not available to CI/CD job tokens through this gateway.",
+        ),
+    ],
+)
+async def test_a_denied_call_is_answered_as_gitlab_and_never_forwarded(
+    a_gateway: Any,
+    an_upstream: Any,
+    method: str,
+    target: str,
+    headers: dict[str, str],
+    status: int,
+    reason: str,
+    message: str,
+) -> None:
+    from fixtures.proxy import call
+
+    gate = await a_gate()
+    gateway = await a_gateway(an_upstream.url, gate=gate)
+    answer = await call(method, gateway.url + target, headers=headers)
+    assert answer.status == status
+    assert answer.json() == {"message": message}
+    assert answer.headers["X-Gateway-Reason"] == reason
+    assert answer.headers["Content-Type"].startswith("application/json")
+    assert an_upstream.received == []
+    await gate.close()
+
+
+async def test_tokens_in_bodies_are_judged_and_the_body_forwarded(
+    a_gateway: Any, an_upstream: Any
+) -> None:
+    from fixtures.proxy import call
+
+    gate = await a_gate()
+    gateway = await a_gateway(an_upstream.url, gate=gate)
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    body = f"name=v1&job_token={APP}".encode()
+    allowed = await call(
+        "POST", gateway.url + "/api/v4/projects/10/releases", headers=form, data=body
+    )
+    assert allowed.status == 200
+    assert an_upstream.last.body_length == len(body)
+    denied = await call(
+        "POST",
+        gateway.url + "/api/v4/projects/20/releases",
+        headers={"Content-Type": "application/json"},
+        data=json.dumps({"job_token": APP}).encode(),
+    )
+    assert denied.status == 403
+    assert denied.headers["X-Gateway-Reason"] == "insufficient_permissions"
+    assert len(an_upstream.received) == 1
+    await gate.close()
+
+
+async def test_git_over_http_through_the_gateway(a_gateway: Any, an_upstream: Any) -> None:
+    from fixtures.proxy import call
+    from job_grants import basic
+
+    gate = await a_gate()
+    gateway = await a_gateway(an_upstream.url, gate=gate)
+    clone = "/acme/platform/deployer.git/info/refs?service=git-upload-pack"
+    as_worker = {"Authorization": basic("gitlab-ci-token", "glcbt-worker-job")}
+    assert (await call("GET", gateway.url + clone, headers=as_worker)).status == 200
+    as_tool = {"Authorization": basic("gitlab-ci-token", TOOL)}
+    denied = await call("GET", gateway.url + clone, headers=as_tool)
+    assert denied.status == 403
+    assert denied.headers["X-Gateway-Reason"] == "not_allowlisted"
+    assert len(an_upstream.received) == 1
+    await gate.close()
+
+
+async def test_the_app_opens_its_own_store_and_fails_closed(
+    a_gateway: Any, an_upstream: Any, own_redis: Any
+) -> None:
+    from fixtures.proxy import call
+
+    setup = open_store(own_redis.url)
+    await setup.load(the_grants())
+    await setup.close()
+    gateway = await a_gateway(an_upstream.url, store=own_redis.url, cache_ttl=0, store_timeout=0.5)
+    url = gateway.url + "/api/v4/projects/10/releases"
+    assert (await call("GET", url, headers={"JOB-TOKEN": APP})).status == 200
+    own_redis.stop()
+    down = await call("GET", url, headers={"JOB-TOKEN": APP})
+    assert down.status == 503
+    assert down.headers["X-Gateway-Reason"] == "store_unavailable"
+    assert down.json() == {
+        "message": "503 Service Unavailable - The token store cannot answer; try again later."
+    }
+    assert len(an_upstream.received) == 1
+
+
+async def test_a_replaced_sqlite_file_is_reopened(tmp_path: Path) -> None:
+    database = tmp_path / "store.db"
+    url = f"sqlite:///{database}"
+    first = open_store(url)
+    await first.load(the_grants())
+    await first.close()
+    gate = await Gate.open(Settings(store=url, cache_ttl=300))
+    assert (await gate.evaluate(ALLOWED)).reason is Reason.OWN_PROJECT
+    # An operator rebuilds the store from scratch: the gate must not keep the deleted file.
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"store.db{suffix}").unlink(missing_ok=True)
+    rebuilt = open_store(url)
+    await rebuilt.load(the_grants())
+    await rebuilt.revoke(job_id=5001)
+    await rebuilt.close()
+    assert await eventually(gate, ALLOWED, Reason.TOKEN_INVALID, within=1.5) < 1.5
     await gate.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +60,8 @@ class SqliteStore:
         self.path = path
         self._timeout = timeout
         self._conn: sqlite3.Connection | None = None
+        self._inode: tuple[int, int, int] = (0, 0, 0)
+        self._opened = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
 
     # ---- plumbing (runs on the store thread)
@@ -78,10 +81,23 @@ class SqliteStore:
                 conn.close()
                 raise
             self._conn = conn
+            self._inode = _identity(self.path)
+            self._opened += 1  # part of `generation`: a reopened file drops the caches
         return self._conn
 
-    def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def _replaced(self) -> bool:
+        """Was the database file deleted or replaced since we opened it? An open connection
+        would keep reading the old inode and never see the new file's revocations."""
         try:
+            return _identity(self.path) != self._inode
+        except OSError:
+            return True
+
+    def _call(self, work: Callable[[sqlite3.Connection], T], *, recheck: bool = False) -> T:
+        try:
+            if recheck and self._conn is not None and self._replaced():
+                self._conn.close()
+                self._conn = None
             return work(self._connect())
         except (sqlite3.Error, OSError) as exc:
             if self._conn is not None:
@@ -89,9 +105,9 @@ class SqliteStore:
                 self._conn = None
             raise StoreUnavailable(f"sqlite store {self.path}: {exc}") from exc
 
-    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, work: Callable[[sqlite3.Connection], T], *, recheck: bool = False) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._call, work)
+        return await loop.run_in_executor(self._pool, lambda: self._call(work, recheck=recheck))
 
     # ---- TokenStore
 
@@ -130,10 +146,12 @@ class SqliteStore:
     # ---- ChangeFeed
 
     async def generation(self) -> str:
+        """The write counter, and the file's identity (a replaced file is reopened here)."""
         row = await self._run(
-            lambda conn: conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+            lambda conn: conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone(),
+            recheck=True,
         )
-        return str(row[0])
+        return f"{self._opened}:{row[0]}"
 
     def subscribe(self, callback: Callable[[], None]) -> None:
         return None  # other processes' writes are found by polling `generation`
@@ -148,6 +166,13 @@ class SqliteStore:
 
     async def listing(self) -> Listing:
         return await self._run(_listing)
+
+
+def _identity(path: str) -> tuple[int, int, int]:
+    """Device, inode and ctime: a file deleted and recreated differs even if the inode is reused
+    (a checkpoint also changes ctime; reopening then is harmless)."""
+    stat = os.stat(path)
+    return (stat.st_dev, stat.st_ino, stat.st_ctime_ns)
 
 
 def _write(conn: sqlite3.Connection, change: Callable[[], T]) -> T:
