@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
+import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from gateway.errors import ConfigError
 
@@ -104,7 +106,8 @@ class Settings(BaseSettings):
         HostPolicy.PRESERVE,
         description="`preserve` forwards the client's Host; `upstream` sends the upstream's host.",
     )
-    trusted_proxies: list[str] = Field(
+    # NoDecode: the env var is a comma-separated list (a JSON list works too, see _split_cidrs).
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="CIDRs whose X-Forwarded-* headers are kept (comma-separated or JSON list).",
     )
@@ -155,7 +158,10 @@ class Settings(BaseSettings):
     @classmethod
     def _split_cidrs(cls, value: Any) -> Any:
         if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            value = [part.strip() for part in text.split(",") if part.strip()]
         return value
 
     @field_validator("trusted_proxies")
@@ -175,10 +181,13 @@ class Settings(BaseSettings):
     @classmethod
     def build(cls, **overrides: Any) -> Settings:
         """Build from the environment plus explicit overrides; errors become one-line ConfigErrors."""
+        _refuse_unknown_env()
         try:
             return cls(**overrides)
         except ValidationError as exc:
             raise ConfigError(describe_validation_error(exc)) from None
+        except (SettingsError, ValueError) as exc:
+            raise ConfigError(f"invalid settings: {exc}") from None
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
@@ -209,6 +218,18 @@ class Settings(BaseSettings):
             if getattr(args, name, None) is not None
         }
         return cls.build(**overrides)
+
+
+def _refuse_unknown_env() -> None:
+    """A misspelled GATEWAY_* variable is an error, not a silently ignored setting."""
+    unknown = sorted(
+        key
+        for key in os.environ
+        if key.upper().startswith(ENV_PREFIX)
+        and key.upper()[len(ENV_PREFIX) :].lower() not in Settings.model_fields
+    )
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in the environment: {', '.join(unknown)}")
 
 
 def flag_for(name: str) -> str:
