@@ -3,16 +3,50 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from job_grants import APP, GRANTS_YAML
+import redis.asyncio as aioredis
+from job_grants import APP, GRANTS_YAML, the_grants
 
 from gateway import tokens
 from gateway.errors import ConfigError
 from gateway.grants import EntryKind, Project, parse_grants
-from gateway.stores import Store
+from gateway.stores import Store, open_store
 from gateway.stores.file import FileStore
+
+
+def redis_db(url: str, db: int) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{db}"
+
+
+async def flush(url: str) -> None:
+    client = aioredis.Redis.from_url(url)
+    await client.flushdb()
+    await client.aclose()
+
+
+@pytest.fixture(params=["memory", "sqlite", "file", "redis"])
+async def a_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """Each backend, holding `job_grants.GRANTS_YAML`."""
+    kind = request.param
+    if kind == "memory":
+        store = open_store("memory://")
+    elif kind == "sqlite":
+        store = open_store(f"sqlite:///{tmp_path}/store.db")
+    elif kind == "file":
+        (tmp_path / "grants.yaml").write_text(GRANTS_YAML)
+        store = open_store(f"file://{tmp_path}/grants.yaml")
+    else:
+        url = redis_db(request.getfixturevalue("redis_url"), 5)
+        await flush(url)
+        store = open_store(url)
+    if kind != "file":
+        await store.load(the_grants())
+    yield store
+    await store.close()
 
 
 async def test_a_job_is_found_by_the_digest_of_its_token(a_store: Store) -> None:
