@@ -813,11 +813,9 @@ class RouteTable:
         # Fast path, a few C-level scans: a path under the prefix with no `#`, `\`, controls,
         # non-ASCII, dot segments, slashes to squeeze or escapes `match` refuses.
         plain = self._plain.fullmatch(raw_target)
-        if plain is None or root is None or "/." in raw_target:
+        if plain is None or root is None:
             return self._match_slow(root, raw_target)
         rest = plain.group(1)
-        if "//" in rest or rest[0] == "/" or rest[-1] == "/":
-            return self._match_slow(root, raw_target)
         segs = rest.split("/")
         if "%" in rest:
             if _ANY_BAD_ESCAPE.search(rest) is not None or "F." in rest or "f." in rest:
@@ -917,9 +915,11 @@ class RouteTable:
 
 
 _SLASHES = re.compile("//+")
-# After the prefix: a path of printable ASCII without `#`, `\`, `?`; then any query of printable
+# After the prefix: non-empty segments of printable ASCII without `#`, `\`, `?`, none starting
+# with `.` (no dot segment, no empty segment, no trailing slash); then any query of printable
 # ASCII without `#` and `\`. Possessive: a target that does not fit fails in one pass.
-_PLAIN_REST = r"([\x20-\x22\x24-\x3e\x40-\x5b\x5d-\x7e]++)(?:\?[\x20-\x22\x24-\x5b\x5d-\x7e]*+)?"
+_PLAIN_SEGMENT = r"(?!\.)[\x20-\x22\x24-\x2e\x30-\x3e\x40-\x5b\x5d-\x7e]++"
+_PLAIN_REST = rf"({_PLAIN_SEGMENT}(?:/{_PLAIN_SEGMENT})*+)(?:\?[\x20-\x22\x24-\x5b\x5d-\x7e]*+)?"
 # `%XX` -> character for ASCII bytes, both hex cases; `match` has refused malformed escapes.
 _ASCII_ESCAPES = {
     f"{byte:02{case}}"[:1] + f"{byte:02{case2}}"[1:]: chr(byte)

@@ -710,3 +710,15 @@ def test_decoding_helpers_agree_with_the_standard_library() -> None:
 
     for text in ["a%2Fb", "%40scope%2fname", "x%20y%2B", "caf%C3%A9", "%e2%82%ac"]:
         assert _decode(text) == unquote(text, errors="strict")
+
+
+def test_the_fast_path_agrees_with_the_full_checks(table: RouteTable) -> None:
+    targets = [API + sample.path for sample in SAMPLES]
+    targets += [target for target, _ in REFUSED_FOR_EVERY_REQUEST + REFUSED_BY_MATCH]
+    targets += [
+        t + suffix for t in targets[:40] for suffix in ("?a=%2F&b=/.x", "/", ".json", "//x")
+    ]
+    for target in targets:
+        for method in ("GET", "HEAD", "PUT"):
+            root = table._roots.get("GET" if method == "HEAD" else method)
+            assert table.match(method, target) == table._match_slow(root, target), (method, target)
