@@ -773,8 +773,10 @@ class RouteTable:
         relative_url_root: str = "",
         source: str = "routes",
     ) -> RouteTable:
-        """Compile routes into per-method segment tries. Raises PolicyFileError for a bad
-        template, an unknown method, or two routes no path can tell apart."""
+        """Compile routes into per-method segment tries. Routes are taken as given (`load` adds
+        the GitLab facts the page does not carry, such as `own_project_only`); target rules and
+        spanning params come from TARGET_RULES and SPANNING_PARAMS. Raises PolicyFileError for a
+        bad template, an unknown method, or two routes no path can tell apart."""
         prefix = relative_url_root.rstrip("/") + api_prefix.rstrip("/")
         if prefix and not prefix.startswith("/"):
             raise PolicyFileError(f"{source}: prefix must start with '/': {prefix!r}")
