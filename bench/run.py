@@ -374,15 +374,17 @@ def _measure_once(ctx: Ctx, setup: Setup) -> dict[str, Any]:
         ctx.server, ctx.upstream_pid = {}, None
 
 
-def run_setup(ctx: Ctx, setup: Setup) -> dict[str, Any]:
+def attempt(ctx: Ctx, setup: Setup, round_no: int) -> dict[str, Any]:
+    """One measured run of a setup, or a record of why it cannot run."""
     missing = [tool for tool in setup.needs if tool != "gateway" and not ctx.tools.get(tool)]
     if missing:
         return skipped(
             setup, f"{', '.join(missing)} not installed (bench/install.sh installs it as root)"
         )
-    print(f"-- {setup.name}: {setup.title}", flush=True)
+    label = f" (round {round_no + 1}/{ctx.args.repeat})" if ctx.args.repeat > 1 else ""
+    print(f"-- {setup.name}: {setup.title}{label}", flush=True)
     try:
-        runs = [_measure_once(ctx, setup) for _ in range(ctx.args.repeat)]
+        record = _measure_once(ctx, setup)
     except (SetupFailed, ValueError, OSError, KeyError, json.JSONDecodeError) as exc:
         role = "not available yet" if "gateway" in setup.needs and ctx.gateway_problem else "failed"
         print(f"   {role}: {exc}", flush=True)
@@ -392,16 +394,38 @@ def run_setup(ctx: Ctx, setup: Setup) -> dict[str, Any]:
             "role": setup.role,
             "reason": str(exc),
         }
-    # With --repeat N, the run with the median throughput stands for the setup.
-    record = sorted(runs, key=lambda r: float(r["requests_per_s"]))[len(runs) // 2]
-    record["runs_requests_per_s"] = [r["requests_per_s"] for r in runs]
     lat = record["latency_ms"]
     print(
         f"   {record['requests_per_s']:,.0f} req/s  p50 {lat.get('p50')} ms  p99 {lat.get('p99')} ms  "
-        f"{record['cpu_us_per_request']} us CPU/req  non-2xx {record['non_2xx_share']:.1%}",
+        f"{record['cpu_us_per_request']} us CPU/req  server busy {record['server_cpu_util']:.0%}  "
+        f"non-2xx {record['non_2xx_share']:.1%}",
         flush=True,
     )
     return record
+
+
+def run_setups(ctx: Ctx, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Runs the setups round-robin `--repeat` times (so that other work on the machine spreads
+    over all of them), then keeps, per setup, the run with the median throughput."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    final: dict[str, dict[str, Any]] = {}
+    for round_no in range(ctx.args.repeat):
+        for name in names:
+            if name in final:
+                continue  # skipped or broken: no point in trying again
+            record = attempt(ctx, BY_NAME[name], round_no)
+            if record["status"] != "ok":
+                final[name] = record
+            else:
+                runs[name].append(record)
+    for name in names:
+        if name in final:
+            continue
+        ordered = sorted(runs[name], key=lambda r: float(r["requests_per_s"]))
+        final[name] = ordered[len(ordered) // 2]
+        final[name]["runs_requests_per_s"] = [r["requests_per_s"] for r in runs[name]]
+        final[name]["runs_cpu_us_per_request"] = [r["cpu_us_per_request"] for r in runs[name]]
+    return {name: final[name] for name in names}
 
 
 def skipped(setup: Setup, reason: str) -> dict[str, Any]:
@@ -578,6 +602,13 @@ def prepare_gateway(ctx: Ctx) -> None:
         )
 
 
+def _store_description(ctx: Ctx) -> str | None:
+    if ctx.args.store_url or ctx.store_url is None or ctx.gateway_problem:
+        return ctx.store_url
+    jobs = traffic.PROJECTS * traffic.HOT_PER_PROJECT + ctx.cold_tokens
+    return f"sqlite (a fresh file loaded with {jobs:,} jobs by `gateway store load`)"
+
+
 def detect_tools(args: argparse.Namespace) -> dict[str, str | None]:
     venv_bin = Path(PY).parent
 
@@ -708,13 +739,12 @@ def main(argv: list[str] | None = None) -> int:
         "upstream_stub": "nginx (return 200)"
         if tools.get("nginx") and args.stub != "python"
         else "python (bench/stub_upstream.py)",
-        "store": ctx.store_url,
+        "store": _store_description(ctx),
         "traffic": mix,
         "setups": {},
     }
     try:
-        for name in args.setups:
-            doc["setups"][name] = run_setup(ctx, BY_NAME[name])
+        doc["setups"] = run_setups(ctx, args.setups)
         if not args.no_large and args.setups:
             doc["large_bodies"] = large_bodies(ctx, doc["setups"])
         if not args.no_micro:
