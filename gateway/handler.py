@@ -189,6 +189,11 @@ class Proxy:
         problem = routes.check_target(request.raw_path)
         if problem is not None:
             return Refuse(Reason.BAD_TARGET, 400, gitlab_message(400, problem.detail))
+        if request.method == "CONNECT":
+            # A tunnel request: the gateway is no forward proxy and must never ask its upstream
+            # for a tunnel (aiohttp's client would send it in authority-form).
+            detail = "CONNECT is not supported"
+            return Refuse(Reason.BAD_TARGET, 400, gitlab_message(400, detail), close=True)
         if is_upgrade(request.headers):
             # /api/v4 has no websocket endpoints; passing an upgrade through would not be
             # transparent anyway (reference aiohttp-proxying.md §1.18).

@@ -3,6 +3,8 @@
 - Hop-by-hop headers (RFC 9110 §7.6.1 and RFC 2616 §13.5.1) and every header named in
   `Connection` are dropped in both directions (reference aiohttp-proxying.md §1.7).
 - `Expect` is answered by the gateway (after the decision) and never forwarded (§1.16).
+- Headers that would make the upstream run another method or path (method-override and URL
+  rewrite headers) and any header whose name contains `_` are dropped (see `REINTERPRETING`).
 - `X-Request-Id` from the client is dropped: the gateway sends its own id upstream, so an
   upstream log correlation id is never client-chosen.
 - Forwarding headers (`X-Forwarded-*`, `Forwarded`, `X-Real-Ip`, ...) are kept only from a peer
@@ -25,7 +27,14 @@ from multidict import CIMultiDict
 from gateway.request import Headers
 from gateway.settings import HostPolicy, Settings
 
-__all__ = ["HOP_BY_HOP", "HeaderPolicy", "connection_tokens", "is_upgrade", "response_headers"]
+__all__ = [
+    "HOP_BY_HOP",
+    "REINTERPRETING",
+    "HeaderPolicy",
+    "connection_tokens",
+    "is_upgrade",
+    "response_headers",
+]
 
 HOP_BY_HOP = frozenset(
     {
@@ -57,7 +66,21 @@ FORWARDING = frozenset(
         "front-end-https",
     }
 )
-_REQUEST_DROP = HOP_BY_HOP | {"expect", "x-request-id"}
+# SECURITY: headers that make an upstream run another method or route another path than the
+# one authorized: Rack::MethodOverride (in Rails' default stack, so GitLab's) turns a POST into
+# the method `X-HTTP-Method-Override` names; IIS, Symfony (CVE-2018-14773) and nginx
+# `auth_request` set-ups route on the rewrite headers.
+REINTERPRETING = frozenset(
+    {
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-uri",
+        "x-original-url",
+        "x-rewrite-url",
+    }
+)
+_REQUEST_DROP = HOP_BY_HOP | REINTERPRETING | {"expect", "x-request-id"}
 _UNTRUSTED_DROP = _REQUEST_DROP | FORWARDING
 _NONE: frozenset[str] = frozenset()
 
@@ -75,13 +98,16 @@ def is_upgrade(headers: Headers) -> bool:
     return "Upgrade" in headers or "upgrade" in connection_tokens(headers)
 
 
-def _without(headers: Headers, drop: frozenset[str]) -> CIMultiDict[str]:
+def _without(
+    headers: Headers, drop: frozenset[str], *, underscores: bool = True
+) -> CIMultiDict[str]:
     listed = connection_tokens(headers)
     kept: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lowered = name.lower()
-        if lowered not in drop and lowered not in listed:
-            kept.add(name, value)
+        if lowered in drop or lowered in listed or (not underscores and "_" in lowered):
+            continue
+        kept.add(name, value)
     return kept
 
 
@@ -112,7 +138,11 @@ class HeaderPolicy:
     def inbound(self, request: web.BaseRequest) -> CIMultiDict[str]:
         """The end-to-end request headers: what the decision core sees and what is forwarded."""
         drop = _REQUEST_DROP if self.trusts(request.remote) else _UNTRUSTED_DROP
-        return _without(request.headers, drop)
+        # SECURITY: Rack/CGI maps `JOB_TOKEN` and `JOB-TOKEN` to the same HTTP_JOB_TOKEN (and
+        # `X_Forwarded_For` to HTTP_X_FORWARDED_FOR): a name with `_` could smuggle a credential
+        # or a forwarding header past every rule keyed on the `-` spelling. Dropped, as nginx
+        # does by default (`underscores_in_headers off`).
+        return _without(request.headers, drop, underscores=False)
 
     def outbound(
         self, request: web.BaseRequest, headers: Headers, request_id: str

@@ -121,3 +121,26 @@ async def test_gateway_made_answers_carry_the_request_id_sent_upstream(an_upstre
     assert refused.headers["X-Gateway-Reason"] == "bad_target"
     assert len(refused.headers["X-Request-Id"]) == 16
     assert an_upstream.received == []
+
+
+async def test_headers_that_reinterpret_the_request_never_reach_the_upstream(
+    an_upstream, a_gateway
+):
+    gateway = await a_gateway(an_upstream.url)
+    head = (
+        "POST /api/v4/projects/1/environments/7/stop HTTP/1.1\r\nHost: g\r\n"
+        "X-HTTP-Method-Override: DELETE\r\nX-HTTP-Method: DELETE\r\nX-Method-Override: DELETE\r\n"
+        "X-Original-URL: /admin\r\nX-Original-URI: /admin\r\nX-Rewrite-URL: /admin\r\n"
+        "JOB_TOKEN: smuggled\r\nX_Forwarded_For: 6.6.6.6\r\nX-Kept: yes\r\n"
+        "Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+
+    await raw_request(gateway.port, head)
+
+    seen = an_upstream.last
+    assert seen.method == "POST"
+    assert sorted(names(seen.headers)) == sorted(
+        ["host", "content-length", "x-kept", "x-forwarded-for", "x-forwarded-proto",
+         "x-forwarded-host", "x-request-id"]
+    )  # fmt: skip
+    assert seen.header("X-Forwarded-For") == ["127.0.0.1"]

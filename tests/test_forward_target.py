@@ -87,6 +87,16 @@ async def test_asterisk_form_is_refused(an_upstream, a_gateway):
     assert an_upstream.received == []
 
 
+async def test_connect_is_refused_never_tunnelled(an_upstream, a_gateway):
+    gateway = await a_gateway(an_upstream.url)
+
+    answer = await raw_request(gateway.port, get("/api/v4/projects").replace("GET", "CONNECT"))
+
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"X-Gateway-Reason: bad_target" in answer
+    assert an_upstream.received == []
+
+
 async def test_an_empty_query_is_the_one_target_change(an_upstream, a_gateway):
     # yarl drops a bare trailing `?` (an empty query); no server tells the two apart, and this is
     # the only normalisation the upstream URL goes through.
