@@ -32,8 +32,8 @@ class Mix:
 
     def __init__(self, doc: dict[str, Any], cold_start: int) -> None:
         self.rows: list[list[Any]] = doc["requests"]
-        self.projects: int = doc["projects"]
-        self.cold_n: int = doc["cold_tokens"]
+        self.projects = int(doc["projects"])
+        self.cold_n = int(doc["cold_tokens"])
         self.cold = cold_start % self.cold_n
         self.i = -1
 

@@ -42,7 +42,10 @@ def _views(entries: list[traffic.Entry]) -> list[Any]:
         head, _, body = entry.raw.partition("\r\n\r\n")
         lines = head.split("\r\n")
         method, target, _ = lines[0].split(" ", 2)
-        headers = CIMultiDict(tuple(line.split(": ", 1)) for line in lines[1:])  # type: ignore[misc]
+        headers: CIMultiDict[str] = CIMultiDict()
+        for line in lines[1:]:
+            name, _, value = line.partition(": ")
+            headers.add(name, value)
         views.append(
             RequestView(method, target, headers, body.encode() if body else None, "127.0.0.1")
         )

@@ -491,7 +491,7 @@ def run_large(ctx: Ctx, setup: Setup, size: int) -> dict[str, Any]:
     finally:
         ctx.procs.stop_all()
         ctx.server, ctx.upstream_pid, ctx.large = {}, None, False
-    result = {
+    result: dict[str, Any] = {
         "status": "ok",
         "bytes": size,
         "upload": upload,
