@@ -196,6 +196,9 @@ class Guarded:
     upstream: Upstream
     gate: Gate
 
+    def __repr__(self) -> str:  # hypothesis prints fixtures: keep the upstream's log out
+        return f"Guarded({self.url})"
+
     @property
     def attack(self) -> Attack:
         return Attack(self.port, self.upstream)

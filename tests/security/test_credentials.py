@@ -69,9 +69,7 @@ async def test_every_carrier_is_allowed_where_the_token_is(guarded, headers, que
     assert_forwarded(answer, ALLOWED + query)
 
 
-@pytest.mark.parametrize(
-    "name", ["Job.Token", "Job~Token", "job!token"]
-)
+@pytest.mark.parametrize("name", ["Job.Token", "Job~Token", "job!token"])
 async def test_a_header_name_that_folds_to_job_token_is_not_forwarded_unjudged(guarded, name):
     # CGI-style servers (lighttpd's mod_cgi/fastcgi, some WSGI/PHP set-ups) map every byte
     # outside [A-Za-z0-9] to `_`: `Job.Token` becomes HTTP_JOB_TOKEN there. The gateway must
