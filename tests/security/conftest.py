@@ -280,6 +280,31 @@ def assert_not_forwarded(answer: Answer, statuses: Iterable[int] = (400, 401, 40
     assert answer.forwarded == [], answer.describe()
 
 
+CREDENTIAL_HEADERS = frozenset({"JOB_TOKEN", "PRIVATE_TOKEN", "DEPLOY_TOKEN", "AUTHORIZATION"})
+
+
+def folded(name: str) -> str:
+    """A header name as the most lenient CGI-style server sees it: upper case, every byte
+    outside [A-Za-z0-9] as `_` (Rack folds `-`; lighttpd's CGI/FastCGI env folds them all)."""
+    return "".join(char if char.isascii() and char.isalnum() else "_" for char in name.upper())
+
+
+def credentials_received(received: Received) -> list[tuple[str, str]]:
+    """The headers of a forwarded request that some upstream would read as a credential."""
+    return [(k, v) for k, v in received.headers if folded(k) in CREDENTIAL_HEADERS]
+
+
+def assert_judged_or_dropped(answer: Answer, statuses: Iterable[int] = (400, 401, 403)) -> None:
+    """Either the gateway judged the credential (refused/denied, nothing forwarded), or it
+    dropped it: forwarded with no header any upstream could read as a credential."""
+    if answer.status in set(statuses):
+        assert answer.forwarded == [], answer.describe()
+        return
+    assert answer.status == 200, answer.describe()
+    assert len(answer.forwarded) == 1, answer.describe()
+    assert credentials_received(answer.forwarded[0]) == [], answer.describe()
+
+
 def assert_forwarded(answer: Answer, target: str, method: str | None = None) -> Received:
     """Forwarded once, byte-for-byte, and the upstream's answer relayed (no gateway reason)."""
     assert answer.status == 200, answer.describe()
