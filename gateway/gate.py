@@ -21,7 +21,7 @@ import logging
 from gateway import gitpath, policy, routes, tokens
 from gateway.decision import Audit, Decision, Reason
 from gateway.errors import StoreUnavailable
-from gateway.grants import Job, Project
+from gateway.grants import Job, Project, project_key
 from gateway.request import RequestView
 from gateway.routes import Refusal, RouteTable, Target, TargetKind
 from gateway.settings import Settings
@@ -93,14 +93,14 @@ class Gate:
     # ---- the contract
 
     def needs_body(self, view: RequestView) -> bool:
-        """True for a form or JSON body Rails would read params from (any method can carry one)."""
-        if (
-            view.method in _METHODS_WITHOUT_BODY
-            or tokens.body_kind(view.headers, view.method) is None
-        ):
+        """True for a form, JSON or multipart body Rails would read params from (any method
+        can carry one). Framing headers may already be gone from the view (Transfer-Encoding
+        is hop-by-hop), so only an explicit `Content-Length: 0` means "no body"."""
+        if view.method in _METHODS_WITHOUT_BODY:
             return False
-        length = view.headers.get("Content-Length")
-        return "Transfer-Encoding" in view.headers or (length is not None and length.strip() != "0")
+        if tokens.body_kind(view.headers, view.method) is None:
+            return False
+        return view.headers.get("Content-Length", "").strip() != "0"
 
     async def evaluate(self, view: RequestView) -> Decision:
         """The verdict for one request; never raises for a request (store faults -> 503)."""
@@ -268,8 +268,9 @@ class Gate:
         if target.kind is TargetKind.PROJECT:
             project = await self._lookup("project", ref.lower())
             return policy.Accessed(ref, project if isinstance(project, Project) else None)
-        if target.kind is TargetKind.JOB and ref.isdigit():
-            owner = await self._lookup("job_id", int(ref))
+        job_id = project_key(ref)  # a job id reads like a project id: ASCII digits, a bigint
+        if target.kind is TargetKind.JOB and isinstance(job_id, int):
+            owner = await self._lookup("job_id", job_id)
             if isinstance(owner, Job) and owner.project.id:
                 return policy.Accessed(str(owner.project.id), owner.project)
         return None  # GROUP, UNRESOLVED, an unknown job: never more permissive than GitLab

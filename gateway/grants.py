@@ -41,10 +41,13 @@ __all__ = [
     "expand",
     "load_grants",
     "parse_grants",
+    "project_key",
 ]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _PATH = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.\-]*(/[A-Za-z0-9_.][A-Za-z0-9_.\-]*)*")
+_NUMERIC = re.compile(r"-?[0-9]+")
+MAX_ID = 2**63 - 1  # GitLab's ids are bigints
 GROUP_LINK_LIMIT = 200  # app/models/ci/job_token/group_scope_link.rb; the doc caps entries at 200
 
 
@@ -120,6 +123,21 @@ class Allowlist:
             if (entry := index.get(f"group:{group}")) is not None:
                 return entry
         return None
+
+
+def project_key(ref: str | int) -> int | str | None:
+    r"""How GitLab reads a project reference (`find_project`, lib/api/helpers.rb): `/^-?\d+$/`
+    (ASCII digits: Ruby's `\d`) is a numeric id, anything else a full path (lower-cased here).
+
+    Returns the id, the lower-case path, or None for a number no project can have (ids are
+    positive bigints): such a reference is "no such project", never a store fault.
+    """
+    if isinstance(ref, int):
+        return ref if 0 < ref <= MAX_ID else None
+    if _NUMERIC.fullmatch(ref):
+        number = int(ref)
+        return number if 0 < number <= MAX_ID else None
+    return ref.lower()
 
 
 def ancestors(path: str) -> list[str]:
@@ -243,9 +261,10 @@ class _Index:
             self.by_path[project.key] = project
 
     def find(self, ref: int | str) -> Project | None:
-        if isinstance(ref, int) or ref.isdigit():
-            return self.by_id.get(int(ref))
-        return self.by_path.get(ref.lower())
+        key = project_key(ref)
+        if isinstance(key, int):
+            return self.by_id.get(key)
+        return None if key is None else self.by_path.get(key)
 
 
 def build_grants(model: Any, problems: list[str]) -> Grants:
@@ -323,7 +342,7 @@ def _source(
 ) -> tuple[EntryKind, str, int | None] | None:
     project = index.find(item.source)
     if item.kind == "group" or (item.kind is None and project is None):
-        if isinstance(item.source, int) or item.source.isdigit():
+        if isinstance(item.source, int) or not isinstance(project_key(item.source), str):
             problems.append(f"{where}.source: unknown project id {item.source}")
             return None
         if not _PATH.fullmatch(item.source):

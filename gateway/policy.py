@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.decision import Audit, Decision, Reason
-from gateway.grants import Allowlist, Job, Project
+from gateway.grants import Allowlist, Job, Project, project_key
 
 __all__ = ["Access", "Accessed", "decide", "deny", "to_sentence"]
 
@@ -58,15 +58,14 @@ class Accessed:
         """GitLab names the target `project #<id>`; an unknown path is shown as given."""
         if self.project is not None:
             return f"#{self.project.id}"
-        return f"#{self.ref}" if self.ref.isdigit() else self.ref
+        return f"#{self.ref}" if isinstance(project_key(self.ref), int) else self.ref
 
     def is_project(self, source: Project) -> bool:
         """Same project: numeric ids, or full paths case-insensitively (find_by_full_path)."""
         if self.project is not None:
             return self.project.id == source.id
-        if self.ref.isdigit():
-            return int(self.ref) == source.id
-        return self.ref.lower() == source.key
+        key = project_key(self.ref)
+        return key == source.id if isinstance(key, int) else key == source.key
 
 
 def deny(reason: Reason, message: str, audit: Audit) -> Decision:

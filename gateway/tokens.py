@@ -73,6 +73,8 @@ _JSON_TYPES = frozenset({"application/json", "text/x-json", "application/jsonreq
 _FORM_TYPE = "application/x-www-form-urlencoded"
 # Rack's query parser splits on & (and ; in Rack 2) and drops spaces after a separator.
 _PAIR_SEP = re.compile(r"[&;] *")
+_METHOD_KEY = re.compile(r"\s*[\[\]]*_method\]*\s*")  # Rack::MethodOverride's param
+_FOLD = re.compile(r"[^A-Z0-9]")
 _KEY_BASE = re.compile(r"[^\[\]]+")
 
 
@@ -178,10 +180,11 @@ class _Found:
 
 
 def body_kind(headers: Headers, method: str) -> str | None:
-    """ "form" or "json" when Rails would parse this request's body into params, else None.
+    """ "form", "json" or "multipart" when Rails would parse this request's body into params.
 
-    Rack parses a form body for any method, and a POST without Content-Type as a form
-    (`Rack::Request#form_data?`); Rails parses JSON for its JSON MIME types.
+    Rack parses a form body for any method, a POST without Content-Type as a form
+    (`Rack::Request#form_data?`) and any `multipart/*` body (`Rack::Multipart`); Rails parses
+    JSON for its JSON MIME types.
     """
     raw = headers.get("Content-Type")
     if raw is None:
@@ -191,6 +194,8 @@ def body_kind(headers: Headers, method: str) -> str | None:
         return "form"
     if media in _JSON_TYPES:
         return "json"
+    if media.startswith("multipart/"):
+        return "multipart"
     return None
 
 
@@ -221,6 +226,36 @@ def _json_pairs(body: bytes) -> list[tuple[str, object]]:
     return pairs if isinstance(document, dict) else []
 
 
+_BOUNDARY = re.compile(r'(?i);\s*boundary=(?:"([^"]+)"|([^;\s]+))')
+_PART_NAME = re.compile(r'(?i)(?:^|[;\s])name\*?=(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))')
+
+
+def _multipart_pairs(body: bytes, content_type: str) -> list[tuple[str, object]]:
+    """The named parts of a multipart body as Rack::Multipart reads them (a part with a
+    filename becomes a file, i.e. not a string). Fails closed on anything it cannot split."""
+    found = _BOUNDARY.search(content_type)
+    if found is None:
+        raise BodyError("multipart body without a boundary")
+    delimiter = b"--" + (found.group(1) or found.group(2)).encode("latin-1")
+    sections = body.split(delimiter)
+    pairs: list[tuple[str, object]] = []
+    for section in sections[1:]:
+        if section.startswith(b"--"):
+            return pairs  # the closing delimiter
+        head, sep, value = section.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        if not sep:
+            raise BodyError("a multipart part without headers")
+        header_text = head.decode("latin-1")
+        names = [quoted or bare for quoted, bare in _PART_NAME.findall(header_text)]
+        names += [unquote_plus(name) for name in names if "%" in name or "+" in name]
+        is_file = "filename" in header_text.lower()
+        text = value.removesuffix(b"\r\n").decode("utf-8", "surrogateescape")
+        pairs.extend((name, object() if is_file else text) for name in names)
+    if body.strip():
+        raise BodyError("multipart body without its closing delimiter")
+    return pairs
+
+
 def _params(view: RequestView) -> list[tuple[str, object]]:
     _, _, query = view.target.partition("?")
     pairs: list[tuple[str, object]] = []
@@ -230,9 +265,16 @@ def _params(view: RequestView) -> list[tuple[str, object]]:
     if view.body:
         kind = body_kind(view.headers, view.method)
         if kind == "form":
-            pairs.extend(parse_form(view.body.decode("utf-8", "surrogateescape")))
+            form = parse_form(view.body.decode("utf-8", "surrogateescape"))
+            if view.method == "POST" and any(_METHOD_KEY.fullmatch(key) for key, _ in form):
+                # Rack::MethodOverride would route this POST as another method: we cannot
+                # authorize a method we do not see on the request line.
+                raise BodyError("a _method form field (method override) is not accepted")
+            pairs.extend(form)
         elif kind == "json":
             pairs.extend(_json_pairs(view.body))
+        elif kind == "multipart":
+            pairs.extend(_multipart_pairs(view.body, view.headers.get("Content-Type", "")))
     return pairs
 
 
@@ -303,6 +345,10 @@ def _from_headers(headers: Headers) -> tuple[list[_Found], list[str]]:
     for name, value in headers.items():  # one pass: requests carry few headers
         upper = name.upper()
         carrier = _HEADERS.get(upper)
+        if carrier is None and "TOKEN" in upper:
+            # CGI-style servers fold every byte outside [A-Za-z0-9] to `_`: `Job.Token` is
+            # HTTP_JOB_TOKEN there, so it is judged as the JOB-TOKEN header.
+            carrier = _HEADERS.get(_FOLD.sub("_", upper))
         if carrier is None and upper != "AUTHORIZATION":
             continue
         label = str(carrier) if carrier is not None else "Authorization header"

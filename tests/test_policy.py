@@ -621,3 +621,25 @@ def test_ancestor_groups_are_nearest_first() -> None:
 )
 def test_to_sentence_is_rubys(words: list[str], sentence: str) -> None:
     assert policy.to_sentence(words) == sentence
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        f"{API}/projects/%D9%A1%D9%A0/releases",  # Arabic-Indic "10": a path to GitLab, not #10
+        f"{API}/projects/%C2%B2%C2%B0/releases",
+        f"{API}/projects/99999999999999999999999/releases",
+        f"{API}/projects/-10/releases",
+    ],
+)
+async def test_unicode_digits_and_impossible_ids_are_no_project(gate: Gate, target: str) -> None:
+    decision = await gate.evaluate(a_request("GET", target, APP))
+    assert (decision.reason, decision.status) == (Reason.NOT_ALLOWLISTED, 403)
+    assert gate.store.healthy
+
+
+@pytest.mark.parametrize("job", ["%C2%B2", "99999999999999999999999", "%D9%A5%D9%A0%D9%A0%D9%A0"])
+async def test_impossible_job_ids_are_unresolved(gate: Gate, job: str) -> None:
+    decision = await gate.evaluate(a_request("GET", f"{API}/jobs/{job}/artifacts", APP))
+    assert decision.reason in (Reason.TARGET_UNRESOLVED, Reason.BAD_TARGET)
+    assert gate.store.healthy

@@ -236,3 +236,81 @@ class TestBodies:
             "/x", [("Content-Type", "application/octet-stream")], "PUT", b"job_token=" + A.encode()
         )
         assert tokens.extract(view) is None
+
+
+def test_a_method_override_form_field_is_refused() -> None:
+    # Rack::MethodOverride reads `_method` from a POST's form body and reroutes the request.
+    for body in (b"_method=DELETE", b"a=1&%5F%6Dethod=DELETE", b"[_method]=DELETE"):
+        view = a_request(
+            "/x", [("Content-Type", "application/x-www-form-urlencoded")], "POST", body
+        )
+        with pytest.raises(tokens.BodyError, match="_method"):
+            tokens.extract(view)
+    put = a_request(
+        "/x", [("Content-Type", "application/x-www-form-urlencoded")], "PUT", b"_method=GET"
+    )
+    assert tokens.extract(put) is None  # only POSTs are overridden
+
+
+@pytest.mark.parametrize("ref", ["%D9%A2%D9%A0", "%C2%B2", "99999999999999999999999", "0", "-10"])
+def test_only_ascii_bigint_ids_are_numeric(ref: str) -> None:
+    from urllib.parse import unquote
+
+    from gateway.grants import project_key
+
+    key = project_key(unquote(ref))
+    assert key is None or (isinstance(key, str) and not key.isascii())
+    assert project_key("20") == 20
+    assert project_key("Acme/App") == "acme/app"
+
+
+class TestMultipart:
+    CT = "multipart/form-data; boundary=XyZ"
+
+    def view(self, body: bytes, content_type: str = CT) -> RequestView:
+        return a_request("/x", [("Content-Type", content_type)], "POST", body)
+
+    def test_a_named_part_is_a_parameter(self) -> None:
+        body = (
+            b'--XyZ\r\nContent-Disposition: form-data; name="job_token"\r\n\r\n'
+            + A.encode()
+            + b'\r\n--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n'
+            b"Content-Type: text/plain\r\n\r\nhello\r\n--XyZ--\r\n"
+        )
+        assert credential(self.view(body)).carrier is Carrier.JOB_TOKEN_PARAM
+        assert credential(self.view(body, 'multipart/mixed; boundary="XyZ"')).secret == A
+
+    def test_a_token_part_that_is_a_file_is_refused(self) -> None:
+        body = (
+            b'--XyZ\r\nContent-Disposition: form-data; name="token"; filename="t"\r\n\r\n'
+            + A.encode()
+            + b"\r\n--XyZ--\r\n"
+        )
+        assert isinstance(tokens.extract(self.view(body)), Conflict)
+
+    def test_parts_without_tokens_are_nothing(self) -> None:
+        body = b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nx\r\n--XyZ--\r\n'
+        assert tokens.extract(self.view(body)) is None
+
+    @pytest.mark.parametrize(
+        ("body", "content_type"),
+        [(b"--XyZ\r\nno headers", CT), (b"garbage", CT), (b"--XyZ--\r\n", "multipart/form-data")],
+    )
+    def test_unsplittable_bodies_are_refused(self, body: bytes, content_type: str) -> None:
+        with pytest.raises(tokens.BodyError):
+            tokens.extract(self.view(body, content_type))
+
+
+@pytest.mark.parametrize("name", ["Job.Token", "Job~Token", "job!token", "Private.Token"])
+def test_header_names_that_fold_to_a_credential_header_count(name: str) -> None:
+    # CGI-style servers map every byte outside [A-Za-z0-9] to `_` (HTTP_JOB_TOKEN).
+    found = tokens.extract(
+        a_request(
+            "/x", [(name, A if "Job" in name or "job" in name else "glpat-x"), ("JOB-TOKEN", A)]
+        )
+    )
+    if "Private" in name:
+        assert isinstance(found, Conflict)
+    else:
+        assert isinstance(found, Conflict)  # JOB-TOKEN header repeated
+    assert isinstance(credential(a_request("/x", [("Job.Token", A)])), Credential)

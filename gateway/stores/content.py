@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gateway.grants import Allowlist, Grants, Job, Project
+from gateway.grants import Allowlist, Grants, Job, Project, project_key
 
 __all__ = ["Content", "tombstone"]
 
@@ -61,9 +61,10 @@ class Content:
         return tombstone(job_id=job_id) if job_id in self.revoked_job_ids else None
 
     def project(self, ref: str) -> Project | None:
-        if ref.isdigit():
-            return self._by_id.get(int(ref))
-        return self._by_path.get(ref.lower())
+        key = project_key(ref)
+        if isinstance(key, int):
+            return self._by_id.get(key)
+        return None if key is None else self._by_path.get(key)
 
     def allowlist(self, project_id: int) -> Allowlist | None:
         return self._allowlists.get(project_id)

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.errors import StoreUnavailable
-from gateway.grants import Allowlist, AllowlistEntry, EntryKind, Grants, Job, Project
+from gateway.grants import Allowlist, AllowlistEntry, EntryKind, Grants, Job, Project, project_key
 from gateway.stores import Listing
 from gateway.stores.content import tombstone
 
@@ -80,9 +80,11 @@ class RedisStore:
         return job
 
     async def project(self, ref: str) -> Project | None:
-        key = (
-            f"{PREFIX}project:{int(ref)}" if ref.isdigit() else f"{PREFIX}projectpath:{ref.lower()}"
-        )
+        parsed = project_key(ref)
+        if parsed is None:
+            return None
+        kind = "project" if isinstance(parsed, int) else "projectpath"
+        key = f"{PREFIX}{kind}:{parsed}"
         raw = await self._do(self._client.get(key))
         return None if raw is None else _project(json.loads(raw))
 

@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.errors import StoreUnavailable
-from gateway.grants import Allowlist, AllowlistEntry, EntryKind, Grants, Job, Project
+from gateway.grants import (
+    MAX_ID,
+    Allowlist,
+    AllowlistEntry,
+    EntryKind,
+    Grants,
+    Job,
+    Project,
+    project_key,
+)
 from gateway.stores import Listing
 from gateway.stores.content import tombstone
 
@@ -115,15 +124,17 @@ class SqliteStore:
         return await self._run(lambda conn: _job(conn, "WHERE j.digest = ?", digest, digest=digest))
 
     async def job_by_id(self, job_id: int) -> Job | None:
+        if not 0 < job_id <= MAX_ID:
+            return None  # SQLite cannot bind it, and no job has it
         return await self._run(lambda conn: _job(conn, "WHERE j.job_id = ?", job_id, job_id=job_id))
 
     async def project(self, ref: str) -> Project | None:
-        arg: int | str
-        if ref.isdigit():
-            query, arg = "SELECT id, path FROM projects WHERE id = ?", int(ref)
-        else:
-            query, arg = "SELECT id, path FROM projects WHERE path_key = ?", ref.lower()
-        row = await self._run(lambda conn: conn.execute(query, (arg,)).fetchone())
+        key = project_key(ref)
+        if key is None:
+            return None
+        column = "id" if isinstance(key, int) else "path_key"
+        query = f"SELECT id, path FROM projects WHERE {column} = ?"  # noqa: S608 - a fixed column
+        row = await self._run(lambda conn: conn.execute(query, (key,)).fetchone())
         return None if row is None else Project(row[0], row[1])
 
     async def allowlist(self, project_id: int) -> Allowlist | None:
