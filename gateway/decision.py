@@ -28,6 +28,7 @@ class Reason(StrEnum):
     BODY_NOT_INSPECTABLE = "body_not_inspectable"
     BODY_TOO_LARGE = "body_too_large"
     UPGRADE_REFUSED = "upgrade_refused"
+    BAD_FRAMING = "bad_framing"  # HTTP/0.9, Transfer-Encoding in HTTP/1.0, a coding not chunked
     TOKEN_REQUIRED = "token_required"
     # denied after resolution
     TOKEN_INVALID = "token_invalid"
@@ -54,6 +55,7 @@ STATUS: dict[Reason, int] = {
     Reason.BODY_NOT_INSPECTABLE: 413,
     Reason.BODY_TOO_LARGE: 413,
     Reason.UPGRADE_REFUSED: 400,
+    Reason.BAD_FRAMING: 400,
     Reason.TOKEN_REQUIRED: 401,
     Reason.TOKEN_INVALID: 401,
     Reason.TOKEN_EXPIRED: 401,

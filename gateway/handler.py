@@ -22,7 +22,7 @@ from typing import Protocol
 
 import aiohttp
 import structlog
-from aiohttp import HttpVersion11, web
+from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway import metrics, routes
@@ -194,6 +194,9 @@ class Proxy:
             # for a tunnel (aiohttp's client would send it in authority-form).
             detail = "CONNECT is not supported"
             return Refuse(Reason.BAD_TARGET, 400, gitlab_message(400, detail), close=True)
+        framing = _framing_problem(request)
+        if framing is not None:
+            return framing
         if is_upgrade(request.headers):
             # /api/v4 has no websocket endpoints; passing an upgrade through would not be
             # transparent anyway (reference aiohttp-proxying.md §1.18).
@@ -275,6 +278,27 @@ _UPSTREAM_REASONS: dict[type[Exception], Reason] = {
     UpstreamUnreachable: Reason.UPSTREAM_UNREACHABLE,
     UpstreamTimeout: Reason.UPSTREAM_TIMEOUT,
 }
+
+
+def _framing_problem(request: web.Request) -> Refuse | None:
+    """Framings llhttp accepts that the gateway cannot forward faithfully (RFC 9112 §6.1).
+
+    SECURITY: Transfer-Encoding in HTTP/1.0 "MUST be treated as faulty framing"; a coding other
+    than `chunked` would be stripped by the parser and reach the upstream as a plain body (501,
+    as RFC 9112 §6.1 asks for a coding the server does not understand); HTTP/0.9 has no headers.
+    """
+    if request.version < HttpVersion10:
+        return Refuse(Reason.BAD_FRAMING, 400, gitlab_message(400, "HTTP/0.9"), close=True)
+    codings = request.headers.getall("Transfer-Encoding", ())
+    if not codings:
+        return None
+    if request.version == HttpVersion10:
+        detail = "Transfer-Encoding in an HTTP/1.0 request"
+        return Refuse(Reason.BAD_FRAMING, 400, gitlab_message(400, detail), close=True)
+    if [c.strip().lower() for value in codings for c in value.split(",")] != ["chunked"]:
+        detail = "only the chunked transfer coding is supported"
+        return Refuse(Reason.BAD_FRAMING, 501, gitlab_message(501, detail), close=True)
+    return None
 
 
 async def _answer_and_close(request: web.Request, response: web.StreamResponse) -> None:

@@ -4,7 +4,10 @@
   `Connection` are dropped in both directions (reference aiohttp-proxying.md §1.7).
 - `Expect` is answered by the gateway (after the decision) and never forwarded (§1.16).
 - Headers that would make the upstream run another method or path (method-override and URL
-  rewrite headers) and any header whose name contains `_` are dropped (see `REINTERPRETING`).
+  rewrite headers) are dropped (see `REINTERPRETING`).
+- Names are compared as Rack/CGI read them (`fold`: `X_Forwarded_For` is `X-Forwarded-For`).
+- `Content-Length` and `Transfer-Encoding` stay in the view even when `Connection` lists them:
+  the body is there either way and the gate must be able to inspect it.
 - `X-Request-Id` from the client is dropped: the gateway sends its own id upstream, so an
   upstream log correlation id is never client-chosen.
 - Forwarding headers (`X-Forwarded-*`, `Forwarded`, `X-Real-Ip`, ...) are kept only from a peer
@@ -82,11 +85,27 @@ REINTERPRETING = frozenset(
 )
 _REQUEST_DROP = HOP_BY_HOP | REINTERPRETING | {"expect", "x-request-id"}
 _UNTRUSTED_DROP = _REQUEST_DROP | FORWARDING
+# The body's framing, kept in the view by its exact name even when `Connection` lists it: the
+# gate must see that a body exists (aiohttp reads it whatever `Connection` says) to inspect it.
+# Transfer-Encoding is dropped on the way out (the client frames the body again, §1.7).
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
 _NONE: frozenset[str] = frozenset()
+# SECURITY: Rack/CGI fold `-` and `_` (CGI-style servers every byte outside [A-Za-z0-9]) into
+# one env key: `X_Forwarded_For` is HTTP_X_FORWARDED_FOR, which is how Puma let clients clobber
+# proxy-set headers (CVE-2024-45614). Every rule compares names folded the same way.
+_FOLD = str.maketrans(dict.fromkeys("!#$%&'*+.^_`|~", "-"))
+
+
+def fold(name: str) -> str:
+    """A header name as Rack/CGI sees it: lower case, every token punctuation as `-`."""
+    return name.lower().translate(_FOLD)
 
 
 def connection_tokens(headers: Headers) -> frozenset[str]:
-    """The lower-cased header names listed in `Connection` (they are hop-by-hop too)."""
+    """The lower-cased header names listed in `Connection`: they are hop-by-hop too.
+
+    Exact names, not folded: `Connection: Job_Token` removes `Job_Token`, never `JOB-TOKEN`.
+    """
     values = headers.getall("Connection", ())
     if not values:
         return _NONE
@@ -99,13 +118,14 @@ def is_upgrade(headers: Headers) -> bool:
 
 
 def _without(
-    headers: Headers, drop: frozenset[str], *, underscores: bool = True
+    headers: Headers, drop: frozenset[str], keep: frozenset[str] = _NONE
 ) -> CIMultiDict[str]:
+    """`headers` minus the names in `drop` or `Connection` (folded); `keep` names (exact) stay."""
     listed = connection_tokens(headers)
     kept: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lowered = name.lower()
-        if lowered in drop or lowered in listed or (not underscores and "_" in lowered):
+        if lowered not in keep and (lowered in listed or lowered.translate(_FOLD) in drop):
             continue
         kept.add(name, value)
     return kept
@@ -138,17 +158,14 @@ class HeaderPolicy:
     def inbound(self, request: web.BaseRequest) -> CIMultiDict[str]:
         """The end-to-end request headers: what the decision core sees and what is forwarded."""
         drop = _REQUEST_DROP if self.trusts(request.remote) else _UNTRUSTED_DROP
-        # SECURITY: Rack/CGI maps `JOB_TOKEN` and `JOB-TOKEN` to the same HTTP_JOB_TOKEN (and
-        # `X_Forwarded_For` to HTTP_X_FORWARDED_FOR): a name with `_` could smuggle a credential
-        # or a forwarding header past every rule keyed on the `-` spelling. Dropped, as nginx
-        # does by default (`underscores_in_headers off`).
-        return _without(request.headers, drop, underscores=False)
+        return _without(request.headers, drop, _FRAMING)
 
     def outbound(
         self, request: web.BaseRequest, headers: Headers, request_id: str
     ) -> CIMultiDict[str]:
         """`headers` plus the gateway's forwarding headers, per the Host policy."""
         out = CIMultiDict(headers)
+        out.popall("Transfer-Encoding", None)  # aiohttp's client frames the body itself
         out["X-Forwarded-For"] = _append(out.getall("X-Forwarded-For", ()), request.remote)
         if "X-Forwarded-Proto" not in out:
             out["X-Forwarded-Proto"] = request.scheme

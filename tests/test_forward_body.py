@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 
 import aiohttp
+import pytest
 from fixtures.proxy import ScriptedGate, call
 from fixtures.upstream import GZIP_PAYLOAD
 from test_forward_target import raw_request
@@ -232,4 +233,23 @@ async def test_an_upload_cut_under_inspection_is_never_evaluated(an_upstream, a_
     await send_then_leave(gateway.port, head, b"5\r\na=b&c\r\n")
 
     assert gate.seen == []
+    assert an_upstream.received == []
+
+
+FRAMINGS = {
+    "HTTP/1.0 + chunked": ("POST /up HTTP/1.0\r\nTransfer-Encoding: chunked\r\n", b"400"),
+    "gzip, chunked": ("POST /up HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n", b"501"),
+}
+
+
+@pytest.mark.parametrize(("head", "status"), FRAMINGS.values(), ids=FRAMINGS.keys())
+async def test_framing_the_gateway_cannot_forward_faithfully_is_refused(
+    an_upstream, a_gateway, head, status
+):
+    gateway = await a_gateway(an_upstream.url)
+
+    answer = await raw_request(gateway.port, f"{head}Host: g\r\n\r\n", b"5\r\nhello\r\n0\r\n\r\n")
+
+    assert answer.split(b" ", 2)[1] == status
+    assert b"X-Gateway-Reason: bad_framing" in answer
     assert an_upstream.received == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from fixtures.proxy import call
+from fixtures.proxy import ScriptedGate, call
 from test_forward_target import raw_request
 from yarl import URL
 
@@ -131,7 +131,8 @@ async def test_headers_that_reinterpret_the_request_never_reach_the_upstream(
         "POST /api/v4/projects/1/environments/7/stop HTTP/1.1\r\nHost: g\r\n"
         "X-HTTP-Method-Override: DELETE\r\nX-HTTP-Method: DELETE\r\nX-Method-Override: DELETE\r\n"
         "X-Original-URL: /admin\r\nX-Original-URI: /admin\r\nX-Rewrite-URL: /admin\r\n"
-        "JOB_TOKEN: smuggled\r\nX_Forwarded_For: 6.6.6.6\r\nX-Kept: yes\r\n"
+        "X_Forwarded_For: 6.6.6.6\r\nX.Forwarded.Host: evil\r\nX-HTTP-Method_Override: GET\r\n"
+        "X-Kept: yes\r\n"
         "Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
 
@@ -144,3 +145,35 @@ async def test_headers_that_reinterpret_the_request_never_reach_the_upstream(
          "x-forwarded-host", "x-request-id"]
     )  # fmt: skip
     assert seen.header("X-Forwarded-For") == ["127.0.0.1"]
+
+
+async def test_listing_the_framing_in_connection_does_not_hide_the_body(an_upstream, a_gateway):
+    gate = ScriptedGate(wants_body=True)
+    gateway = await a_gateway(an_upstream.url, gate=gate)
+    head = (
+        "POST /form HTTP/1.1\r\nHost: g\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        "Content-Length: 7\r\nConnection: close, Content-Length\r\n\r\n"
+    )
+
+    await raw_request(gateway.port, head, b"a=1&b=2")
+
+    (view,) = gate.seen
+    assert view.body == b"a=1&b=2"
+    assert view.headers["Content-Length"] == "7"
+    assert an_upstream.last.body_length == 7
+
+
+async def test_the_gate_sees_a_chunked_body_is_there(an_upstream, a_gateway):
+    gate = ScriptedGate(wants_body=True)
+    gateway = await a_gateway(an_upstream.url, gate=gate)
+    head = (
+        "POST /form HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+
+    await raw_request(gateway.port, head, b"3\r\na=1\r\n0\r\n\r\n")
+
+    (view,) = gate.seen
+    assert view.headers["Transfer-Encoding"] == "chunked"
+    assert view.body == b"a=1"
+    assert an_upstream.last.header("Transfer-Encoding") == []  # re-framed: a buffer has a length
+    assert an_upstream.last.header("Content-Length") == ["3"]
