@@ -274,7 +274,10 @@ def _params(view: RequestView) -> list[tuple[str, object]]:
         elif kind == "json":
             pairs.extend(_json_pairs(view.body))
         elif kind == "multipart":
-            pairs.extend(_multipart_pairs(view.body, view.headers.get("Content-Type", "")))
+            parts = _multipart_pairs(view.body, view.headers.get("Content-Type", ""))
+            if view.method == "POST" and any(_METHOD_KEY.fullmatch(key) for key, _ in parts):
+                raise BodyError("a _method form field (method override) is not accepted")
+            pairs.extend(parts)
     return pairs
 
 

@@ -314,3 +314,11 @@ def test_header_names_that_fold_to_a_credential_header_count(name: str) -> None:
     else:
         assert isinstance(found, Conflict)  # JOB-TOKEN header repeated
     assert isinstance(credential(a_request("/x", [("Job.Token", A)])), Credential)
+
+
+def test_a_method_override_multipart_field_is_refused() -> None:
+    # Rack::MethodOverride reads `req.POST`, which includes multipart form data.
+    body = b'--XyZ\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--XyZ--\r\n'
+    view = a_request("/x", [("Content-Type", "multipart/form-data; boundary=XyZ")], "POST", body)
+    with pytest.raises(tokens.BodyError, match="_method"):
+        tokens.extract(view)
