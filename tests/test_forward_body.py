@@ -153,6 +153,27 @@ async def test_an_allowed_expect_100_continue_continues_and_is_not_forwarded(
     assert an_upstream.last.header("Expect") == []
 
 
+async def test_expect_with_a_body_to_inspect_continues_then_decides_on_the_body(
+    an_upstream, a_gateway
+):
+    gate = ScriptedGate(wants_body=True)
+    gateway = await a_gateway(an_upstream.url, gate=gate)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(
+        b"POST /form HTTP/1.1\r\nHost: g\r\nContent-Length: 3\r\nExpect: 100-continue\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nConnection: close\r\n\r\n"
+    )
+
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+    writer.write(b"a=1")
+    final = await asyncio.wait_for(reader.read(), timeout=5)
+    writer.close()
+
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert final.startswith(b"HTTP/1.1 200 ")
+    assert [view.body for view in gate.seen] == [b"a=1"]  # decided once, on the body
+
+
 async def test_upgrade_requests_are_refused(an_upstream, a_gateway):
     gateway = await a_gateway(an_upstream.url)
     head = (

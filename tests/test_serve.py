@@ -124,6 +124,7 @@ async def test_two_workers_share_the_port_and_the_metrics(an_upstream, a_gateway
 
     lines = await asyncio.to_thread(gateway.wait_for_event, "request", 40)
     assert {line["pid"] for line in lines} == set(started["pids"])
+    assert {line["worker"] for line in lines} == {0, 1}
     metrics = (await call("GET", gateway.admin_url + "/metrics")).body.decode()
     assert counter_total(metrics, "gateway_requests_total") == 40
 
@@ -133,3 +134,15 @@ async def test_two_workers_share_the_port_and_the_metrics(an_upstream, a_gateway
 
     assert await asyncio.to_thread(gateway.stop) == 0
     assert not await asyncio.to_thread(Path(started["metrics_dir"]).exists)
+
+
+@pytest.mark.slow
+async def test_a_worker_that_dies_stops_the_service_with_exit_1(an_upstream, a_gateway_process):
+    gateway = a_gateway_process("--upstream", an_upstream.url, "--workers", "2")
+    (started,) = gateway.events("workers_started")
+
+    os.kill(started["pids"][0], signal.SIGKILL)
+
+    assert await asyncio.to_thread(gateway.proc.wait, 20) == 1
+    (died,) = gateway.events("worker_died")
+    assert died["worker"] == 0
