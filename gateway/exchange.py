@@ -9,6 +9,7 @@ dry-run mode and `error` when something failed. Never a header, never a raw toke
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -58,16 +59,18 @@ class Recorder:
 
     def __init__(self) -> None:
         self._log: structlog.typing.FilteringBoundLogger = get_logger("gateway.request")
+        self._info = self._log.is_enabled_for(logging.INFO)
         self._counters: dict[tuple[str, int], Any] = {}
+        self._bytes_in = metrics.BYTES.labels("in")
+        self._bytes_out = metrics.BYTES.labels("out")
 
     def finish(self, exchange: Exchange) -> None:
         reason = exchange.final_reason
         self._count(exchange, reason)
-        fields = self._fields(exchange, reason)
         if exchange.status >= 500 or exchange.transfer.error:
-            self._log.warning("request", **fields)
-        else:
-            self._log.info("request", **fields)
+            self._log.warning("request", **self._fields(exchange, reason))
+        elif self._info:  # `--log-level warning` skips building the line at all
+            self._log.info("request", **self._fields(exchange, reason))
 
     def _count(self, exchange: Exchange, reason: str) -> None:
         key = (reason, exchange.status)
@@ -81,9 +84,9 @@ class Recorder:
         if transfer.upstream_seconds is not None:
             metrics.UPSTREAM_SECONDS.observe(transfer.upstream_seconds)
         if transfer.bytes_in:
-            metrics.BYTES.labels("in").inc(transfer.bytes_in)
+            self._bytes_in.inc(transfer.bytes_in)
         if transfer.bytes_out:
-            metrics.BYTES.labels("out").inc(transfer.bytes_out)
+            self._bytes_out.inc(transfer.bytes_out)
         if exchange.would_deny:
             metrics.DRY_RUN_DENIALS.labels(reason).inc()
 

@@ -81,9 +81,11 @@ def _scrub_free_text(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     return event
 
 
-def _add_pid(pid: int) -> Processor:
+def _add_process(fields: dict[str, Any]) -> Processor:
+    """Per-process fields (pid, worker index): fixed at `configure`, cheaper than contextvars."""
+
     def add(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
-        event["pid"] = pid
+        event.update(fields)
         return event
 
     return add
@@ -113,16 +115,23 @@ def _renderer(settings: Settings, stream: TextIO) -> tuple[list[Processor], Proc
     return [structlog.processors.format_exc_info], structlog.processors.JSONRenderer()
 
 
-def configure(settings: Settings, stream: TextIO | None = None) -> None:
-    """Configure structlog and the stdlib root logger to write to `stream` (stderr)."""
+def configure(
+    settings: Settings, stream: TextIO | None = None, *, worker: int | None = None
+) -> None:
+    """Configure structlog and the stdlib root logger to write to `stream` (stderr).
+
+    Every line carries the process id, and `worker` (its index) in a worker process.
+    """
     stream = stream or sys.stderr
+    process: dict[str, Any] = {"pid": os.getpid()}
+    if worker is not None:
+        process["worker"] = worker
     level = logging.getLevelNamesMapping()[settings.log_level.upper()]
     extra, renderer = _renderer(settings, stream)
     shared: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _add_pid(os.getpid()),
+        _add_process(process),
     ]
     structlog.configure(
         processors=[*shared, *extra, _scrub_free_text, renderer],

@@ -60,8 +60,7 @@ def serve(settings: Settings) -> int:
 
 def worker_main(settings: Settings, index: int, conn: Connection) -> None:
     """Entry point of a spawned worker: serve, report readiness or the start-up error."""
-    log.configure(settings)
-    structlog.contextvars.bind_contextvars(worker=index)
+    log.configure(settings, worker=index)
     code = 0
 
     def ready() -> None:
