@@ -211,13 +211,17 @@ async def a_guarded_gateway(
     """Start the in-process gateway (real Gate, memory store with GRANTS_YAML)."""
     gates: list[Gate] = []
 
-    async def start(store: Store | None = None, **overrides: Any) -> Guarded:
+    async def start(
+        store: Store | None = None, upstream: str | None = None, **overrides: Any
+    ) -> Guarded:
+        """`upstream` replaces the recording upstream's URL (a dead port, a garbage server)."""
         overrides.setdefault("store", "memory://")
-        settings = Settings(upstream=an_upstream.url, **overrides)
+        url = upstream or an_upstream.url
+        settings = Settings(upstream=url, **overrides)
         store = store or MemoryStore(the_grants())
         gate = await Gate.open(settings, store=store)
         gates.append(gate)
-        running = await a_gateway(an_upstream.url, gate=gate, **overrides)
+        running = await a_gateway(url, gate=gate, **overrides)
         return Guarded(running.url, running.port, an_upstream, gate)
 
     yield start
