@@ -49,7 +49,27 @@ async def test_a_dot_segment_is_refused_and_never_forwarded(guarded, target):
     assert answer.message.startswith("400 Bad request - ")
 
 
-@pytest.mark.parametrize("target", PAYLOADS[:6])
+# Nested encodings decode to `%2e` on a first pass and to `.` on a second (the IIS
+# double-decoding class, CVE-2001-0333): every escape valid, or an invalid `%2` a lenient
+# decoder keeps as is.
+NESTED = [
+    f"{ALLOWED}/%25%32%65%25%32%65/releases",
+    f"{ALLOWED}/%2%65%2%65/releases",
+    f"{ALLOWED}/%2%65./releases",
+    f"{ALLOWED}/.%2%65/releases",
+    f"{ALLOWED}/%%32%65%%32%65/releases",
+    f"{ALLOWED}/%25%32%45%25%32%45/releases",
+]
+
+
+@pytest.mark.parametrize("target", NESTED)
+async def test_a_nested_encoding_of_a_dot_segment_is_refused(guarded, target):
+    answer = await guarded.attack.send("GET", target, token=APP)
+
+    assert_refused(answer, 400, "bad_target")
+
+
+@pytest.mark.parametrize("target", PAYLOADS[:6] + NESTED)
 async def test_dot_segments_are_refused_without_a_token_too(guarded, target):
     # Nothing to authorize, but an upstream resolving `..` could still be walked out of the
     # API prefix (`/api/v4/../../admin`): refused for every request.
