@@ -22,6 +22,7 @@ How a request-target is read (GitLab: Grape + Mustermann, see docs/reference sec
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
@@ -530,6 +531,7 @@ class _Leaf:
     kind: TargetKind = TargetKind.UNRESOLVED
     ref_param: str = ""
     plain: bool = False  # the target's ref is a parameter as is
+    spans: bool = False  # a splat among the captures
 
     def __post_init__(self) -> None:
         if self.rule.param is None:
@@ -549,15 +551,19 @@ _set_params = RouteMatch.__dict__["params"].__set__
 _set_target = RouteMatch.__dict__["target"].__set__
 
 
-def _result(leaf: _Leaf, caps: list[str]) -> RouteMatch:
+def _result(leaf: _Leaf, caps: _Caps, segs: list[str]) -> RouteMatch:
     names = leaf.names
+    if leaf.spans:
+        texts = [cap if isinstance(cap, str) else "/".join(segs[cap[0] : cap[1]]) for cap in caps]
+    else:
+        texts = caps  # type: ignore[assignment]  # spans are the only non-str captures
     # dict(zip()) costs 4x a literal for the usual one or two params
     if len(names) == 1:
-        params = {names[0]: caps[0]}
+        params = {names[0]: texts[0]}
     elif len(names) == 2:
-        params = {names[0]: caps[0], names[1]: caps[1]}
+        params = {names[0]: texts[0], names[1]: texts[1]}
     else:
-        params = dict(zip(names, caps, strict=True))
+        params = dict(zip(names, texts, strict=True))
     target = leaf.target
     if target is None:
         ref = params[leaf.ref_param] if leaf.plain else None
@@ -577,6 +583,9 @@ def _new_target(kind: TargetKind, ref: str) -> Target:
 
 
 _BRANCHING, _LITERALS_ONLY, _PARAM_ONLY = 0, 1, 2
+_UNBOUNDED = sys.maxsize
+# Captures in path order: a param's decoded text, or a splat's (start, end) segment span.
+_Caps = list[str | tuple[int, int]]
 
 
 @dataclass(slots=True, eq=False)
@@ -587,9 +596,14 @@ class _Node:
     splat: _Node | None = None
     leaf: _Leaf | None = None
     mode: int = _BRANCHING  # set by `seal` once the trie is built
+    min_rest: int = 0  # fewest segments a route below needs from here (set by `seal`)
+    max_rest: int = _UNBOUNDED  # most segments (unbounded below a splat)
 
     def seal(self) -> None:
-        """Record whether this node offers a single way on (see `_walk`), recursively."""
+        """Record, bottom-up, whether this node offers a single way on (see `_walk`) and how
+        many segments the routes below it can still take."""
+        for child in self.children():
+            child.seal()
         others = bool(self.mixed) or self.splat is not None
         if not others and self.param is None and self.literal:
             self.mode = _LITERALS_ONLY
@@ -597,8 +611,14 @@ class _Node:
             self.mode = _PARAM_ONLY
         else:
             self.mode = _BRANCHING
-        for child in self.children():
-            child.seal()
+        rests = [(0, 0)] if self.leaf is not None else []
+        single = [*self.literal.values(), *(child for _, child in self.mixed)]
+        single += [self.param] if self.param is not None else []
+        rests += [(1 + child.min_rest, min(1 + child.max_rest, _UNBOUNDED)) for child in single]
+        if self.splat is not None:
+            rests.append((1 + self.splat.min_rest, _UNBOUNDED))
+        self.min_rest = min(low for low, _ in rests)
+        self.max_rest = max(high for _, high in rests)
 
     def children(self) -> Iterator[_Node]:
         yield from self.literal.values()
@@ -635,13 +655,15 @@ class Overlap:
     significant: bool  # different permissions, controllable, own-project-only or target kind
 
 
-def _walk(node: _Node, segs: list[str], i: int, caps: list[str]) -> _Leaf | None:
+def _walk(node: _Node, segs: list[str], i: int, caps: _Caps) -> _Leaf | None:
     """Depth-first, most specific first, backtracking; `caps` collects params in order.
 
     Nodes with a single way on (only literals, or only a param) are walked in a loop: no
     alternative there, so no frame to come back to. A failed branch truncates `caps` itself.
     """
     n = len(segs)
+    if not node.min_rest <= n - i <= node.max_rest:
+        return None  # no route below this node has that many segments left
     while i < n:
         mode = node.mode
         if mode == _LITERALS_ONLY:
@@ -667,7 +689,7 @@ def _json_literal(node: _Node, segs: list[str], i: int) -> _Leaf | None:
     return None
 
 
-def _branch(node: _Node, segs: list[str], i: int, caps: list[str]) -> _Leaf | None:
+def _branch(node: _Node, segs: list[str], i: int, caps: _Caps) -> _Leaf | None:
     """A node with alternatives: literal > literal.json > mixed > param > splat."""
     mark = len(caps)
     child = node.literal.get(segs[i])
@@ -692,7 +714,7 @@ def _branch(node: _Node, segs: list[str], i: int, caps: list[str]) -> _Leaf | No
     return _walk_splat(node.splat, segs, i, caps) if node.splat is not None else None
 
 
-def _walk_mixed(node: _Node, segs: list[str], i: int, caps: list[str]) -> _Leaf | None:
+def _walk_mixed(node: _Node, segs: list[str], i: int, caps: _Caps) -> _Leaf | None:
     seg = segs[i]
     for regex, child in node.mixed:
         hit = regex.fullmatch(seg)
@@ -713,11 +735,17 @@ def _walk_mixed(node: _Node, segs: list[str], i: int, caps: list[str]) -> _Leaf 
     return None
 
 
-def _walk_splat(node: _Node, segs: list[str], i: int, caps: list[str]) -> _Leaf | None:
-    # Lazy like Mustermann's `.*?`: the fewest segments that let the rest match.
+def _walk_splat(node: _Node, segs: list[str], i: int, caps: _Caps) -> _Leaf | None:
+    """Lazy like Mustermann's `.*?`: the fewest segments that let the rest match.
+
+    Only the ends the rest of the trie can complete are tried (`node.min_rest`..`max_rest`
+    segments must remain), and the capture is a (start, end) span joined once at the end: a
+    long path costs linear time, not quadratic (tests/security/test_redos.py).
+    """
+    n = len(segs)
     mark = len(caps)
-    for end in range(i + 1, len(segs) + 1):
-        caps.append("/".join(segs[i:end]))
+    for end in range(max(i + 1, n - node.max_rest), n - node.min_rest + 1):
+        caps.append((i, end))
         found = _walk(node, segs, end, caps)
         if found is not None:
             return found
@@ -799,7 +827,8 @@ class RouteTable:
                 node = node.child(segment)
             if node.leaf is not None and node.leaf.route is not route:
                 raise ValueError(f"{route.name} and {node.leaf.route.name} match the same paths")
-            node.leaf = node.leaf or _Leaf(route, shape.names, rule)
+            spans = any(segment.kind is SegmentKind.SPLAT for segment in shape.segments)
+            node.leaf = node.leaf or _Leaf(route, shape.names, rule, spans=spans)
 
     # ---- matching
 
@@ -826,9 +855,9 @@ class RouteTable:
                 segs = [_decode(seg) if "%" in seg else seg for seg in segs]
             except UnicodeDecodeError:
                 return Refusal(RefusalReason.BAD_ESCAPE, "percent-escapes do not decode to UTF-8")
-        caps: list[str] = []
+        caps: _Caps = []
         leaf = _walk(root, segs, 0, caps)
-        return None if leaf is None else _result(leaf, caps)
+        return None if leaf is None else _result(leaf, caps, segs)
 
     def _match_slow(self, root: _Node | None, raw_target: str) -> RouteMatch | Refusal | None:
         """`match` for targets that need refusal checks, normalization or decoding."""
@@ -843,9 +872,9 @@ class RouteTable:
                 segs = [_decode(seg) if "%" in seg else seg for seg in segs]
             except UnicodeDecodeError:
                 return Refusal(RefusalReason.BAD_ESCAPE, "percent-escapes do not decode to UTF-8")
-        caps: list[str] = []
+        caps: _Caps = []
         leaf = _walk(root, segs, 0, caps)
-        return None if leaf is None else _result(leaf, caps)
+        return None if leaf is None else _result(leaf, caps, segs)
 
     def in_api(self, raw_target: str) -> bool:
         """Is the path under relative URL root + API prefix (after slash squeezing)? A prefix
