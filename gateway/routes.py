@@ -1,10 +1,11 @@
-"""GitLab's job-token route table, compiled once at start-up; `match` answers in about a microsecond.
+"""GitLab's job-token route table, compiled once at start-up; `match` answers in a few microseconds.
 
 CONTRACT (other modules rely on these names; the implementation below may change freely):
 - `Route`, `Target`, `TargetKind`, `RouteMatch`, `Refusal`, `RefusalReason` as declared here.
 - `RouteTable.load(path) -> RouteTable` (raises `PolicyFileError`), `RouteTable.compile(routes)`.
 - `RouteTable.match(method, raw_target) -> RouteMatch | Refusal | None`: None = no route.
 - `RouteTable.in_api(raw_target) -> bool`; module-level `check_target(raw_target) -> Refusal | None`.
+- `RouteTable.overlaps()`: pairs of templates some path matches both ways (template intersection).
 
 How a request-target is read (GitLab: Grape + Mustermann, see docs/reference section 6):
 1. Refusals first (`check_target` subset for every request, then the stricter checks).
@@ -16,7 +17,8 @@ How a request-target is read (GitLab: Grape + Mustermann, see docs/reference sec
 4. A per-method segment trie is walked depth-first: literal > literal + `.json` (Grape's
    `(.json)` format suffix, lib/grape/path.rb) > mixed `:param.ext` > `:param` > `*splat`
    (lazy: fewest segments first, like Mustermann's `.*?`), backtracking on failure. HEAD uses
-   the GET routes (Grape's `mount_in` adds a HEAD twin of every GET route).
+   the GET routes (Grape's `mount_in` adds a HEAD twin of every GET route). Splats only try the
+   ends the rest of the trie can complete: matching stays linear in the path's length.
 """
 
 from __future__ import annotations
