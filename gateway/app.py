@@ -51,6 +51,9 @@ def runner_options(settings: Settings) -> dict[str, Any]:
         "auto_decompress": False,  # a gzip upload must reach the upstream still gzipped (§1.10)
         "handler_cancellation": True,  # a client that goes away cancels the upstream call (§1.22)
         "shutdown_timeout": settings.grace_period,  # SIGTERM drains in-flight requests this long
+        # aiohttp's keep-alive timer runs from connect (and from each response) until a complete
+        # request head arrives: the slowloris guard. Its default is 3630 s.
+        "keepalive_timeout": settings.client_header_timeout,
         "max_line_size": settings.max_line_size,
         "max_field_size": settings.max_field_size,
         "max_headers": settings.max_headers,

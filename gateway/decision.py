@@ -29,6 +29,7 @@ class Reason(StrEnum):
     BODY_TOO_LARGE = "body_too_large"
     UPGRADE_REFUSED = "upgrade_refused"
     BAD_FRAMING = "bad_framing"  # HTTP/0.9, Transfer-Encoding in HTTP/1.0, a coding not chunked
+    CLIENT_TIMEOUT = "client_timeout"  # the client stalled while sending its body
     TOKEN_REQUIRED = "token_required"
     # denied after resolution
     TOKEN_INVALID = "token_invalid"
@@ -45,6 +46,7 @@ class Reason(StrEnum):
     UPSTREAM_TIMEOUT = "upstream_timeout"
     UPSTREAM_BAD_RESPONSE = "upstream_bad_response"  # closed early, garbage, oversized headers
     INTERNAL_ERROR = "internal_error"  # a gateway fault before forwarding: fail closed
+    OVERLOADED = "overloaded"  # over `max_connections`: refused before reading a request
 
 
 # The status a gateway-made response carries for each non-allowing reason.
@@ -56,6 +58,7 @@ STATUS: dict[Reason, int] = {
     Reason.BODY_TOO_LARGE: 413,
     Reason.UPGRADE_REFUSED: 400,
     Reason.BAD_FRAMING: 400,
+    Reason.CLIENT_TIMEOUT: 408,
     Reason.TOKEN_REQUIRED: 401,
     Reason.TOKEN_INVALID: 401,
     Reason.TOKEN_EXPIRED: 401,
@@ -70,6 +73,7 @@ STATUS: dict[Reason, int] = {
     Reason.UPSTREAM_TIMEOUT: 504,
     Reason.UPSTREAM_BAD_RESPONSE: 502,
     Reason.INTERNAL_ERROR: 500,
+    Reason.OVERLOADED: 503,
 }
 
 

@@ -54,7 +54,12 @@ class BodyTooLarge(GatewayError):
 
 
 class ClientBodyError(GatewayError):
-    """The client's request body failed (disconnect, broken chunked framing) while forwarding."""
+    """The client's request body failed (disconnect, broken chunked framing, or it stalled for
+    `client_body_timeout`: `timed_out`) while forwarding."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 class UpstreamBadResponse(UpstreamError):
@@ -115,6 +120,7 @@ class ClientForwarder:
         self._session = session
         self._headers = headers
         self._max_body = settings.max_body_size
+        self._body_timeout = settings.client_body_timeout
 
     async def forward(
         self, request: web.Request, view: RequestView, transfer: Transfer
@@ -164,7 +170,11 @@ class ClientForwarder:
     ) -> AsyncIterator[bytes]:
         while True:
             try:
-                chunk = await content.readany()
+                async with asyncio.timeout(self._body_timeout):
+                    chunk = await content.readany()
+            except TimeoutError as exc:  # a stalled upload must not hold two connections open
+                transfer.body_failure = ClientBodyError("client_body_timeout", timed_out=True)
+                raise transfer.body_failure from exc
             except Exception as exc:  # client disconnected or broke its chunked framing
                 transfer.body_failure = ClientBodyError(type(exc).__name__)
                 raise transfer.body_failure from exc

@@ -219,10 +219,12 @@ class Proxy:
             return too_large
         buffer = bytearray()
         try:
-            while chunk := await request.content.readany():
+            while chunk := await _read_within(request, self._settings.client_body_timeout):
                 buffer += chunk
                 if len(buffer) > limit:
                     return too_large
+        except TimeoutError:
+            return Refuse(Reason.CLIENT_TIMEOUT, 408, gitlab_message(408), close=True)
         except (aiohttp.ClientError, HttpProcessingError, ConnectionError) as exc:
             # The client broke its own upload (framing, disconnect): its fault, not ours.
             detail = f"the request body could not be read ({type(exc).__name__})"
@@ -259,8 +261,8 @@ class Proxy:
     ) -> web.Response:
         exchange.transfer.error = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, ClientBodyError):
-            # The client dropped or broke its own upload: nobody is left to answer.
-            exchange.status = 499
+            # The client dropped, broke or stalled its own upload: nobody is left to answer.
+            exchange.status = 408 if exc.timed_out else 499
             if request.transport is not None:
                 request.transport.abort()
             return web.Response(status=400)
@@ -278,6 +280,12 @@ _UPSTREAM_REASONS: dict[type[Exception], Reason] = {
     UpstreamUnreachable: Reason.UPSTREAM_UNREACHABLE,
     UpstreamTimeout: Reason.UPSTREAM_TIMEOUT,
 }
+
+
+async def _read_within(request: web.Request, seconds: float) -> bytes:
+    """The next piece of the body; TimeoutError when the client stays silent that long."""
+    async with asyncio.timeout(seconds):
+        return await request.content.readany()
 
 
 def _framing_problem(request: web.Request) -> Refuse | None:

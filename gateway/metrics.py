@@ -13,6 +13,7 @@ __all__ = [
     "BYTES",
     "CACHE_HITS",
     "CACHE_MISSES",
+    "CONNECTIONS_REFUSED",
     "DECISION_SECONDS",
     "DRY_RUN_DENIALS",
     "IN_FLIGHT",
@@ -63,6 +64,9 @@ DRY_RUN_DENIALS = Counter(
     ["reason"],
 )
 RELOADS = Counter("gateway_reloads_total", "SIGHUP reloads by result (ok|failed)", ["result"])
+CONNECTIONS_REFUSED = Counter(
+    "gateway_connections_refused_total", "Client connections refused over max_connections"
+)
 
 
 def collecting_registry(multiproc_dir: str | None) -> CollectorRegistry:

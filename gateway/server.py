@@ -99,7 +99,14 @@ async def run_worker(
     try:
         await proxy.setup()  # opens the gate and the upstream session: ConfigError stops here
         gate = proxy.app[GATE]
-        await listen(proxy, settings.host, settings.port, "--port", reuse_port=reuse_port)
+        await listen(
+            proxy,
+            settings.host,
+            settings.port,
+            "--port",
+            reuse_port=reuse_port,
+            limit=settings.max_connections,
+        )
         if admin:
             admin_runner = await start_admin(settings, _readiness(gate, draining))
         _log.info("listening", proxy=_addresses(proxy), upstream=settings.upstream)
@@ -125,11 +132,66 @@ def _readiness(gate: GateService, draining: asyncio.Event) -> Readiness:
     return readiness
 
 
+class BoundedSite(web.TCPSite):
+    """A TCPSite that answers connections beyond `limit` with 503 and closes them at once.
+
+    aiohttp accepts connections without bound; each costs memory and a file descriptor, so a
+    flood of idle connections could exhaust a worker. (`start` mirrors TCPSite.start with a
+    counting protocol factory.)
+    """
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, *, limit: int, reuse_port: bool
+    ) -> None:
+        super().__init__(runner, host, port, reuse_port=reuse_port or None)
+        self._limit = limit
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with the runner
+        server = self._runner.server
+        assert server is not None
+
+        def protocol() -> asyncio.BaseProtocol:
+            return server() if len(server.connections) < self._limit else _Overloaded()
+
+        self._server = await asyncio.get_running_loop().create_server(
+            protocol, self._host, self._port, backlog=self._backlog, reuse_port=self._reuse_port
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1]
+
+
+_OVERLOADED_BODY = b'{"message": "503 Service Unavailable"}'
+_OVERLOADED = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"X-Gateway-Reason: overloaded\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_OVERLOADED_BODY), _OVERLOADED_BODY)
+)
+
+
+class _Overloaded(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        metrics.CONNECTIONS_REFUSED.inc()
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(_OVERLOADED)
+        transport.close()
+
+
 async def listen(
-    runner: web.BaseRunner, host: str, port: int, flag: str, *, reuse_port: bool
+    runner: web.BaseRunner,
+    host: str,
+    port: int,
+    flag: str,
+    *,
+    reuse_port: bool,
+    limit: int | None = None,
 ) -> None:
-    """Bind a listener; a bind failure is a one-line ConfigError naming the setting."""
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+    """Bind a listener (at most `limit` connections); a bind failure is a one-line ConfigError
+    naming the setting."""
+    site: web.TCPSite
+    if limit is None:
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+    else:
+        site = BoundedSite(runner, host, port, limit=limit, reuse_port=reuse_port)
     try:
         await site.start()
     except OSError as exc:

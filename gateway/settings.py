@@ -130,6 +130,22 @@ class Settings(BaseSettings):
     max_line_size: int = Field(8190, ge=256, description="Longest request line accepted, in bytes.")
     max_field_size: int = Field(8190, ge=256, description="Longest header accepted, in bytes.")
     max_headers: int = Field(128, ge=8, description="Most headers accepted in one request.")
+    client_header_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a client has to send a complete request head (from connecting, or "
+        "after the previous response on a kept-alive connection).",
+    )
+    client_body_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a client may stay silent while sending a request body (408, then close).",
+    )
+    max_connections: int = Field(
+        10_000,
+        ge=1,
+        description="Client connections each worker holds at most; more get 503 and are closed.",
+    )
 
     # --- logs
     log_format: LogFormat = Field(

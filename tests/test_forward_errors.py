@@ -93,3 +93,56 @@ async def test_a_client_gone_mid_download_is_logged_without_a_traceback(
     assert line["status"] == 499 or line["error"] == "client_disconnected"
     assert line["bytes_out"] < 268435456
     assert not [entry for entry in captured_logs.lines() if entry["level"] == "error"]
+
+
+async def closed_within(port: int, data: bytes, seconds: float) -> bytes | None:
+    """Send `data` and then nothing: the answer if the gateway closed in time, else None."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    try:
+        return await asyncio.wait_for(reader.read(), seconds)
+    except ConnectionError:
+        return b""
+    except TimeoutError:
+        return None
+    finally:
+        writer.close()
+
+
+async def test_a_client_that_never_finishes_its_head_is_disconnected(an_upstream, a_gateway):
+    gateway = await a_gateway(an_upstream.url, client_header_timeout=0.5)
+
+    answer = await closed_within(gateway.port, b"GET /x HTTP/1.1\r\nHost: g\r\n", 3)
+
+    assert answer is not None, "still open after 3 s"
+    assert an_upstream.received == []
+
+
+async def test_a_stalled_upload_is_cut_off_both_ways(an_upstream, a_gateway, captured_logs):
+    gateway = await a_gateway(an_upstream.url, client_body_timeout=0.5)
+    head = b"PUT /up HTTP/1.1\r\nHost: g\r\nContent-Length: 100000\r\n\r\n"
+
+    answer = await closed_within(gateway.port, head + b"x" * 1000, 3)
+
+    assert answer is not None, "still open after 3 s"
+    await asyncio.sleep(0.2)
+    assert an_upstream.received == []  # the upstream never got a complete request
+    (line,) = captured_logs.events("request")
+    assert line["status"] == 408
+    assert "client_body_timeout" in line["error"]
+
+
+async def test_connections_over_max_connections_get_a_503(an_upstream, a_gateway):
+    gateway = await a_gateway(an_upstream.url, max_connections=2)
+    held = [await asyncio.open_connection("127.0.0.1", gateway.port) for _ in range(2)]
+    try:
+        answer = await closed_within(gateway.port, b"GET /x HTTP/1.1\r\nHost: g\r\n\r\n", 3)
+    finally:
+        for _, writer in held:
+            writer.close()
+
+    assert answer is not None
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 503 ")
+    assert b"X-Gateway-Reason: overloaded" in answer or answer == b""
+    await asyncio.sleep(0.2)
+    assert (await call("GET", gateway.url + "/x")).status == 200  # served again once below
