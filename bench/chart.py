@@ -20,6 +20,7 @@ def render(doc: dict[str, Any], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     names = list(doc["setups"])
     records = [doc["setups"][n] for n in names]
@@ -35,6 +36,8 @@ def render(doc: dict[str, Any], out: Path) -> None:
     for y, value, ok in zip(ys, rps, ran, strict=True):
         left.text(value, y, f" {value:,.0f}" if ok else " not run", va="center", fontsize=8)
     left.set_xlabel("requests/s (higher is better)")
+    handles = [Patch(color=color, label=role) for role, color in COLORS.items()]
+    left.legend(handles=handles, loc="lower right", fontsize=8)
     left.set_yticks(list(ys), labels, fontsize=8)
     left.invert_yaxis()
     for offset, key, color in ((-0.2, "p50", "#9ecae1"), (0.2, "p99", "#08519c")):

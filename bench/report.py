@@ -68,6 +68,15 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
         found.append(
             _verdict("gateway p99 <= bare proxy p99 + 1 ms", f"{delta:+.2f} ms", delta <= 1.0)
         )
+        if gw.get("light") and bare.get("light"):
+            light = gw["light"]["latency_ms"]["p99"] - bare["light"]["latency_ms"]["p99"]
+            found.append(
+                _verdict(
+                    "gateway p99 <= bare proxy p99 + 1 ms, one connection (no queueing)",
+                    f"{light:+.2f} ms",
+                    light <= 1.0,
+                )
+            )
     else:
         why = "the gateway setup did not run" if not gw else "the bare proxy did not run"
         found.append(_verdict("gateway >= 90% of the bare proxy's req/s", None, None, why))
@@ -164,6 +173,28 @@ def _ran(r: dict[str, Any]) -> str:
     if r.get("load_bound"):
         notes.append("**load-bound** (load core saturated: a lower bound)")
     return "; ".join(notes)
+
+
+def light_table(doc: dict[str, Any]) -> list[str]:
+    """The one-connection runs: per-request latency without queueing."""
+    bare = (_ok(doc, "bare_proxy") or {}).get("light")
+    rows = [
+        "One connection, one request at a time (the latency a setup adds, without queueing):",
+        "",
+        "| setup | req/s | p50 ms | p99 ms | p99 vs bare proxy |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in doc["setups"].items():
+        light = r.get("light") if r.get("status") == "ok" else None
+        if not light:
+            continue
+        lat = light["latency_ms"]
+        delta = "—" if not bare else f"{lat['p99'] - bare['latency_ms']['p99']:+.3f} ms"
+        rows.append(
+            f"| `{name}` | {light['requests_per_s']:,.0f} | {lat.get('p50', 0):.3f} | "
+            f"{lat.get('p99', 0):.3f} | {delta} |"
+        )
+    return rows if len(rows) > 4 else []
 
 
 def ratio_table(doc: dict[str, Any]) -> list[str]:
@@ -274,7 +305,9 @@ def results_markdown(doc: dict[str, Any]) -> str:
         "",
         *setups_table(doc),
         "",
-        "Ratios (req/s ratio, p99 difference, CPU-per-request ratio; same load, same mix):",
+        *light_table(doc),
+        "",
+        "Ratios at 50 connections (req/s ratio, p99 difference, CPU-per-request ratio; same mix):",
         "",
         *ratio_table(doc),
         "",

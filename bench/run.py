@@ -1,7 +1,7 @@
 """The benchmark driver: what the policy costs, next to the architectures users would pick instead.
 
     python bench/run.py                 # the full round (~3-4 min): every setup whose tools exist
-    python bench/run.py --smoke         # CI smoke: ~1.5 s per setup, results in a temp dir
+    python bench/run.py --smoke         # CI smoke: ~2 s per setup, results in a temp dir
     python bench/run.py --setups bare_proxy,gateway_enforce_1w --duration 20
     python bench/run.py --only-profile gateway_enforce_1w      # just the CPU breakdown
 
@@ -274,13 +274,16 @@ LARGE_SETUPS = ("direct", "bare_proxy", "gateway_enforce_1w")
 # --- load
 
 
-def run_load(ctx: Ctx, duration: float, cold_start: int) -> dict[str, Any]:
+def run_load(
+    ctx: Ctx, duration: float, cold_start: int, connections: int | None = None
+) -> dict[str, Any]:
     args = ctx.args
+    connections = connections or args.connections
     if ctx.tools.get("wrk") and args.loadgen != "python":
         argv = [
             str(ctx.tools["wrk"]),
             "-t1",
-            f"-c{args.connections}",
+            f"-c{connections}",
             f"-d{max(1, round(duration))}s",
         ]
         argv += ["--latency", "--timeout", "5s", "-s", str(ctx.mix_dir / "mix.lua")]
@@ -300,7 +303,7 @@ def run_load(ctx: Ctx, duration: float, cold_start: int) -> dict[str, Any]:
         "--duration",
         str(duration),
         "--connections",
-        str(args.connections),
+        str(connections),
         "--cold-start",
         str(cold_start),
     ]
@@ -339,7 +342,13 @@ def measure(ctx: Ctx, setup: Setup) -> dict[str, Any]:
     cpu = meter.stop()
     cpu["load generator"] = {"cpu_s": round(_children_cpu() - before, 3), "util": None}
     cpu["load generator"]["util"] = round(cpu["load generator"]["cpu_s"] / meter.elapsed, 3)
-    return _record(setup, load, cpu, ctx)
+    record = _record(setup, load, cpu, ctx)
+    if ctx.args.light_duration > 0:
+        # One connection, one request at a time: nothing queues, so the latency is the
+        # setup's own per-request overhead (compare p99s here, not at saturation).
+        light = run_load(ctx, ctx.args.light_duration, ctx.cold_tokens // 4, connections=1)
+        record["light"] = {k: light[k] for k in ("requests_per_s", "latency_ms", "non_2xx")}
+    return record
 
 
 def _record(setup: Setup, load: dict[str, Any], cpu: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
@@ -641,6 +650,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument(
+        "--light-duration",
+        type=float,
+        default=4.0,
+        help="seconds of a one-connection run after each setup's main run (0 = none)",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=1, help="runs per setup; the median-throughput run is kept"
     )
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
@@ -679,11 +694,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.duration, args.warmup, args.connections = (
-            min(args.duration, 1.5),
+            min(args.duration, 1.0),
             0.0,
             min(args.connections, 16),
         )
         args.cold_tokens, args.mix_size = min(args.cold_tokens, 800), min(args.mix_size, 2000)
+        args.light_duration = min(args.light_duration, 1.0)
         args.large_bytes, args.profile, args.no_readme = min(args.large_bytes, 32 << 20), "", True
     if args.only_profile is not None:
         args.profile, args.setups, args.no_large, args.no_micro = args.only_profile, "", True, True

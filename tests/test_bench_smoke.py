@@ -108,7 +108,9 @@ def test_results_carry_machine_ratios_targets_bodies_and_micro(smoke_round: dict
 
 def test_the_python_load_generator_drives_a_round_without_wrk(tmp_path: Path) -> None:
     doc = a_bench_round(
-        tmp_path, "--setups", "direct,bare_proxy", "--loadgen", "python", "--no-large", "--no-micro"
+        tmp_path,
+        *("--setups", "direct,bare_proxy", "--loadgen", "python"),
+        *("--light-duration", "0", "--no-large", "--no-micro"),
     )
     for name in ("direct", "bare_proxy"):
         record = doc["setups"][name]
