@@ -242,7 +242,7 @@ def the_grants() -> Grants:
 async def a_sqlite_store(path: Path) -> Store:
     """A real SQLite store file holding GRANTS_YAML."""
     store = open_store(f"sqlite:///{path}")
-    await store.load(the_grants())  # type: ignore[attr-defined]
+    await store.load(the_grants())
     return store
 
 

@@ -224,8 +224,8 @@ class Reference:
         grants = yaml.safe_load(grants_yaml)
         self.projects = {p["id"]: p["path"].lower() for p in grants["projects"]}
         self.by_path = {path: pid for pid, path in self.projects.items()}
-        self.jobs = {}  # token digest -> (job id, project id, expired)
-        self.job_projects = {}
+        self.jobs: dict[str, tuple[int, int | None, bool]] = {}  # digest -> (job, project, expired)
+        self.job_projects: dict[int, int | None] = {}
         for job in grants["jobs"]:
             project = self._project_id(str(job["project"]))
             expires = job.get("expires_at")
@@ -236,6 +236,8 @@ class Reference:
         self.allowlists: dict[int, tuple[bool, list[Entry]]] = {}
         for allowlist in grants.get("allowlists", []):
             pid = self._project_id(str(allowlist["project"]))
+            if pid is None:
+                raise ValueError(f"allowlist of an unknown project: {allowlist['project']}")
             entries = [_entry(raw, self) for raw in allowlist.get("entries", [])]
             self.allowlists[pid] = (allowlist.get("enabled", True), entries)
 

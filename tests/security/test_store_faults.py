@@ -82,7 +82,7 @@ def a_private_redis(tmp_path: Path):
 @pytest.mark.redis
 async def test_redis_killed_then_restarted(a_guarded_gateway, a_private_redis):
     store = open_store(a_private_redis.url, timeout=0.5)
-    await store.load(the_grants())  # type: ignore[attr-defined]
+    await store.load(the_grants())
     guarded = await a_guarded_gateway(store=store, cache_ttl=0, **FAST)
     attack = guarded.attack
     await eventually(attack, ALLOWED, 200)
@@ -93,7 +93,7 @@ async def test_redis_killed_then_restarted(a_guarded_gateway, a_private_redis):
 
     a_private_redis.start()  # same port, empty: load the grants again
     loader = open_store(a_private_redis.url, timeout=2)
-    await loader.load(the_grants())  # type: ignore[attr-defined]
+    await loader.load(the_grants())
     await loader.close()
     await eventually(attack, ALLOWED, 200)
     await eventually(attack, DENIED, 403)
@@ -104,7 +104,7 @@ async def test_a_cached_denial_survives_a_redis_outage_as_a_denial(
     a_guarded_gateway, a_private_redis
 ):
     store = open_store(a_private_redis.url, timeout=0.5)
-    await store.load(the_grants())  # type: ignore[attr-defined]
+    await store.load(the_grants())
     guarded = await a_guarded_gateway(store=store, cache_ttl=60, **FAST)
     attack = guarded.attack
     await eventually(attack, DENIED, 403)
