@@ -156,6 +156,9 @@ _ANY_BAD_ESCAPE = re.compile(
     r"|[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DEde]|5[Ff]|7[Ee])"
 )
 
+_DOTS = (".", "..")
+_DECODE_ROUNDS = 5  # nesting deeper than this is refused by `match` (double encoding) anyway
+
 _REASONS = {
     "control": (RefusalReason.CONTROL_BYTE, "percent-encoded control byte"),
     "backslash": (RefusalReason.BACKSLASH, "percent-encoded backslash"),
@@ -198,6 +201,35 @@ def _subset_refusal(raw_target: str) -> Refusal | None:
     if dots is not None:
         segment = dots.group().lstrip("/")
         return Refusal(RefusalReason.DOT_SEGMENT, f"dot segment {segment!r} in the path")
+    if "%" in path and _ANY_BAD_ESCAPE.search(path) is not None:
+        # Only an escape of `%`, of a digit or letter, or a malformed one can hide a nested
+        # encoding (`%25%32%65` -> `%2e` -> `.`; `%2%65` -> `%2e` to a lenient decoder): the
+        # IIS double-decoding class (CVE-2001-0333).
+        for segment in path.split("/"):
+            refusal = _nested(segment) if "%" in segment else None
+            if refusal is not None:
+                return refusal
+    return None
+
+
+def _nested(segment: str) -> Refusal | None:
+    """What `segment` hides from a reader that decodes again and again (leniently: malformed
+    escapes kept, as many decoders do): a `.`/`..` piece between `/` or `\\` (before any `;`),
+    a backslash or a control byte."""
+    text = segment
+    for _ in range(_DECODE_ROUNDS):
+        decoded = unquote(text)
+        if decoded == text:
+            return None
+        text = decoded
+        if any(piece.partition(";")[0] in _DOTS for piece in re.split(r"[/\\]", text)):
+            return Refusal(
+                RefusalReason.DOT_SEGMENT, f"encoded dot segment {segment!r} in the path"
+            )
+        if "\\" in text:
+            return Refusal(RefusalReason.BACKSLASH, f"encoded backslash in {segment!r}")
+        if _RAW_BAD.search(text.replace("#", "")) is not None:
+            return Refusal(RefusalReason.CONTROL_BYTE, f"encoded control byte in {segment!r}")
     return None
 
 

@@ -570,6 +570,16 @@ REFUSED_FOR_EVERY_REQUEST = [
     ("/api/v4/projects/%252E/releases", RefusalReason.DOT_SEGMENT),
     ("/api/v4/projects/group%2F..%2Fother/releases", RefusalReason.DOT_SEGMENT),
     ("/api/v4/projects/..%2Fother/releases", RefusalReason.DOT_SEGMENT),
+    # nested encodings a reader decoding twice (or leniently) sees as `..`, `\\` or NUL
+    ("/api/v4/projects/%25%32%65%25%32%65/releases", RefusalReason.DOT_SEGMENT),
+    ("/api/v4/projects/%25%32%45/releases", RefusalReason.DOT_SEGMENT),
+    ("/api/v4/projects/%2%65%2%65/releases", RefusalReason.DOT_SEGMENT),
+    ("/api/v4/projects/%2%65./releases", RefusalReason.DOT_SEGMENT),
+    ("/api/v4/projects/.%2%65/releases", RefusalReason.DOT_SEGMENT),
+    ("/api/v4/projects/%%32%65%%32%65/releases", RefusalReason.DOT_SEGMENT),
+    ("/api/v4/projects/..%255C/releases", RefusalReason.DOT_SEGMENT),
+    ("/api/v4/projects/a%255Cb/releases", RefusalReason.BACKSLASH),
+    ("/api/v4/projects/1/releases/%2500", RefusalReason.CONTROL_BYTE),
     ("/api/v4/projects/1/releases/...", None),
     ("/api/v4/projects/1/releases/.hidden", None),
     ("/api/v4/projects/1/releases/v1..2", None),
@@ -581,7 +591,7 @@ REFUSED_BY_MATCH = [
     ("/api/v4/projects/1/releases/%FF", RefusalReason.BAD_ESCAPE),  # not UTF-8
     ("/api/v4/projects/a%252Fb/releases", RefusalReason.DOUBLE_ENCODING),
     ("/api/v4/projects/a%252eb/releases", RefusalReason.DOUBLE_ENCODING),
-    ("/api/v4/projects/1/releases/%2500", RefusalReason.DOUBLE_ENCODING),
+    ("/api/v4/projects/a%2523b/releases", RefusalReason.DOUBLE_ENCODING),  # `#` as data: token only
     ("/%61pi/v4/projects/1/releases", RefusalReason.ENCODED_UNRESERVED),
     ("/api/v4/projects/1/releases/v1%7E", RefusalReason.ENCODED_UNRESERVED),
     ("/api/v4/projects/1/releases/v1%2e0", RefusalReason.ENCODED_UNRESERVED),
