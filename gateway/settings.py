@@ -11,6 +11,7 @@ import argparse
 import ipaddress
 import json
 import os
+from importlib import resources
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,7 +23,19 @@ from gateway.errors import ConfigError
 
 __all__ = ["DEFAULT_ROUTES", "HostPolicy", "LogFormat", "Mode", "Settings", "flag_for"]
 
-DEFAULT_ROUTES = Path(__file__).resolve().parent.parent / "policies" / "routes.yaml"
+
+def _default_routes() -> Path:
+    """The checkout's policies/routes.yaml, else the copy a wheel ships as `gateway.policies`."""
+    checkout = Path(__file__).resolve().parent.parent / "policies" / "routes.yaml"
+    if checkout.exists():
+        return checkout
+    try:
+        return Path(str(resources.files("gateway.policies").joinpath("routes.yaml")))
+    except ModuleNotFoundError:
+        return checkout
+
+
+DEFAULT_ROUTES = _default_routes()
 ENV_PREFIX = "GATEWAY_"
 MiB = 1024 * 1024
 
