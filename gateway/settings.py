@@ -11,8 +11,8 @@ import argparse
 import ipaddress
 import json
 import os
-from importlib import resources
 from enum import StrEnum
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
