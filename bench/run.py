@@ -94,7 +94,9 @@ def _template(name: str, prefix: Path, **values: int) -> Path:
 def _ready(ctx: Ctx, name: str, port: int, timeout: float = 30.0) -> None:
     if not harness.wait_http(port, timeout, lambda: ctx.procs.alive(name)):
         state = "exited" if not ctx.procs.alive(name) else f"not answering after {timeout:.0f} s"
-        raise SetupFailed(f"{name} {state}: {ctx.procs.log_tail(name)}")
+        tail = ctx.procs.log_tail(name)
+        last = tail.rsplit(" | ", 1)[-1]  # the exception line of a traceback comes last
+        raise SetupFailed(f"{name} {state}: {last} (log tail: {tail})")
 
 
 def start_nginx(ctx: Ctx, name: str, conf: str, where: str | None, **ports: int) -> int:
@@ -415,26 +417,28 @@ def attempt(ctx: Ctx, setup: Setup, round_no: int) -> dict[str, Any]:
 
 def run_setups(ctx: Ctx, names: list[str]) -> dict[str, dict[str, Any]]:
     """Runs the setups round-robin `--repeat` times (so that other work on the machine spreads
-    over all of them), then keeps, per setup, the run with the median throughput."""
+    over all of them), then keeps, per setup, the run with the median throughput. A run that
+    fails is recorded with the setup; the setup fails only when no run succeeded."""
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    final: dict[str, dict[str, Any]] = {}
+    failures: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for round_no in range(ctx.args.repeat):
         for name in names:
-            if name in final:
-                continue  # skipped or broken: no point in trying again
+            if failures[name] and failures[name][-1]["status"] in ("skipped", "not_available_yet"):
+                continue  # nothing will change in the next round
             record = attempt(ctx, BY_NAME[name], round_no)
-            if record["status"] != "ok":
-                final[name] = record
-            else:
-                runs[name].append(record)
+            (runs if record["status"] == "ok" else failures)[name].append(record)
+    final: dict[str, dict[str, Any]] = {}
     for name in names:
-        if name in final:
+        if not runs[name]:
+            final[name] = failures[name][-1]
             continue
         ordered = sorted(runs[name], key=lambda r: float(r["requests_per_s"]))
         final[name] = ordered[len(ordered) // 2]
         final[name]["runs_requests_per_s"] = [r["requests_per_s"] for r in runs[name]]
         final[name]["runs_cpu_us_per_request"] = [r["cpu_us_per_request"] for r in runs[name]]
-    return {name: final[name] for name in names}
+        if failures[name]:
+            final[name]["failed_runs"] = [f["reason"] for f in failures[name]]
+    return final
 
 
 def skipped(setup: Setup, reason: str) -> dict[str, Any]:
