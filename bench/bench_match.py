@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from gateway.routes import Refusal, Route, RouteMatch, RouteTable, SegmentKind
-from gateway.routes import _strict_refusal as _strict
-from gateway.routes import target_rule_for as _target_rule
+from gateway.refusals import strict_refusal
+from gateway.routes import Refusal, Route, RouteMatch, RouteTable, SegmentKind, target_rule_for
 
 ROOT = Path(__file__).resolve().parent.parent
 API = "/api/v4"
@@ -117,14 +116,14 @@ class LinearScanSameJob(LinearScan):
     """The linear scan doing `match`'s surrounding work: refusals first, a RouteMatch after."""
 
     def full_match(self, method: str, target: str) -> RouteMatch | Refusal | None:
-        refusal = _strict(target)  # check_target, then the checks only `match` makes
+        refusal = strict_refusal(target)  # check_target, then the checks only `match` makes
         if refusal is not None:
             return refusal
         found = self.match(method, target)
         if found is None:
             return None
         route, params = found
-        return RouteMatch(route, params, _target_rule(route.path).resolve(params))
+        return RouteMatch(route, params, target_rule_for(route.path).resolve(params))
 
 
 def _template_regex(template: str) -> re.Pattern[str]:

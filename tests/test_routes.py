@@ -716,10 +716,10 @@ def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_decoding_helpers_agree_with_the_standard_library() -> None:
-    from gateway.routes import _decode
+    from gateway.refusals import decode_segment
 
     for text in ["a%2Fb", "%40scope%2fname", "x%20y%2B", "caf%C3%A9", "%e2%82%ac"]:
-        assert _decode(text) == unquote(text, errors="strict")
+        assert decode_segment(text) == unquote(text, errors="strict")
 
 
 def test_the_fast_path_agrees_with_the_full_checks(table: RouteTable) -> None:

@@ -1,0 +1,53 @@
+"""The values the route table deals in: a `Route` (one row of GitLab's page), the `Target` a
+request touches, and the `RouteMatch` that `RouteTable.match` returns.
+
+All frozen, slotted dataclasses: they are built on the hot path and shared freely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = ["METHODS", "Route", "RouteMatch", "Target", "TargetKind"]
+
+# Methods the page can list. HEAD never appears in GitLab's generated page (its HEAD twins are
+# added at mount time, lib/tasks/ci/job_tokens_task.rb reads the declared routes).
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+class TargetKind(StrEnum):
+    PROJECT = "project"  # a project id or URL-encoded full path (decoded in `ref`)
+    GROUP = "group"  # a group id or full path
+    JOB = "job"  # a job id whose project owns the resource (e.g. GET /jobs/:id/artifacts)
+    OWN = "own"  # the token's own job/project (GET /job)
+    NONE = "none"  # instance endpoint that touches no project's resources (conan ping)
+    UNRESOLVED = "unresolved"  # a project owns the resource but the URL does not say which
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    kind: TargetKind
+    ref: str | None = None  # decoded id or full path, e.g. "42" or "group/sub/project"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str  # the Grape template exactly as GitLab writes it, without /api/:version
+    permissions: tuple[str, ...]  # GitLab policy names, lower case, e.g. ("admin_deployments",)
+    controllable: bool  # False for the page's `None` rows
+    description: str
+    own_project_only: bool = False  # GitLab's `job_token_scope: :project` (container registry)
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    route: Route
+    params: Mapping[str, str]  # decoded once
+    target: Target
