@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins: list[str] = ["fixtures.upstream", "fixtures.proxy"]
+pytest_plugins: list[str] = ["fixtures.upstream", "fixtures.proxy", "fixtures.registry"]
 
 REPO = Path(__file__).resolve().parent.parent
 SEED_PAGE = REPO.parent / "shared" / "seed" / "000_bfd2f6b9226250fa.txt"
