@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -27,7 +28,8 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(BENCH.parent))
+# The gateway to measure: the checkout bench/run.py was pointed at (--gateway-dir), else this one.
+sys.path.insert(0, os.environ.get("JTG_GATEWAY_DIR") or str(BENCH.parent))
 
 import traffic  # noqa: E402
 

@@ -142,7 +142,8 @@ def machine_line(doc: dict[str, Any]) -> str:
         f"load average at start {m.get('loadavg_1m_at_start', '?')}. "
         f"{doc['pinning']}. Load: {doc['settings']['connections']} connections, "
         f"{doc['settings']['duration']:g} s measured after {doc['settings']['warmup']:g} s warm-up; "
-        f"upstream: {doc['upstream_stub']}; gateway store: `{doc.get('store') or 'n/a'}`."
+        f"upstream: {doc['upstream_stub']}; gateway store: {doc.get('store') or 'n/a'}; "
+        f"gateway code: `{doc.get('gateway_revision') or 'unknown'}`."
     )
 
 

@@ -20,6 +20,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -181,7 +182,9 @@ def gateway(workers: int, mode: str) -> Callable[[Ctx], None]:
             if workers == 1 or ctx.cores.server is None
             else f"{ctx.cores.server},{ctx.cores.load}"
         )
-        pid = ctx.procs.start("gateway", ctx.cores.wrap(argv, where))
+        pid = ctx.procs.start(
+            "gateway", ctx.cores.wrap(argv, where), env=_gateway_env(ctx), cwd=ctx.args.gateway_dir
+        )
         _ready(ctx, "gateway", ctx.port, timeout=60)
         ctx.server = {"gateway": pid}
 
@@ -318,9 +321,18 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+def _run(
+    argv: list[str], timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, **(env or {})},
+        )
     except subprocess.TimeoutExpired as exc:
         raise SetupFailed(f"{Path(argv[0]).name} timed out after {timeout:.0f} s") from exc
     if done.returncode != 0:
@@ -546,7 +558,7 @@ def micro(ctx: Ctx) -> dict[str, Any]:
     argv = [PY, str(BENCH / "micro.py"), "--json"] + (["--quick"] if ctx.args.smoke else [])
     print("-- micro: route match, token extraction, decision", flush=True)
     try:
-        done = _run(ctx.cores.wrap(argv, ctx.cores.server), 300)
+        done = _run(ctx.cores.wrap(argv, ctx.cores.server), 300, env=_gateway_env(ctx))
     except SetupFailed as exc:
         return {"status": "failed", "reason": str(exc)}
     result: dict[str, Any] = json.loads(done.stdout)
@@ -603,7 +615,13 @@ def prepare_gateway(ctx: Ctx) -> None:
     ]
     try:
         done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=600, cwd=REPO, check=False
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=ctx.args.gateway_dir,
+            env={**os.environ, **_gateway_env(ctx)},
+            check=False,
         )
     except subprocess.TimeoutExpired:
         ctx.gateway_problem = "`gateway store load` timed out"
@@ -613,6 +631,29 @@ def prepare_gateway(ctx: Ctx) -> None:
         ctx.gateway_problem = (
             f"not available yet: `gateway store load` exited {done.returncode}: {output[-200:]}"
         )
+
+
+def _gateway_env(ctx: Ctx) -> dict[str, str]:
+    """Imports `gateway` from --gateway-dir (a checkout of the commit to measure)."""
+    return {"PYTHONPATH": str(ctx.args.gateway_dir), "JTG_GATEWAY_DIR": str(ctx.args.gateway_dir)}
+
+
+def gateway_revision(directory: Path) -> str | None:
+    """`<short sha>` of the measured gateway code, `+ uncommitted changes` when it has some."""
+    git = ["git", "-C", str(directory)]
+    try:
+        sha = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", "gateway", "policies"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sha.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
 
 
 def _store_description(ctx: Ctx) -> str | None:
@@ -682,6 +723,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--store-url", default=None, help="use this (already loaded) store instead")
     parser.add_argument(
+        "--gateway-dir",
+        type=Path,
+        default=REPO,
+        help="checkout whose gateway/ to measure (e.g. a `git worktree` of a commit)",
+    )
+    parser.add_argument(
         "--gateway-arg", action="append", default=[], help="extra `gateway serve` argument"
     )
     parser.add_argument(
@@ -718,7 +765,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     import report
 
+    # SIGTERM ends the round like Ctrl-C: the `finally` below stops every process it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args(argv)
+    args.gateway_dir = args.gateway_dir.resolve()
     started = datetime.now(UTC)
     results_dir = args.results_dir or (
         Path(tempfile.mkdtemp(prefix="jtg-bench-smoke-")) if args.smoke else BENCH / "results"
@@ -760,6 +810,7 @@ def main(argv: list[str] | None = None) -> int:
         if tools.get("nginx") and args.stub != "python"
         else "python (bench/stub_upstream.py)",
         "store": _store_description(ctx),
+        "gateway_revision": gateway_revision(args.gateway_dir),
         "traffic": mix,
         "setups": {},
     }
