@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# System packages the test suite uses when present (redis-server, curl, npm); installed with
-# apt-get when we are root and they are missing. Without root, the tests that need them skip.
+# System packages the test suite uses (redis-server, curl, nginx); installed with
+# apt-get when we are root and they are missing. Without root, the tests that need them skip
+# (in CI they fail). npm is used where present (the npm client test skips without it).
 system-deps:
 	@./scripts/system-deps.sh
 
