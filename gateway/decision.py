@@ -26,6 +26,8 @@ class Reason(StrEnum):
     CREDENTIAL_CONFLICT = "credential_conflict"
     BAD_BODY = "bad_body"  # a form/JSON body inspected for tokens does not parse
     BODY_NOT_INSPECTABLE = "body_not_inspectable"
+    # a job token in a streamed multipart body, where the decision (on headers) saw none
+    TOKEN_IN_STREAMED_BODY = "token_in_streamed_body"
     BODY_TOO_LARGE = "body_too_large"
     UPGRADE_REFUSED = "upgrade_refused"
     BAD_FRAMING = "bad_framing"  # HTTP/0.9, Transfer-Encoding in HTTP/1.0, a coding not chunked
@@ -55,6 +57,7 @@ STATUS: dict[Reason, int] = {
     Reason.CREDENTIAL_CONFLICT: 400,
     Reason.BAD_BODY: 400,
     Reason.BODY_NOT_INSPECTABLE: 413,
+    Reason.TOKEN_IN_STREAMED_BODY: 400,
     Reason.BODY_TOO_LARGE: 413,
     Reason.UPGRADE_REFUSED: 400,
     Reason.BAD_FRAMING: 400,

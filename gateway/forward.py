@@ -7,7 +7,10 @@ aiohttp `ClientSession`. What it guarantees (reference aiohttp-proxying.md §1, 
 - bodies stream both ways with bounded memory and are never decompressed or recompressed;
 - failures before the response starts raise `UpstreamError` / `BodyTooLarge` (the handler
   answers 502/504/413); after it started, the client connection is aborted so a truncated body
-  never looks complete, and `Transfer.error` says what happened.
+  never looks complete, and `Transfer.error` says what happened;
+- a `BodyInspector` (a streamed multipart body, `gateway.multipart.Guard`) sees every chunk
+  before it goes upstream, and the end of the body before its last chunk does: when it raises,
+  the upstream connection is closed with the request incomplete and its error is raised.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from gateway.request import RequestView
 from gateway.settings import Settings
 
 __all__ = [
+    "BodyInspector",
     "BodyTooLarge",
     "ClientBodyError",
     "ClientForwarder",
@@ -78,14 +82,30 @@ class Transfer:
     body_failure: GatewayError | None = None
 
 
+class BodyInspector(Protocol):
+    """Checks a streamed request body on its way upstream (raises a `GatewayError` to stop it)."""
+
+    def feed(self, chunk: bytes) -> None:
+        """Called before `chunk` is forwarded; raising keeps it from the upstream."""
+
+    def end(self) -> None:
+        """Called before the body's last chunk is forwarded (and again at its end)."""
+
+
 class Forwarder(Protocol):
     async def forward(
-        self, request: web.Request, view: RequestView, transfer: Transfer
+        self,
+        request: web.Request,
+        view: RequestView,
+        transfer: Transfer,
+        inspector: BodyInspector | None = None,
     ) -> web.StreamResponse:
-        """Forward the authorized `view` (its target, headers and, if set, its body buffer).
+        """Forward the authorized `view` (its target, headers and, if set, its body buffer);
+        a streamed body goes through `inspector` when one is given.
 
-        Raises `UpstreamError`/`BodyTooLarge`/`ClientBodyError` only before the response has
-        started; later failures abort the client connection and are recorded in `transfer`.
+        Raises `UpstreamError`/`BodyTooLarge`/`ClientBodyError` (or the inspector's error) only
+        before the response has started; later failures abort the client connection and are
+        recorded in `transfer`.
         """
         ...
 
@@ -123,9 +143,13 @@ class ClientForwarder:
         self._body_timeout = settings.client_body_timeout
 
     async def forward(
-        self, request: web.Request, view: RequestView, transfer: Transfer
+        self,
+        request: web.Request,
+        view: RequestView,
+        transfer: Transfer,
+        inspector: BodyInspector | None = None,
     ) -> web.StreamResponse:
-        upstream = await self._send(request, view, transfer)
+        upstream = await self._send(request, view, transfer, inspector)
         try:
             return await self._relay(request, upstream, transfer)
         except BaseException:
@@ -135,7 +159,11 @@ class ClientForwarder:
             upstream.release()
 
     async def _send(
-        self, request: web.Request, view: RequestView, transfer: Transfer
+        self,
+        request: web.Request,
+        view: RequestView,
+        transfer: Transfer,
+        inspector: BodyInspector | None,
     ) -> aiohttp.ClientResponse:
         # SECURITY: concatenate, never URL.join or params=: `//evil.example/x` must stay a path on
         # the upstream (SSRF), and encoded=True keeps %2F, %7E, %ZZ, + byte-for-byte (§1.2, §1.3).
@@ -147,7 +175,7 @@ class ClientForwarder:
                 view.method,
                 url,
                 headers=headers,
-                data=self._body(request, view, transfer),
+                data=self._body(request, view, transfer, inspector),
                 allow_redirects=False,
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -156,7 +184,11 @@ class ClientForwarder:
         return response
 
     def _body(
-        self, request: web.Request, view: RequestView, transfer: Transfer
+        self,
+        request: web.Request,
+        view: RequestView,
+        transfer: Transfer,
+        inspector: BodyInspector | None,
     ) -> bytes | AsyncIterator[bytes] | None:
         if view.body is not None:  # authorized from this buffer: forward exactly these bytes
             transfer.bytes_in = len(view.body)
@@ -165,10 +197,14 @@ class ClientForwarder:
             return view.body if view.body or request.body_exists else None
         if not request.body_exists:
             return None
-        return self._stream(request.content, transfer)
+        return self._stream(request.content, transfer, inspector, request.content_length)
 
     async def _stream(
-        self, content: aiohttp.StreamReader, transfer: Transfer
+        self,
+        content: aiohttp.StreamReader,
+        transfer: Transfer,
+        inspector: BodyInspector | None = None,
+        length: int | None = None,
     ) -> AsyncIterator[bytes]:
         while True:
             try:
@@ -181,11 +217,18 @@ class ClientForwarder:
                 transfer.body_failure = ClientBodyError(type(exc).__name__)
                 raise transfer.body_failure from exc
             if not chunk:
+                if inspector is not None:
+                    _inspect(inspector, None, transfer)  # before aiohttp ends the body upstream
                 return
             transfer.bytes_in += len(chunk)
             if self._max_body and transfer.bytes_in > self._max_body:
                 transfer.body_failure = BodyTooLarge(f"request body over {self._max_body} bytes")
                 raise transfer.body_failure
+            if inspector is not None:
+                # The last chunk completes a Content-Length body upstream: the end is judged
+                # before it goes (the parser has fed EOF by the time readany returns it).
+                last = content.at_eof() or (length is not None and transfer.bytes_in >= length)
+                _inspect(inspector, chunk, transfer, last=last)
             yield chunk
 
     async def _relay(
@@ -213,6 +256,20 @@ class ClientForwarder:
             _log.exception("relay_failed", request_id=transfer.request_id)
             _abort(request, upstream)
         return response
+
+
+def _inspect(
+    inspector: BodyInspector, chunk: bytes | None, transfer: Transfer, *, last: bool = True
+) -> None:
+    """Run the inspector on `chunk` (None: the end of the body); its refusal stops the upload."""
+    try:
+        if chunk is not None:
+            inspector.feed(chunk)
+        if last:
+            inspector.end()
+    except GatewayError as exc:
+        transfer.body_failure = exc
+        raise
 
 
 class _UpstreamBodyFailed(Exception):

@@ -2,7 +2,7 @@
 
 CONTRACT used by the proxy (`gateway.handler`), the `check` command and future decision endpoints:
     gate = await Gate.open(settings)          # loads the route table, opens the token store
-    gate.needs_body(view) -> bool             # must the caller buffer the body (small form/JSON)?
+    gate.needs_body(view) -> bool             # may the body carry params (form/JSON/multipart)?
     await gate.evaluate(view) -> Decision     # never raises for a request; store faults -> 503 Decision
     await gate.ready() -> tuple[bool, str]    # route table loaded and store reachable, with detail
     await gate.reload() -> None               # SIGHUP: re-read route table/store; ConfigError keeps old
@@ -95,7 +95,11 @@ class Gate:
     def needs_body(self, view: RequestView) -> bool:
         """True for a form, JSON or multipart body Rails would read params from (any method
         can carry one). Framing headers may already be gone from the view (Transfer-Encoding
-        is hop-by-hop), so only an explicit `Content-Length: 0` means "no body"."""
+        is hop-by-hop), so only an explicit `Content-Length: 0` means "no body".
+
+        The caller then evaluates a view with the body buffered, or, for a multipart/form-data
+        body too large to buffer, evaluates the headers alone and checks the parts as they
+        stream with `gateway.multipart.Guard` (the proxy does; see gateway/handler.py)."""
         if view.method in _METHODS_WITHOUT_BODY:
             return False
         if tokens.body_kind(view.headers, view.method) is None:

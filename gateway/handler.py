@@ -4,7 +4,11 @@ Order on every request (cheap checks first, no I/O before them):
   1. `routes.check_target(raw_path)`: malformed targets -> 400 bad_target;
   2. upgrade requests -> 400 upgrade_refused; a Content-Length over `max_body_size` -> 413;
   3. the view (end-to-end headers, see `gateway.headers`), the body read only when the gate
-     needs it (bounded by `body_inspect_limit`, 413 body_not_inspectable beyond);
+     needs it (bounded by `body_inspect_limit`, 413 body_not_inspectable beyond), except a
+     multipart/form-data body over that limit or chunked: decided on the headers and query, it
+     is checked as it streams (`gateway.multipart.Guard`; a refusal stops it before the
+     upstream has it whole, 400 if the response has not started). Form and JSON bodies are
+     not parsed while streaming: API clients send them small, and 413 is the honest answer;
   4. `gate.evaluate(view)`: denied -> the gate's status and message (enforce) or a forward with
      `would_deny=true` (dry-run); anything unexpected -> 500 internal_error, never a forward;
   5. the forwarder; upstream failures before the response -> 502/504.
@@ -25,8 +29,8 @@ import structlog
 from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway import metrics, routes
-from gateway.decision import Decision, Reason
+from gateway import metrics, multipart, routes
+from gateway.decision import Audit, Decision, Reason
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from gateway.exchange import Exchange, Recorder
 from gateway.forward import BodyTooLarge, ClientBodyError, Forwarder, Transfer
@@ -54,9 +58,11 @@ class Refuse:
 
 @dataclass(frozen=True, slots=True)
 class Permit:
-    """Forward this view (its body, when set, is the buffer that was authorized)."""
+    """Forward this view (its body, when set, is the buffer that was authorized); `guard`
+    checks a streamed multipart body on its way."""
 
     view: RequestView
+    guard: multipart.Guard | None = None
 
 
 Verdict = Refuse | Permit
@@ -86,6 +92,9 @@ class Proxy:
         self._headers = headers
         self._recorder = recorder
         self._dry_run = settings.mode is Mode.DRY_RUN
+        self._inspect_limit = settings.body_inspect_limit
+        if settings.max_body_size:
+            self._inspect_limit = min(self._inspect_limit, settings.max_body_size)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         exchange = request.get(EXCHANGE) or self._begin(request)
@@ -144,13 +153,19 @@ class Proxy:
             return response
         assert isinstance(verdict, Permit)
         try:
-            return await self._forwarder.forward(request, verdict.view, exchange.transfer)
-        except (UpstreamError, BodyTooLarge, ClientBodyError) as exc:
+            forwarded = await self._forwarder.forward(
+                request, verdict.view, exchange.transfer, verdict.guard
+            )
+        except (UpstreamError, BodyTooLarge, ClientBodyError, multipart.Refused) as exc:
             return self._forward_failed(request, exchange, exc)
         except Exception as exc:  # a fault before the response started (the forwarder's contract)
             _log.exception("forward_failed", request_id=exchange.transfer.request_id)
             exchange.transfer.error = f"{type(exc).__name__}: {exc}"
             return self._refuse(exchange, Refuse(Reason.INTERNAL_ERROR, 500, gitlab_message(500)))
+        if verdict.guard is not None and verdict.guard.violation is not None:
+            # Dry-run (or the upstream answered before the body was refused): log the denial.
+            _deny(exchange, verdict.guard.violation, would=self._dry_run)
+        return forwarded
 
     async def _judge(
         self, request: web.Request, exchange: Exchange, *, headers_only: bool
@@ -169,14 +184,21 @@ class Proxy:
                 headers=self._headers.inbound(request),
                 remote=request.remote,
             )
+            guard: multipart.Guard | None = None
             if self._gate.needs_body(view):
-                if headers_only:
-                    return None
-                body = await self._read_body(request)
-                if isinstance(body, Refuse):
-                    return body
-                view = replace(view, body=body)
-            return await self._decide(view, exchange)
+                streamed = self._stream_guard(request, view)
+                if isinstance(streamed, Refuse):
+                    return streamed
+                guard = streamed
+                if guard is None:
+                    if headers_only:
+                        return None
+                    body = await self._read_body(request)
+                    if isinstance(body, Refuse):
+                        return body
+                    view = replace(view, body=body)
+            verdict = await self._decide(view, exchange)
+            return replace(verdict, guard=guard) if isinstance(verdict, Permit) else verdict
         except Exception:
             _log.exception("decision_failed", request_id=exchange.transfer.request_id)
             return Refuse(Reason.INTERNAL_ERROR, 500, gitlab_message(500))
@@ -208,11 +230,28 @@ class Proxy:
             return Refuse(Reason.BODY_TOO_LARGE, 413, gitlab_message(413))
         return None
 
+    def _stream_guard(
+        self, request: web.Request, view: RequestView
+    ) -> multipart.Guard | Refuse | None:
+        """A guard for a multipart/form-data body too large to buffer (or chunked), else None:
+        the gate then decides on the headers and query, the guard checks the body's parts."""
+        length = request.content_length
+        if length is not None and length <= self._inspect_limit:
+            return None
+        types = view.headers.getall("Content-Type", ())
+        if not types or not multipart.is_form_data(types[0]):
+            return None
+        try:
+            if len(types) > 1:  # which one would Rack read? (one CONTENT_TYPE in its env)
+                raise multipart.MultipartError("more than one Content-Type")
+            boundary = multipart.boundary(types[0])
+        except multipart.MultipartError as exc:
+            return Refuse(Reason.BAD_BODY, 400, gitlab_message(400, str(exc)))
+        return multipart.Guard(view, boundary, enforce=not self._dry_run)
+
     async def _read_body(self, request: web.Request) -> bytes | Refuse:
         """The whole body, if it fits `body_inspect_limit` (and `max_body_size`); never more."""
-        limit = self._settings.body_inspect_limit
-        if self._settings.max_body_size:
-            limit = min(limit, self._settings.max_body_size)
+        limit = self._inspect_limit
         too_large = Refuse(Reason.BODY_NOT_INSPECTABLE, 413, gitlab_message(413))
         length = request.content_length
         if length is not None and length > limit:
@@ -266,6 +305,14 @@ class Proxy:
             if request.transport is not None:
                 request.transport.abort()
             return web.Response(status=400)
+        if isinstance(exc, multipart.Refused):
+            # The upstream got the body up to the chunk before the refused part's end, then a
+            # closed connection: it never had the request whole. The client may still be
+            # sending; aiohttp reads and discards the rest for a while, as for a 413.
+            exchange.transfer.error = None  # a denial, not a failure
+            _deny(exchange, exc.violation)
+            violation = exc.violation
+            return self._refuse(exchange, Refuse(violation.reason, 400, violation.message))
         if isinstance(exc, BodyTooLarge):
             # The client may still be sending: aiohttp reads and discards the rest for a while
             # (lingering close) so the 413 is not lost to a connection reset.
@@ -280,6 +327,13 @@ _UPSTREAM_REASONS: dict[type[Exception], Reason] = {
     UpstreamUnreachable: Reason.UPSTREAM_UNREACHABLE,
     UpstreamTimeout: Reason.UPSTREAM_TIMEOUT,
 }
+
+
+def _deny(exchange: Exchange, violation: multipart.Violation, *, would: bool = False) -> None:
+    """Record a refused streamed body as the request's decision (audit kept for the log)."""
+    audit = exchange.decision.audit if exchange.decision is not None else Audit()
+    exchange.decision = Decision(False, violation.reason, violation.message, audit)
+    exchange.would_deny = exchange.would_deny or would
 
 
 async def _read_within(request: web.Request, seconds: float) -> bytes:

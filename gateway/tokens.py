@@ -33,7 +33,7 @@ import binascii
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from urllib.parse import unquote_plus
@@ -54,6 +54,9 @@ __all__ = [
     "extract",
     "fingerprint",
     "parse_form",
+    "part_params",
+    "reads_param",
+    "same_credential",
 ]
 
 # app/models/ci/build.rb TOKEN_PREFIX; lib/authn/tokens/ci_job_token.rb `prefix?`.
@@ -247,13 +250,41 @@ def _multipart_pairs(body: bytes, content_type: str) -> list[tuple[str, object]]
             raise BodyError("a multipart part without headers")
         header_text = head.decode("latin-1")
         names = [quoted or bare for quoted, bare in _PART_NAME.findall(header_text)]
-        names += [unquote_plus(name) for name in names if "%" in name or "+" in name]
         is_file = "filename" in header_text.lower()
-        text = value.removesuffix(b"\r\n").decode("utf-8", "surrogateescape")
-        pairs.extend((name, object() if is_file else text) for name in names)
+        raw = None if is_file else value.removesuffix(b"\r\n")
+        for name in names:
+            pairs.extend(part_params(name, raw))
     if body.strip():
         raise BodyError("multipart body without its closing delimiter")
     return pairs
+
+
+_UPLOAD = object()  # the value of a multipart file part: Rack makes it a file, not a string
+
+
+def part_params(name: str, value: bytes | None) -> list[tuple[str, object]]:
+    """The params one multipart part named `name` gives (`value` None: a file part). An escaped
+    name is read both ways, to read at least what Rack reads."""
+    text: object = _UPLOAD if value is None else value.decode("utf-8", "surrogateescape")
+    names = [name, unquote_plus(name)] if "%" in name or "+" in name else [name]
+    return [(key, text) for key in names]
+
+
+def reads_param(name: str) -> bool:
+    """Does `extract` read a body parameter (or multipart part) called `name`: a credential
+    carrier in any spelling Rack normalizes to one, or Rack::MethodOverride's `_method`?"""
+    return any(
+        _METHOD_KEY.fullmatch(key) or _param_carrier(key)[0] is not None
+        for key, _ in part_params(name, b"")
+    )
+
+
+def _refuse_method_override(method: str, pairs: Iterable[tuple[str, object]]) -> None:
+    if method == "POST" and any(_METHOD_KEY.fullmatch(key) for key, _ in pairs):
+        # Rack::MethodOverride would route this POST as another method (it reads `req.POST`,
+        # forms and multipart alike): we cannot authorize a method we do not see on the
+        # request line.
+        raise BodyError("a _method form field (method override) is not accepted")
 
 
 def _params(view: RequestView) -> list[tuple[str, object]]:
@@ -266,29 +297,20 @@ def _params(view: RequestView) -> list[tuple[str, object]]:
         kind = body_kind(view.headers, view.method)
         if kind == "form":
             form = parse_form(view.body.decode("utf-8", "surrogateescape"))
-            if view.method == "POST" and any(_METHOD_KEY.fullmatch(key) for key, _ in form):
-                # Rack::MethodOverride would route this POST as another method: we cannot
-                # authorize a method we do not see on the request line.
-                raise BodyError("a _method form field (method override) is not accepted")
+            _refuse_method_override(view.method, form)
             pairs.extend(form)
         elif kind == "json":
             pairs.extend(_json_pairs(view.body))
         elif kind == "multipart":
             parts = _multipart_pairs(view.body, view.headers.get("Content-Type", ""))
-            if view.method == "POST" and any(_METHOD_KEY.fullmatch(key) for key, _ in parts):
-                raise BodyError("a _method form field (method override) is not accepted")
+            _refuse_method_override(view.method, parts)
             pairs.extend(parts)
     return pairs
 
 
 def _from_params(pairs: Iterable[tuple[str, object]]) -> Iterator[_Found]:
     for key, value in pairs:
-        # Rack's normalize_params drops leading brackets (`[job_token]` is `job_token`) and
-        # nests on `[`; we also ignore surrounding spaces, to read at least what Rack reads.
-        name = key.strip().lstrip("[]")
-        base = _KEY_BASE.match(name)
-        carrier = _PARAMS.get(base.group() if base else name)
-        bracket = base is not None and "[" in name[base.end() :]
+        carrier, bracket = _param_carrier(key)
         if carrier is None:
             continue
         if bracket or not isinstance(value, str):
@@ -299,6 +321,16 @@ def _from_params(pairs: Iterable[tuple[str, object]]) -> Iterator[_Found]:
             )
         elif value:  # GitLab uses `.presence`: an empty value is absent
             yield from _classify(carrier, value)
+
+
+def _param_carrier(key: str) -> tuple[Carrier | None, bool]:
+    """The carrier a parameter key names, and whether Rack nests it (`job_token[]`)."""
+    # Rack's normalize_params drops leading brackets (`[job_token]` is `job_token`) and
+    # nests on `[`; we also ignore surrounding spaces, to read at least what Rack reads.
+    name = key.strip().lstrip("[]")
+    base = _KEY_BASE.match(name)
+    carrier = _PARAMS.get(base.group() if base else name)
+    return carrier, base is not None and "[" in name[base.end() :]
 
 
 def _classify(carrier: Carrier, value: str) -> Iterator[_Found]:
@@ -365,16 +397,21 @@ def _from_headers(headers: Headers) -> tuple[list[_Found], list[str]]:
     return found, repeated
 
 
-def extract(view: RequestView) -> Extraction:
+def extract(view: RequestView, body_params: Sequence[tuple[str, object]] = ()) -> Extraction:
     """The job token GitLab would authenticate this request with, or why there is none.
 
     Returns None when no job token is present (other credentials alone are not ours to judge),
     a `Conflict` when the credentials are ambiguous, `Malformed` for a token GitLab rejects on
     sight, else the `Credential`. Raises `BodyError` when `view.body` should be a form or JSON
     body and does not parse (Rails would answer 400; we cannot tell what it would read).
+    `body_params` are the parameters of a body read elsewhere (a streamed multipart body,
+    `gateway.multipart`), judged exactly as if `view.body` held them.
     """
     found, repeated = _from_headers(view.headers)
     pairs = _params(view)
+    if body_params:
+        _refuse_method_override(view.method, body_params)
+        pairs = [*pairs, *body_params]
     if pairs:
         found.extend(_from_params(pairs))
     if len(found) == 1 and not repeated:  # the common case: one carrier
@@ -394,6 +431,13 @@ def extract(view: RequestView) -> Extraction:
     if why := _malformation(chosen):
         return Malformed(chosen.carrier, why)
     return Credential(chosen.carrier, digest(chosen.value), chosen.value)
+
+
+def same_credential(one: Extraction, other: Extraction) -> bool:
+    """Do two extractions authenticate alike (the same token, whatever its carrier)?"""
+    if isinstance(one, Credential) and isinstance(other, Credential):
+        return one.digest == other.digest
+    return one == other
 
 
 def _conflict(jobs: list[_Found], others: list[_Found], repeated: list[str]) -> Conflict | None:
