@@ -125,14 +125,18 @@ def parse(text: str) -> list[tuple[list[str], int]]:
 def layers(text: str) -> dict[str, Any]:
     counts: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
+    by_layer: dict[str, Counter[str]] = {key: Counter() for key, _ in LAYERS}
     idle = 0
     for frames, count in parse(text):
         if any(IDLE.search(frame) for frame in frames[-6:]):
             idle += count
             continue
-        counts[classify(frames)] += count
+        layer = classify(frames)
+        counts[layer] += count
         python_leaf = next((f for f in reversed(frames) if _python(f)), "(native only)")
-        leaves[re.sub(r":\d+\)$", ")", python_leaf)] += count
+        leaf = re.sub(r":\d+\)$", ")", python_leaf)
+        leaves[leaf] += count
+        by_layer[layer][_own_frame(frames, layer) or leaf] += count
     total = sum(counts.values()) or 1
     return {
         "samples": total,
@@ -144,7 +148,24 @@ def layers(text: str) -> dict[str, Any]:
         "top_python_leaves": [
             {"frame": frame, "share": round(n / total, 3)} for frame, n in leaves.most_common(12)
         ],
+        # Per layer, the frames of that layer's own code that the samples sat under.
+        "layer_frames": {
+            key: [{"frame": f, "share": round(n / total, 3)} for f, n in c.most_common(5)]
+            for key, c in by_layer.items()
+            if c
+        },
     }
+
+
+def _own_frame(frames: list[str], layer: str) -> str | None:
+    """The innermost frame of the code that owns the layer (e.g. gateway/tokens.py for decision)."""
+    owner = {"decision": DECISION, "log": LOGGING}.get(layer)
+    if owner is None:
+        return None
+    for frame in reversed(frames):
+        if owner.search(frame):
+            return re.sub(r":\d+\)$", ")", frame)
+    return None
 
 
 def record(

@@ -350,6 +350,11 @@ def profile_markdown(doc: dict[str, Any]) -> str:
             notes.append(
                 f"`{name}`: {p['samples']} samples; {p['requests_per_s_under_profiler']:,.0f} req/s under the profiler; hottest innermost Python frames: {leaves}."
             )
+            for key in ("decision", "handler", "log"):
+                frames = p.get("layer_frames", {}).get(key)
+                if frames:
+                    shown = ", ".join(f"{x['frame']} {x['share']:.0%}" for x in frames[:4])
+                    notes.append(f"`{name}`, {key} layer: {shown}.")
     return "\n".join(rows + [""] + [f"- {n}" for n in notes])
 
 
@@ -381,6 +386,8 @@ def finish(doc: dict[str, Any], results_dir: Path, *, readme: bool) -> None:
     doc["targets"] = targets(doc)
     stamp = doc["started"].replace(":", "").replace("-", "")[:15]
     try:
+        if doc["mode"] == "profile":
+            raise ImportError("profile-only round")
         import chart
 
         chart.render(doc, results_dir / "latest.png")
@@ -388,6 +395,11 @@ def finish(doc: dict[str, Any], results_dir: Path, *, readme: bool) -> None:
     except ImportError as exc:
         doc["chart"] = f"not drawn: {exc} (pip install '.[bench]')"
     text = json.dumps(doc, indent=2)
+    if doc["mode"] == "profile":
+        # A profile-only round has no setup figures: it never replaces latest.json or the README.
+        (results_dir / f"{stamp}-profile.json").write_text(text, encoding="utf-8")
+        print(profile_markdown(doc))
+        return
     (results_dir / f"{stamp}.json").write_text(text, encoding="utf-8")
     (results_dir / "latest.json").write_text(text, encoding="utf-8")
     if readme:

@@ -797,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {
         "schema": 1,
         "started": started.isoformat(timespec="seconds"),
-        "mode": "smoke" if args.smoke else "full",
+        "mode": "smoke" if args.smoke else ("profile" if args.only_profile is not None else "full"),
         "settings": {
             k: v
             for k, v in vars(args).items()
@@ -826,7 +826,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     doc["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     report.finish(doc, results_dir, readme=not args.no_readme)
-    print(f"results: {results_dir / 'latest.json'}", flush=True)
+    written = "*-profile.json" if doc["mode"] == "profile" else "latest.json"
+    print(f"results: {results_dir / written}", flush=True)
     return 0
 
 
