@@ -169,18 +169,20 @@ class ClientForwarder:
         # the upstream (SSRF), and encoded=True keeps %2F, %7E, %ZZ, + byte-for-byte (§1.2, §1.3).
         url = URL(self._base + view.target, encoded=True)
         headers = self._headers.outbound(request, view.headers, transfer.request_id)
+        leg = _Leg()
         started = perf_counter()
         try:
             response = await self._session.request(
                 view.method,
                 url,
                 headers=headers,
-                data=self._body(request, view, transfer, inspector),
+                data=self._body(request, view, transfer, _Upload(inspector, leg)),
                 allow_redirects=False,
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _map_send_error(exc, transfer) from exc
         transfer.upstream_seconds = perf_counter() - started
+        leg.response = response
         return response
 
     def _body(
@@ -188,7 +190,7 @@ class ClientForwarder:
         request: web.Request,
         view: RequestView,
         transfer: Transfer,
-        inspector: BodyInspector | None,
+        upload: _Upload,
     ) -> bytes | AsyncIterator[bytes] | None:
         if view.body is not None:  # authorized from this buffer: forward exactly these bytes
             transfer.bytes_in = len(view.body)
@@ -197,14 +199,32 @@ class ClientForwarder:
             return view.body if view.body or request.body_exists else None
         if not request.body_exists:
             return None
-        return self._stream(request.content, transfer, inspector, request.content_length)
+        return self._stream(request.content, transfer, upload, request.content_length)
 
     async def _stream(
         self,
         content: aiohttp.StreamReader,
         transfer: Transfer,
-        inspector: BodyInspector | None = None,
+        upload: _Upload,
         length: int | None = None,
+    ) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._chunks(content, transfer, upload.inspector, length):
+                yield chunk
+        except GatewayError:
+            if upload.leg.response is not None:
+                # The upstream answered before the body failed: aiohttp's writer only marks the
+                # connection, so the upstream would wait for the rest and the relay for it. Close
+                # it: the relay then aborts the client (§1.15), the upstream sees a cut body.
+                upload.leg.response.close()
+            raise
+
+    async def _chunks(
+        self,
+        content: aiohttp.StreamReader,
+        transfer: Transfer,
+        inspector: BodyInspector | None,
+        length: int | None,
     ) -> AsyncIterator[bytes]:
         while True:
             try:
@@ -248,14 +268,30 @@ class ClientForwarder:
             transfer.error = "client_disconnected"
             upstream.close()
         except _UpstreamBodyFailed as exc:
-            transfer.error = f"upstream_body_failed: {exc}"
-            metrics.UPSTREAM_ERRORS.labels("upstream_body_failed").inc()
+            if transfer.body_failure is not None:  # our side stopped the upload (see _stream)
+                transfer.error = f"request_body_failed: {transfer.body_failure}"
+            else:
+                transfer.error = f"upstream_body_failed: {exc}"
+                metrics.UPSTREAM_ERRORS.labels("upstream_body_failed").inc()
             _abort(request, upstream)
         except Exception as exc:  # a fault after the headers went out: same rule, abort
             transfer.error = f"internal_error: {type(exc).__name__}"
             _log.exception("relay_failed", request_id=transfer.request_id)
             _abort(request, upstream)
         return response
+
+
+@dataclass(slots=True)
+class _Leg:
+    """The upstream's response, once it has started (the body may still be streaming)."""
+
+    response: aiohttp.ClientResponse | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Upload:
+    inspector: BodyInspector | None
+    leg: _Leg
 
 
 def _inspect(

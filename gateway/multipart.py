@@ -315,12 +315,12 @@ class Scanner:
         found = buffer.find(self._dash, position)
         if found < 0:
             keep = max(position, len(buffer) - len(self._dash) - 1)  # CRLF + a partial dash
-            self._capture(buffer[position:keep])
+            self._capture(buffer, position, keep)
             self._keep(buffer, keep)
             return None
         if self._offset + found - self._body_start < 2 or buffer[found - 2 : found] != _CRLF:
             raise MultipartError("the boundary inside a line of a part")
-        self._capture(buffer[position : found - 2])
+        self._capture(buffer, position, found - 2)
         part = self._part
         assert part is not None
         if part.watched:
@@ -360,12 +360,13 @@ class Scanner:
         self._tail = buffer[start:]
         self._offset += start
 
-    def _capture(self, data: bytes) -> None:
-        if self._value is None or not data:
+    def _capture(self, buffer: bytes, start: int, end: int) -> None:
+        """Add `buffer[start:end]` to a watched value (no copy for the others: file parts)."""
+        if self._value is None or end <= start:
             return
-        if len(self._value) + len(data) > self._max_value:
+        if len(self._value) + end - start > self._max_value:
             raise MultipartError(f"a credential field over {self._max_value} bytes")
-        self._value += data
+        self._value += buffer[start:end]
 
 
 @dataclass(frozen=True, slots=True)

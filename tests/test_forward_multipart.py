@@ -10,9 +10,12 @@ complete.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -422,3 +425,92 @@ async def test_a_small_multipart_body_is_still_judged_whole(an_upstream, a_gatew
     assert_refused(answer, "credential_conflict")
     assert an_upstream.received == []
     await gate.close()
+
+
+# ---- a real client: curl -F (its own boundary, Expect: 100-continue on large bodies)
+
+
+async def curl_upload(url: str, file: Path, token: str) -> tuple[int, str]:
+    """`curl -F` a PyPI-like form with the file, then `job_token=<token>`; (status, headers)."""
+    args = [
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        "-w",
+        "%{http_code}",
+        "-H",
+        f"JOB-TOKEN: {APP}",
+    ]
+    args += ["-F", ":action=file_upload", "-F", f"content=@{file}", "-F", f"job_token={token}", url]
+    process = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(60):
+        out, _ = await process.communicate()
+    text = out.decode()
+    return int(text[-3:]), text
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_curl_uploads_stream_through_and_a_foreign_token_is_refused(
+    a_tap, a_gateway, tmp_path
+):
+    gateway, gate = await a_guarded_gateway(a_gateway, a_tap.url)
+    file = tmp_path / "pkg-1.0.tar.gz"
+    content = BLOCK * 4  # 4 MiB
+    file.write_bytes(content)
+
+    status, _ = await curl_upload(gateway.url + UPLOAD, file, APP)
+
+    assert status == 200
+    allowed = await a_tap.one()
+    assert allowed.complete
+    assert content in allowed.body
+    assert allowed.body.rstrip(b"\r\n").endswith(b"--")  # curl's closing delimiter went through
+
+    a_tap.seen.clear()
+    a_tap.arrived.clear()
+    status, headers = await curl_upload(gateway.url + UPLOAD, file, TOOL)
+
+    assert status == 400
+    assert "x-gateway-reason: credential_conflict" in headers.lower()
+    assert not (await a_tap.one()).complete
+    await gate.close()
+
+
+async def test_a_refusal_after_the_response_started_aborts_the_client(a_gateway, captured_logs):
+    # An upstream that answers at once, then reads the upload: the 400 can no longer be sent,
+    # so the client's connection is aborted (it must not take the answer as complete).
+    async def early(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 100
+        await response.prepare(request)
+        await response.write(b"early")
+        with contextlib.suppress(aiohttp.ClientPayloadError, ConnectionError):
+            while await request.content.readany():
+                pass
+        with contextlib.suppress(ConnectionError):
+            await response.write(b"x" * 95)
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", early)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    upstream = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    gateway, gate = await a_guarded_gateway(a_gateway, upstream)
+    upload = Upload(2 * LIMIT, after=field_part("job_token", TOOL.encode()))
+
+    async with aiohttp.ClientSession() as client:
+        body = upload.stream(before_end=lambda: asyncio.sleep(0.2))  # the answer starts first
+        async with client.post(gateway.url + UPLOAD, data=body, headers=upload.headers()) as answer:
+            assert answer.status == 200  # the upstream's, already on its way
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await answer.read()
+
+    (line,) = captured_logs.events("request")
+    assert (line["reason"], line["decision"]) == ("credential_conflict", "deny")
+    await gate.close()
+    await runner.cleanup()
