@@ -20,6 +20,7 @@ __all__ = [
     "TARGET_RULES",
     "Derive",
     "TargetRule",
+    "derived_ref",
     "is_own_project_only",
     "target_rule_for",
 ]
@@ -46,14 +47,17 @@ class TargetRule:
     def resolve(self, params: Mapping[str, str]) -> Target:
         if self.param is None:
             return Target(self.kind)
-        value = params[self.param]
-        if self.derive is Derive.CONAN_USERNAME:
-            value = value.replace("+", "/")
-        elif self.derive is Derive.MAVEN_PATH:
-            value = value.rpartition("/")[0]
-            if not value:  # GitLab finds no project and answers 403
-                return Target(TargetKind.UNRESOLVED)
-        return Target(self.kind, value)
+        ref = derived_ref(self.derive, params[self.param])
+        return Target(self.kind, ref) if ref is not None else Target(TargetKind.UNRESOLVED)
+
+
+def derived_ref(derive: Derive, value: str) -> str | None:
+    """The target's ref from its param's decoded value; None when GitLab finds no project."""
+    if derive is Derive.CONAN_USERNAME:
+        return value.replace("+", "/")
+    if derive is Derive.MAVEN_PATH:
+        return value.rpartition("/")[0] or None  # no project: GitLab answers 403
+    return value
 
 
 _CONAN_RECIPE = ":package_name/:package_version/:package_username/:package_channel"

@@ -13,10 +13,11 @@ import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from gateway.route_facts import Derive, TargetRule
-from gateway.route_templates import Segment, SegmentKind
-from gateway.route_values import Route, RouteMatch, Target, TargetKind
+from gateway.route_facts import Derive, TargetRule, derived_ref
+from gateway.route_templates import Segment, SegmentKind, Template
+from gateway.route_values import DraftMatch, DraftTarget, Route, RouteMatch, Target, TargetKind
 
 __all__ = ["Caps", "Leaf", "Node", "build_match", "walk"]
 
@@ -26,65 +27,92 @@ Caps = list[str | tuple[int, int]]
 
 @dataclass(slots=True)
 class Leaf:
+    """Where a route's shape ends in the trie, with what `build_match` needs precomputed."""
+
     route: Route
-    names: tuple[str, ...]
+    names: tuple[str, ...]  # the capture names, in path order
     rule: TargetRule
-    target: Target | None = None  # precomputed when the rule needs no parameter
-    kind: TargetKind = TargetKind.UNRESOLVED
-    ref_param: str = ""
-    plain: bool = False  # the target's ref is a parameter as is
-    spans: bool = False  # a splat among the captures
+    span_at: tuple[int, ...] = ()  # captures that are splats: (start, end) segment spans
+    target: Target | None = field(init=False, default=None)  # when the rule takes no param
+    kind: TargetKind = field(init=False, default=TargetKind.UNRESOLVED)
+    ref_index: int = field(init=False, default=-1)  # the capture the target's ref comes from
+    derived: bool = field(init=False, default=False)  # the ref is not that capture as is
 
     def __post_init__(self) -> None:
-        if self.rule.param is None:
-            self.target = Target(self.rule.kind)
-        self.kind, self.ref_param = self.rule.kind, self.rule.param or ""
-        self.plain = self.rule.param is not None and self.rule.derive is Derive.PARAM
+        rule = self.rule
+        self.kind = rule.kind
+        if rule.param is None:
+            self.target = Target(rule.kind)
+        else:  # the last capture of that name: the one the params dict keeps
+            self.ref_index = len(self.names) - 1 - self.names[::-1].index(rule.param)
+            self.derived = rule.derive is not Derive.PARAM
+
+    @classmethod
+    def for_shape(cls, route: Route, shape: Template, rule: TargetRule) -> Leaf:
+        span_at, count = [], 0
+        for segment in shape.segments:
+            if segment.kind is SegmentKind.SPLAT:
+                span_at.append(count)
+            count += len(segment.names)
+        return cls(route, shape.names, rule, tuple(span_at))
 
 
-# The hot path builds its frozen values through their slot descriptors instead of the
-# dataclass __init__ (same fields, ~2x faster); `Target(...)`/`RouteMatch(...)` stay the public
-# way to build them.
-_object_new = object.__new__
-_set_kind = Target.__dict__["kind"].__set__
-_set_ref = Target.__dict__["ref"].__set__
-_set_route = RouteMatch.__dict__["route"].__set__
-_set_params = RouteMatch.__dict__["params"].__set__
-_set_target = RouteMatch.__dict__["target"].__set__
+_UNRESOLVED = Target(TargetKind.UNRESOLVED)
 
 
 def build_match(leaf: Leaf, caps: Caps, segs: list[str]) -> RouteMatch:
+    """The RouteMatch for a walk that ended at `leaf` with captures `caps` over `segs` (the
+    splat spans in `caps` are replaced by their text). The common cases are inline: this runs
+    once per matched request."""
+    if leaf.span_at:
+        for index in leaf.span_at:
+            span: tuple[int, int] = caps[index]  # type: ignore[assignment]  # a splat's span
+            caps[index] = "/".join(segs[span[0] : span[1]])
+    texts: list[str] = caps  # type: ignore[assignment]  # all joined above
     names = leaf.names
-    if leaf.spans:
-        texts = [cap if isinstance(cap, str) else "/".join(segs[cap[0] : cap[1]]) for cap in caps]
-    else:
-        texts = caps  # type: ignore[assignment]  # spans are the only non-str captures
-    # dict(zip()) costs 4x a literal for the usual one or two params
-    if len(names) == 1:
+    count = len(names)
+    if count == 1:  # a dict display costs half of dict(zip()) for one or two params
         params = {names[0]: texts[0]}
-    elif len(names) == 2:
+    elif count == 2:
         params = {names[0]: texts[0], names[1]: texts[1]}
     else:
-        params = dict(zip(names, texts, strict=True))
+        params = _params(names, texts)
     target = leaf.target
     if target is None:
-        ref = params[leaf.ref_param] if leaf.plain else None
-        target = _new_target(leaf.kind, ref) if ref is not None else leaf.rule.resolve(params)
-    found = _object_new(RouteMatch)
-    _set_route(found, leaf.route)
-    _set_params(found, params)
-    _set_target(found, target)
-    return found
+        if leaf.derived:
+            target = _derived_target(leaf, texts[leaf.ref_index])
+        else:
+            draft: Any = DraftTarget()  # see DraftTarget: a Target in two stores
+            draft.kind = leaf.kind
+            draft.ref = texts[leaf.ref_index]
+            draft.__class__ = Target
+            target = draft
+    found = DraftMatch()  # see DraftMatch: a RouteMatch in three stores
+    found.route = leaf.route
+    found.params = params
+    found.target = target
+    found.__class__ = RouteMatch  # type: ignore[assignment]
+    return found  # type: ignore[return-value]  # a RouteMatch now
 
 
-def _new_target(kind: TargetKind, ref: str) -> Target:
-    target = _object_new(Target)
-    _set_kind(target, kind)
-    _set_ref(target, ref)
-    return target
+def _derived_target(leaf: Leaf, value: str) -> Target:
+    ref = derived_ref(leaf.rule.derive, value)
+    return _UNRESOLVED if ref is None else Target(leaf.kind, ref)
 
 
-_BRANCHING, _LITERALS_ONLY, _PARAM_ONLY = 0, 1, 2
+def _params(names: tuple[str, ...], texts: list[str]) -> dict[str, str]:
+    """`dict(zip(names, texts))`, checking the lengths (the trie gives every shape as many
+    captures as names) without `strict=`, which costs half as much again."""
+    if len(texts) != len(names):
+        raise AssertionError(f"{len(texts)} captures for params {names}")
+    if len(names) == 3:
+        return {names[0]: texts[0], names[1]: texts[1], names[2]: texts[2]}
+    return dict(zip(names, texts))  # noqa: B905 (lengths checked above)
+
+
+# How `walk` leaves a node (set by `Node.seal`): only literals, only a param, literals then a
+# param (no frame needed once the literal fails), only a splat, or anything else (`_branch`).
+_LITERALS_ONLY, _PARAM_ONLY, _LITERAL_OR_PARAM, _SPLAT_ONLY, _BRANCHING = 0, 1, 2, 3, 4
 _UNBOUNDED = sys.maxsize
 
 
@@ -104,13 +132,7 @@ class Node:
         many segments the routes below it can still take."""
         for child in self.children():
             child.seal()
-        others = bool(self.mixed) or self.splat is not None
-        if not others and self.param is None and self.literal:
-            self.mode = _LITERALS_ONLY
-        elif not others and self.param is not None and not self.literal:
-            self.mode = _PARAM_ONLY
-        else:
-            self.mode = _BRANCHING
+        self.mode = self._mode()
         rests = [(0, 0)] if self.leaf is not None else []
         single = [*self.literal.values(), *(child for _, child in self.mixed)]
         single += [self.param] if self.param is not None else []
@@ -119,6 +141,15 @@ class Node:
             rests.append((1 + self.splat.min_rest, _UNBOUNDED))
         self.min_rest = min(low for low, _ in rests)
         self.max_rest = max(high for _, high in rests)
+
+    def _mode(self) -> int:
+        if self.splat is not None and not (self.literal or self.mixed or self.param):
+            return _SPLAT_ONLY
+        if self.mixed or self.splat is not None:
+            return _BRANCHING
+        if self.param is None:
+            return _LITERALS_ONLY if self.literal else _BRANCHING
+        return _LITERAL_OR_PARAM if self.literal else _PARAM_ONLY
 
     def children(self) -> Iterator[Node]:
         yield from self.literal.values()
@@ -144,34 +175,65 @@ class Node:
         return self.child(segment)
 
 
-def walk(node: Node, segs: list[str], i: int, caps: Caps) -> Leaf | None:
-    """Depth-first, most specific first, backtracking; `caps` collects params in order.
+def walk(node: Node, segs: list[str], start: int, caps: Caps) -> Leaf | None:
+    """The leaf `segs[start:]` reaches from `node`, or None. Depth-first, most specific first,
+    backtracking; `caps` collects the captures in path order.
 
-    Nodes with a single way on (only literals, or only a param) are walked in a loop: no
-    alternative there, so no frame to come back to. A failed branch truncates `caps` itself.
+    A node is left in the loop, without a frame to come back to, when no alternative remains:
+    only literals, only a param, or the param after its sibling literal failed. A failed branch
+    truncates `caps` itself.
     """
     n = len(segs)
-    if not node.min_rest <= n - i <= node.max_rest:
+    if not node.min_rest <= n - start <= node.max_rest:
         return None  # no route below this node has that many segments left
-    while i < n:
+    last = n - 1
+    for i in range(start, n):  # one segment per turn
         mode = node.mode
         if mode == _LITERALS_ONLY:
             child = node.literal.get(segs[i])
-            if child is None or (i + 1 == n and child.leaf is None):
-                return _json_literal(node, segs, i)
-            node, i = child, i + 1
-        elif mode == _PARAM_ONLY:
-            caps.append(segs[i])
-            node, i = node.param, i + 1  # type: ignore[assignment]  # mode guarantees it
-        else:
-            return _branch(node, segs, i, caps)
+            if child is None or (i == last and child.leaf is None):
+                return _json_literal(node, segs[i]) if i == last else None
+            node = child
+            continue
+        if mode >= _SPLAT_ONLY:
+            return (
+                _branch(node, segs, i, caps)
+                if mode == _BRANCHING
+                else _walk_splat(node, segs, i, caps)
+            )
+        seg = segs[i]
+        if mode == _LITERAL_OR_PARAM:
+            child = node.literal.get(seg)
+            param: Node = node.param  # type: ignore[assignment]  # the mode guarantees it
+            if child is not None and not param.min_rest <= last - i <= param.max_rest:
+                node = child  # the param cannot complete the path (nor `.json`: not last)
+                continue
+            if child is not None or i == last:
+                found = _literal_first(node, child, segs, i, caps)
+                if found is not None:
+                    return found
+        caps.append(seg)
+        node = node.param  # type: ignore[assignment]  # the mode guarantees it
     return node.leaf
 
 
-def _json_literal(node: Node, segs: list[str], i: int) -> Leaf | None:
-    """Grape appends `(.json)` to every route of a single-format API (lib/grape/path.rb)."""
-    seg = segs[i]
-    if i + 1 == len(segs) and seg.endswith(".json"):
+def _literal_first(
+    node: Node, child: Node | None, segs: list[str], i: int, caps: Caps
+) -> Leaf | None:
+    """The literal child, then Grape's `.json` on the last segment; `caps` left as found."""
+    if child is not None:
+        mark = len(caps)
+        found = walk(child, segs, i + 1, caps)
+        if found is not None:
+            return found
+        del caps[mark:]
+    return _json_literal(node, segs[i]) if i + 1 == len(segs) else None
+
+
+def _json_literal(node: Node, seg: str) -> Leaf | None:
+    """Grape appends `(.json)` to every route of a single-format API (lib/grape/path.rb).
+    Called for the last segment only."""
+    if seg.endswith(".json"):
         child = node.literal.get(seg[:-5])
         if child is not None:
             return child.leaf
@@ -181,13 +243,7 @@ def _json_literal(node: Node, segs: list[str], i: int) -> Leaf | None:
 def _branch(node: Node, segs: list[str], i: int, caps: Caps) -> Leaf | None:
     """A node with alternatives: literal > literal.json > mixed > param > splat."""
     mark = len(caps)
-    child = node.literal.get(segs[i])
-    if child is not None:
-        found = walk(child, segs, i + 1, caps)
-        if found is not None:
-            return found
-        del caps[mark:]
-    found = _json_literal(node, segs, i)
+    found = _literal_first(node, node.literal.get(segs[i]), segs, i, caps)
     if found is not None:
         return found
     if node.mixed:
@@ -200,7 +256,7 @@ def _branch(node: Node, segs: list[str], i: int, caps: Caps) -> Leaf | None:
         if found is not None:
             return found
         del caps[mark:]
-    return _walk_splat(node.splat, segs, i, caps) if node.splat is not None else None
+    return _walk_splat(node, segs, i, caps) if node.splat is not None else None
 
 
 def _walk_mixed(node: Node, segs: list[str], i: int, caps: Caps) -> Leaf | None:
@@ -224,14 +280,18 @@ def _walk_mixed(node: Node, segs: list[str], i: int, caps: Caps) -> Leaf | None:
     return None
 
 
-def _walk_splat(node: Node, segs: list[str], i: int, caps: Caps) -> Leaf | None:
+def _walk_splat(parent: Node, segs: list[str], i: int, caps: Caps) -> Leaf | None:
     """Lazy like Mustermann's `.*?`: the fewest segments that let the rest match.
 
     Only the ends the rest of the trie can complete are tried (`node.min_rest`..`max_rest`
     segments must remain), and the capture is a (start, end) span joined once at the end: a
     long path costs linear time, not quadratic (tests/security/test_redos.py).
     """
+    node: Node = parent.splat  # type: ignore[assignment]  # callers check it
     n = len(segs)
+    if node.max_rest == 0:  # a trailing splat: it takes the rest of the path (i < n)
+        caps.append((i, n))
+        return node.leaf
     mark = len(caps)
     for end in range(max(i + 1, n - node.max_rest), n - node.min_rest + 1):
         caps.append((i, end))

@@ -92,7 +92,16 @@ __all__ = [
 class RouteTable:
     """The compiled route table. Build with `load` or `compile`; immutable afterwards."""
 
-    __slots__ = ("_plain", "_prefix", "_prefix_slash", "_roots", "_start", "routes", "shapes")
+    __slots__ = (
+        "_methods",
+        "_plain",
+        "_prefix",
+        "_prefix_slash",
+        "_roots",
+        "_start",
+        "routes",
+        "shapes",
+    )
 
     def __init__(self, routes: tuple[Route, ...], prefix: str) -> None:
         self.routes = routes
@@ -106,6 +115,10 @@ class RouteTable:
             self._add(route)
         for root in self._roots.values():
             root.seal()
+        # HEAD uses the GET routes (Grape's `mount_in` adds a HEAD twin of every GET route).
+        self._methods = (
+            {**self._roots, "HEAD": self._roots["GET"]} if "GET" in self._roots else {**self._roots}
+        )
 
     # ---- construction
 
@@ -156,8 +169,7 @@ class RouteTable:
                 node = node.child(segment)
             if node.leaf is not None and node.leaf.route is not route:
                 raise ValueError(f"{route.name} and {node.leaf.route.name} match the same paths")
-            spans = any(segment.kind is SegmentKind.SPLAT for segment in shape.segments)
-            node.leaf = node.leaf or Leaf(route, shape.names, rule, spans=spans)
+            node.leaf = node.leaf or Leaf.for_shape(route, shape, rule)
 
     # ---- matching
 
@@ -169,21 +181,32 @@ class RouteTable:
         """Match a request. `raw_target` is the raw request-target (percent-encoded, maybe with
         a query) exactly as received. Returns a Refusal for ambiguous forms, None when no route
         matches (wrong method, unknown path, not under the prefix), else the RouteMatch."""
-        root = self._roots.get("GET" if method == "HEAD" else method)
-        # Fast path, a few C-level scans: a path under the prefix with no `#`, `\`, controls,
-        # non-ASCII, dot segments, slashes to squeeze or escapes `match` refuses.
+        root = self._methods.get(method)
+        # Fast path, one C-level scan: a path under the prefix with no `#`, `\`, controls,
+        # non-ASCII, dot segments or slashes to squeeze.
         plain = self._plain.fullmatch(raw_target)
         if plain is None or root is None:
             return self._match_slow(root, raw_target)
         rest = plain.group(1)
-        segs = rest.split("/")
-        if "%" in rest:
-            if ANY_BAD_ESCAPE.search(rest) is not None or "F." in rest or "f." in rest:
-                return self._match_slow(root, raw_target)  # refused, or dots behind `%2F`
-            try:
-                segs = [decode_segment(seg) if "%" in seg else seg for seg in segs]
-            except UnicodeDecodeError:
-                return Refusal(RefusalReason.BAD_ESCAPE, "percent-escapes do not decode to UTF-8")
+        if "%" not in rest:
+            segs = rest.split("/")
+        else:
+            # `%2F` decoded in one pass: the separators become SEPARATOR, then `%2F` becomes `/`.
+            swapped = rest.replace("/", SEPARATOR).replace("%2F", "/").replace("%2f", "/")
+            if "%" in swapped or ("." in swapped and "/." in swapped):
+                return self._match_decoded(root, raw_target, rest)  # other escapes, or dots
+            segs = swapped.split(SEPARATOR)
+        caps: Caps = []
+        leaf = walk(root, segs, 0, caps)
+        return None if leaf is None else build_match(leaf, caps, segs)
+
+    def _match_decoded(self, root: Node, raw_target: str, rest: str) -> RouteMatch | Refusal | None:
+        if ANY_BAD_ESCAPE.search(rest) is not None or "F." in rest or "f." in rest:
+            return self._match_slow(root, raw_target)  # refused, or dots behind `%2F`
+        try:
+            segs = [decode_segment(seg) if "%" in seg else seg for seg in rest.split("/")]
+        except UnicodeDecodeError:
+            return Refusal(RefusalReason.BAD_ESCAPE, "percent-escapes do not decode to UTF-8")
         caps: Caps = []
         leaf = walk(root, segs, 0, caps)
         return None if leaf is None else build_match(leaf, caps, segs)
@@ -252,6 +275,11 @@ _SLASHES = re.compile("//+")
 # ASCII without `#` and `\`. Possessive: a target that does not fit fails in one pass.
 _PLAIN_SEGMENT = r"(?!\.)[\x20-\x22\x24-\x2e\x30-\x3e\x40-\x5b\x5d-\x7e]++"
 _PLAIN_REST = rf"({_PLAIN_SEGMENT}(?:/{_PLAIN_SEGMENT})*+)(?:\?[\x20-\x22\x24-\x5b\x5d-\x7e]*+)?"
+
+
+# Stands for the literal `/` separators while `%2F` is decoded in `match`: a request-target
+# that reaches that point has no control bytes.
+SEPARATOR = "\x00"
 
 
 def _normalize(path: str) -> str:
