@@ -138,7 +138,10 @@ class Settings(BaseSettings):
     body_inspect_limit: int = Field(
         1 * MiB,
         ge=0,
-        description="Largest form/JSON body read to find token parameters; larger ones are refused.",
+        description=(
+            "Largest form/JSON/multipart body read to find token parameters; larger ones are "
+            "refused, except multipart/form-data, whose parts are checked as it streams."
+        ),
     )
     max_line_size: int = Field(8190, ge=256, description="Longest request line accepted, in bytes.")
     max_field_size: int = Field(8190, ge=256, description="Longest header accepted, in bytes.")
