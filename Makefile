@@ -43,6 +43,7 @@ run: $(STAMP)
 	./scripts/run-demo.sh
 
 bench: $(STAMP)
+	./bench/install.sh
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/run.py
 
