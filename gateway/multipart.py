@@ -69,6 +69,7 @@ _FIELD_LINE = re.compile(rb"(" + _TCHAR + rb"+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]
 # head: the last `;\s*name=` wins there, the parameter named `name` in Go and Rack 3.
 _NAME_ANYWHERE = re.compile(rb";\s*name=", re.IGNORECASE)
 _BOUNDARY_ANYWHERE = re.compile(rb"boundary=", re.IGNORECASE)
+_IDENTITY = frozenset({b"7bit", b"8bit", b"binary"})
 # RFC 2046 bchars without `,` (Rack's MULTIPART regex stops a boundary at `,`) and no space at
 # the end; an unquoted boundary must also be a token.
 _BCHARS = re.compile(rb"[0-9A-Za-z'()+_\-./:=? ]{0,69}[0-9A-Za-z'()+_\-./:=?]")
@@ -155,23 +156,29 @@ def _parse_head(head: bytes, dash: bytes, watch: Callable[[str], bool]) -> _Part
     control bytes; one Content-Disposition, `form-data` with `name` as its first parameter and
     the only `;\\s*name=` of the block (Rack 2.2 matches that regex anywhere in the block, Rack
     3 compares parameter names case-sensitively, Go case-insensitively); parameter names
-    unique, none with `*` but `filename*` (Go decodes RFC 2231 `name*`, Rack does not); and no
-    `--boundary` inside the block.
+    unique, none with `*` but `filename*` (Go decodes RFC 2231 `name*`, Rack does not); at most
+    one Content-Transfer-Encoding, an identity one (Go's `NextPart`, which Workhorse uses,
+    decodes quoted-printable, Rack does not: `=67lcbt-` is `glcbt-` to Rails behind Workhorse);
+    and no `--boundary` inside the block.
     """
     lowered = head.lower()
     if dash in head:
         raise MultipartError("the boundary inside a part's headers")
-    dispositions = []
+    dispositions, encodings = [], []
     for line in head[:-2].split(_CRLF) if head else []:
         match = _FIELD_LINE.fullmatch(line)
         if match is None:
             raise MultipartError("a malformed header line in a multipart part")
+        if match.group(1).lower() == b"content-transfer-encoding":
+            encodings.append(match.group(2).lower())
         if match.group(1).lower() == b"content-disposition":
             if len(line) > MAX_DISPOSITION:  # the whole line: Rack 3 counts trailing blanks too
                 raise MultipartError(f"a Content-Disposition over {MAX_DISPOSITION} bytes")
             dispositions.append(match.group(2))
     if len(dispositions) != 1 or lowered.count(b"content-disposition") != 1:
         raise MultipartError("a multipart part needs exactly one Content-Disposition")
+    if len(encodings) > 1 or not set(encodings) <= _IDENTITY:
+        raise MultipartError("a multipart part with a Content-Transfer-Encoding readers decode")
     if len(_NAME_ANYWHERE.findall(head)) != 1:
         raise MultipartError("a multipart part must have exactly one `; name=`")
     name = _disposition_name(dispositions[0])

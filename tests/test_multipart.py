@@ -113,6 +113,14 @@ def test_a_quoted_name_hides_nothing_from_the_watch() -> None:
     assert scan(body) == []  # `not;job_token` is no carrier: Rack reads the quoted name whole
 
 
+def test_identity_transfer_encodings_are_accepted() -> None:
+    for encoding in (b"binary", b"8bit", b"7BIT"):
+        body = form(
+            part(b'form-data; name="token"', b"v", b"Content-Transfer-Encoding: " + encoding)
+        )
+        assert scan(body) == [Field("token", b"v")]
+
+
 def test_a_short_preamble_and_an_epilogue_are_accepted() -> None:
     body = b"preamble line\r\n" + form(part(b'form-data; name="token"', b"v")) + b"epilogue\r\n"
     assert scan(body) == [Field("token", b"v")]
@@ -200,6 +208,21 @@ AMBIGUOUS = {
     "the boundary in a header": form(part(b'form-data; name="a"; filename="--XyZ"', b"v")),
     "a Content-Disposition over 1536 bytes": form(
         part(b'form-data; name="a"; filename="' + b"f" * 1520 + b'"', b"v")
+    ),
+    "quoted-printable (Go decodes it, Rack does not)": form(
+        part(
+            b'form-data; name="access_token"',
+            b"=67lcbt-x",
+            b"Content-Transfer-Encoding: quoted-printable",
+        )
+    ),
+    "two transfer encodings": form(
+        part(
+            b'form-data; name="a"',
+            b"v",
+            b"Content-Transfer-Encoding: binary",
+            b"Content-Transfer-Encoding: quoted-printable",
+        )
     ),
     "more than 16 parameters": form(
         part(b'form-data; name="a"' + b"".join(b"; p%d=x" % i for i in range(16)), b"v")
