@@ -309,9 +309,9 @@ class Proxy:
             # The upstream got the body up to the chunk before the refused part's end, then a
             # closed connection: it never had the request whole. The client may still be
             # sending; aiohttp reads and discards the rest for a while, as for a 413.
-            exchange.transfer.error = None  # a denial, not a failure
-            _deny(exchange, exc.violation)
             violation = exc.violation
+            exchange.transfer.error = None  # a denial, not a failure
+            _deny(exchange, violation)
             return self._refuse(exchange, Refuse(violation.reason, 400, violation.message))
         if isinstance(exc, BodyTooLarge):
             # The client may still be sending: aiohttp reads and discards the rest for a while
