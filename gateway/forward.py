@@ -8,7 +8,7 @@ aiohttp `ClientSession`. What it guarantees (reference aiohttp-proxying.md §1, 
 - failures before the response starts raise `UpstreamError` / `BodyTooLarge` (the handler
   answers 502/504/413); after it started, the client connection is aborted so a truncated body
   never looks complete, and `Transfer.error` says what happened;
-- a `BodyInspector` (a streamed multipart body, `gateway.multipart.Guard`) sees every chunk
+- a `BodyInspector` (a streamed multipart body, `gateway.bodyguard.Guard`) sees every chunk
   before it goes upstream, and the end of the body before its last chunk does: when it raises,
   the upstream connection is closed with the request incomplete and its error is raised.
 """

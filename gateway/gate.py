@@ -99,7 +99,7 @@ class Gate:
 
         The caller then evaluates a view with the body buffered, or, for a multipart/form-data
         body too large to buffer, evaluates the headers alone and checks the parts as they
-        stream with `gateway.multipart.Guard` (the proxy does; see gateway/handler.py)."""
+        stream with `gateway.bodyguard.Guard` (the proxy does; see gateway/handler.py)."""
         if view.method in _METHODS_WITHOUT_BODY:
             return False
         if tokens.body_kind(view.headers, view.method) is None:

@@ -6,7 +6,7 @@ Order on every request (cheap checks first, no I/O before them):
   3. the view (end-to-end headers, see `gateway.headers`), the body read only when the gate
      needs it (bounded by `body_inspect_limit`, 413 body_not_inspectable beyond), except a
      multipart/form-data body over that limit or chunked: decided on the headers and query, it
-     is checked as it streams (`gateway.multipart.Guard`; a refusal stops it before the
+     is checked as it streams (`gateway.bodyguard.Guard`; a refusal stops it before the
      upstream has it whole, 400 if the response has not started). Form and JSON bodies are
      not parsed while streaming: API clients send them small, and 413 is the honest answer;
   4. `gate.evaluate(view)`: denied -> the gate's status and message (enforce) or a forward with
@@ -29,7 +29,7 @@ import structlog
 from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway import metrics, multipart, routes
+from gateway import bodyguard, metrics, multipart, routes
 from gateway.decision import Audit, Decision, Reason
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from gateway.exchange import Exchange, Recorder
@@ -62,7 +62,7 @@ class Permit:
     checks a streamed multipart body on its way."""
 
     view: RequestView
-    guard: multipart.Guard | None = None
+    guard: bodyguard.Guard | None = None
 
 
 Verdict = Refuse | Permit
@@ -156,7 +156,7 @@ class Proxy:
             forwarded = await self._forwarder.forward(
                 request, verdict.view, exchange.transfer, verdict.guard
             )
-        except (UpstreamError, BodyTooLarge, ClientBodyError, multipart.Refused) as exc:
+        except (UpstreamError, BodyTooLarge, ClientBodyError, bodyguard.Refused) as exc:
             return self._forward_failed(request, exchange, exc)
         except Exception as exc:  # a fault before the response started (the forwarder's contract)
             _log.exception("forward_failed", request_id=exchange.transfer.request_id)
@@ -184,7 +184,7 @@ class Proxy:
                 headers=self._headers.inbound(request),
                 remote=request.remote,
             )
-            guard: multipart.Guard | None = None
+            guard: bodyguard.Guard | None = None
             if self._gate.needs_body(view):
                 streamed = self._stream_guard(request, view)
                 if isinstance(streamed, Refuse):
@@ -232,7 +232,7 @@ class Proxy:
 
     def _stream_guard(
         self, request: web.Request, view: RequestView
-    ) -> multipart.Guard | Refuse | None:
+    ) -> bodyguard.Guard | Refuse | None:
         """A guard for a multipart/form-data body too large to buffer (or chunked), else None:
         the gate then decides on the headers and query, the guard checks the body's parts."""
         length = request.content_length
@@ -247,7 +247,7 @@ class Proxy:
             boundary = multipart.boundary(types[0])
         except multipart.MultipartError as exc:
             return Refuse(Reason.BAD_BODY, 400, gitlab_message(400, str(exc)))
-        return multipart.Guard(view, boundary, enforce=not self._dry_run)
+        return bodyguard.Guard(view, boundary, enforce=not self._dry_run)
 
     async def _read_body(self, request: web.Request) -> bytes | Refuse:
         """The whole body, if it fits `body_inspect_limit` (and `max_body_size`); never more."""
@@ -305,7 +305,7 @@ class Proxy:
             if request.transport is not None:
                 request.transport.abort()
             return web.Response(status=400)
-        if isinstance(exc, multipart.Refused):
+        if isinstance(exc, bodyguard.Refused):
             # The upstream got the body up to the chunk before the refused part's end, then a
             # closed connection: it never had the request whole. The client may still be
             # sending; aiohttp reads and discards the rest for a while, as for a 413.
@@ -329,7 +329,7 @@ _UPSTREAM_REASONS: dict[type[Exception], Reason] = {
 }
 
 
-def _deny(exchange: Exchange, violation: multipart.Violation, *, would: bool = False) -> None:
+def _deny(exchange: Exchange, violation: bodyguard.Violation, *, would: bool = False) -> None:
     """Record a refused streamed body as the request's decision (audit kept for the log)."""
     audit = exchange.decision.audit if exchange.decision is not None else Audit()
     exchange.decision = Decision(False, violation.reason, violation.message, audit)

@@ -1,55 +1,51 @@
-"""Streaming inspection of multipart/form-data bodies too large to buffer (package uploads).
+"""Reading multipart bodies the one way Rack and Go's `mime/multipart` agree on.
 
 Rack reads `job_token`, `token`, `private_token`, `access_token`, `bearer_token` and `_method`
 from multipart bodies too (`Rack::Multipart::Parser`, lib/rack/multipart/parser.rb), so a
-PyPI or NuGet upload of hundreds of MB can carry a credential after its file part. The proxy
-decides such a request on its headers and query, then forwards the body through a `Guard`:
+multipart body can carry a credential, even after a file part of hundreds of MB (a PyPI or
+NuGet upload). Every multipart body the gateway judges is read by this module's `Scanner`:
 
-- `Scanner` parses the body incrementally with bounded memory (a carry-over of the boundary's
-  length, one part-header block of at most `MAX_HEAD` bytes, one watched value of at most
-  `MAX_VALUE` bytes) and returns the watched parts as they complete. It is strict: whatever
-  Rack (2.2 or 3.x) and Go's `mime/multipart` (GitLab Workhorse rewrites uploads with it) could
-  read differently is a `MultipartError`, never a guess (see `Scanner` for the rules).
-- `Guard` judges every captured part with `tokens.extract`, the rules buffered bodies get. A
-  part reported by `feed(chunk)` is complete only in `chunk`: the caller must check before it
-  forwards that chunk, and call `end()` before the last one, so that the upstream never
-  receives a complete request that carries something the gateway refused.
+- a buffered body (up to `body_inspect_limit`) is fed whole, then finished
+  (`tokens._multipart_pairs`, for `tokens.extract`);
+- a body too large to buffer is fed chunk by chunk as it streams upstream
+  (`gateway.bodyguard.Guard`, which judges its parts by the same token rules).
 
-Pure: no aiohttp, no I/O.
+`Scanner` parses incrementally with bounded memory (a carry-over of the boundary's length, one
+part-header block of at most `MAX_HEAD` bytes, one watched value of at most `MAX_VALUE` bytes)
+and returns the watched parts as they complete. It is strict: whatever Rack (2.2 or 3.x) and
+Go's `mime/multipart` (GitLab Workhorse rewrites uploads with it) could read differently is a
+`MultipartError`, never a guess (see `Scanner` for the rules). Having one reader for both paths
+matters: a lenient buffered reader would let a small body through with a part Workhorse decodes
+and Rack does not (quoted-printable `=67lcbt-` is `glcbt-` to Rails behind Workhorse).
+
+Pure: no aiohttp, no I/O, and no token rules: which part names are watched is the caller's
+predicate (`tokens.reads_param`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, auto
 from typing import ClassVar
-
-from gateway import tokens
-from gateway.decision import Reason
-from gateway.errors import GatewayError
-from gateway.request import RequestView
 
 __all__ = [
     "MAX_HEAD",
     "MAX_VALUE",
     "Field",
-    "Guard",
     "MultipartError",
-    "Refused",
     "Scanner",
-    "Violation",
     "boundary",
     "is_form_data",
 ]
 
 MAX_HEAD = 8192  # one part's header block; browsers, twine and NuGet send well under 1 KiB
-# A watched value: GitLab's MAX_JOB_TOKEN_SIZE_BYTES plus a margin, so that a token a little too
-# long is judged (Malformed) by the token rules rather than cut off here.
-MAX_VALUE = tokens.MAX_JOB_TOKEN_SIZE_BYTES + 1024
+# A watched value: GitLab's MAX_JOB_TOKEN_SIZE_BYTES (8192, lib/gitlab/auth/auth_finders.rb; the
+# same as `tokens.MAX_JOB_TOKEN_SIZE_BYTES`, which tests/test_multipart.py checks) plus a margin,
+# so that a token a little too long is judged (Malformed) by the token rules, not cut off here.
+MAX_VALUE = 8192 + 1024
 MAX_PREAMBLE = 1024  # HTTP clients send none; Rack 3 gives up on the opening boundary at 16 KiB
-MAX_WATCHED = 16  # distinct credential parts in one body
 # Rack 3 ignores a Content-Disposition over 1536 bytes and takes the name from Content-ID
 # (Parser::CONTENT_DISPOSITION_MAX_BYTES); Go does not.
 MAX_DISPOSITION = 1536
@@ -110,8 +106,10 @@ def is_form_data(content_type: str) -> bool:
     return content_type.split(";", 1)[0].strip().lower() == "multipart/form-data"
 
 
-def boundary(content_type: str) -> str:
-    """The boundary of a multipart/form-data Content-Type; `MultipartError` unless unambiguous.
+def boundary(content_type: str, *, any_multipart: bool = False) -> str:
+    """The boundary of a multipart/form-data Content-Type (with `any_multipart`, of any
+    `multipart/*` one: Rack parses them all, so a buffered body of any subtype is read);
+    `MultipartError` unless unambiguous.
 
     Rack takes the last `boundary=` anywhere in the value (`MULTIPART`, lib/rack/multipart.rb)
     and stops it at `"`, `;` or `,`; Go parses the parameter list and refuses duplicates. So:
@@ -122,7 +120,8 @@ def boundary(content_type: str) -> str:
         raise MultipartError("a Content-Type with non-ASCII characters")
     raw = content_type.encode("ascii")
     media, _, rest = raw.partition(b";")
-    if media.strip().lower() != b"multipart/form-data":
+    media = media.strip().lower()
+    if media != b"multipart/form-data" and not (any_multipart and media.startswith(b"multipart/")):
         raise MultipartError("not multipart/form-data")
     params = _parameters(b";" + rest if rest else b"", "the Content-Type")
     found = [value for name, value in params if name.lower() == b"boundary"]
@@ -374,91 +373,3 @@ class Scanner:
         if len(self._value) + end - start > self._max_value:
             raise MultipartError(f"a credential field over {self._max_value} bytes")
         self._value += buffer[start:end]
-
-
-@dataclass(frozen=True, slots=True)
-class Violation:
-    """Why a streamed body was refused: a reason code and the GitLab-shaped message (400)."""
-
-    reason: Reason
-    message: str
-
-
-class Refused(GatewayError):
-    """`Guard` refused the body: the upload must stop before its current chunk is forwarded."""
-
-    def __init__(self, violation: Violation) -> None:
-        super().__init__(violation.message)
-        self.violation = violation
-
-
-_TOO_LATE = (
-    "400 Bad request - A CI/CD job token in a multipart body that is streamed (chunked, or over "
-    "the inspection limit) cannot be authorized before it is forwarded; send the token in the "
-    "JOB-TOKEN or Authorization header."
-)
-
-
-class Guard:
-    """A multipart/form-data body checked as it is forwarded, by the rules its request's headers
-    and query were judged by (`view`, without a body).
-
-    Every watched part goes through `tokens.extract` with the view, as buffered bodies do: the
-    same job token as the one decided on passes; a different one or another credential next to
-    it is `credential_conflict`; a job token where the decision saw none is
-    `token_in_streamed_body` (the decision was made without it); `_method` on a POST and any
-    malformed structure are `bad_body`. `feed`/`end` raise `Refused` (enforce), or only record
-    the first `violation` and stop checking (`enforce=False`, dry-run).
-    """
-
-    def __init__(self, view: RequestView, boundary: str, *, enforce: bool = True) -> None:
-        self._view = view
-        self._decided = tokens.extract(view)
-        self._scanner = Scanner(boundary, tokens.reads_param)
-        self._params: dict[tuple[str, object], None] = {}  # ordered, without repeats
-        self._enforce = enforce
-        self.violation: Violation | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        """Check `chunk` before it is forwarded."""
-        if self.violation is not None:
-            return
-        try:
-            fields = self._scanner.feed(chunk)
-        except MultipartError as exc:
-            self._refuse(Reason.BAD_BODY, f"400 Bad request - {exc}")
-            return
-        if fields:
-            self._check(fields)
-
-    def end(self) -> None:
-        """The body is complete: check that before its last byte is forwarded."""
-        if self.violation is None:
-            try:
-                self._scanner.finish()
-            except MultipartError as exc:
-                self._refuse(Reason.BAD_BODY, f"400 Bad request - {exc}")
-
-    def _check(self, fields: Sequence[Field]) -> None:
-        for field in fields:
-            self._params.update(dict.fromkeys(tokens.part_params(field.name, field.value)))
-        if len(self._params) > MAX_WATCHED:
-            self._refuse(Reason.BAD_BODY, "400 Bad request - too many credential fields")
-            return
-        try:
-            found = tokens.extract(self._view, list(self._params))
-        except tokens.BodyError as exc:
-            self._refuse(Reason.BAD_BODY, f"400 Bad request - {exc}")
-            return
-        if tokens.same_credential(found, self._decided):
-            return
-        if isinstance(found, tokens.Conflict):
-            message = f"400 Bad request - Conflicting credentials: {found.detail}."
-            self._refuse(Reason.CREDENTIAL_CONFLICT, message)
-        else:  # a job token (or a malformed one) the decision did not see
-            self._refuse(Reason.TOKEN_IN_STREAMED_BODY, _TOO_LATE)
-
-    def _refuse(self, reason: Reason, message: str) -> None:
-        self.violation = Violation(reason, message)
-        if self._enforce:
-            raise Refused(self.violation)

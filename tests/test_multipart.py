@@ -9,6 +9,8 @@ must judge the parts exactly as `tokens.extract` judges a buffered body.
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import Callable
 
@@ -18,8 +20,9 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from gateway import multipart, tokens
+from gateway.bodyguard import Guard, Refused
 from gateway.decision import Reason
-from gateway.multipart import Field, Guard, MultipartError, Refused, Scanner
+from gateway.multipart import Field, MultipartError, Scanner
 from gateway.request import RequestView
 
 A = "glcbt-aaaa"
@@ -259,6 +262,18 @@ def test_a_watched_value_is_captured_up_to_the_bound_only() -> None:
         scan(form(part(b'form-data; name="job_token"', at_bound + b"v")))
     big = b"v" * (10 * multipart.MAX_VALUE)
     assert scan(form(part(b'form-data; name="file"', big))) == []  # unwatched: not captured
+
+
+def test_the_scanner_is_pure_and_knows_no_token_rules() -> None:
+    # tokens imports multipart (buffered bodies are read by the Scanner): never the reverse.
+    code = "import sys, gateway.multipart; print(sorted(m for m in sys.modules if 'gateway' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['gateway', 'gateway.multipart']"
+
+
+def test_the_value_bound_is_gitlabs_token_size_plus_a_margin() -> None:
+    # multipart.py does not import the token rules; its bound must still follow GitLab's.
+    assert multipart.MAX_VALUE == tokens.MAX_JOB_TOKEN_SIZE_BYTES + 1024
 
 
 def test_a_long_preamble_is_refused() -> None:
