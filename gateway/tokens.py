@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from urllib.parse import unquote_plus
 
+from gateway import multipart
 from gateway.request import Headers, RequestView
 
 __all__ = [
@@ -229,34 +230,21 @@ def _json_pairs(body: bytes) -> list[tuple[str, object]]:
     return pairs if isinstance(document, dict) else []
 
 
-_BOUNDARY = re.compile(r'(?i);\s*boundary=(?:"([^"]+)"|([^;\s]+))')
-_PART_NAME = re.compile(r'(?i)(?:^|[;\s])name\*?=(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))')
-
-
 def _multipart_pairs(body: bytes, content_type: str) -> list[tuple[str, object]]:
-    """The named parts of a multipart body as Rack::Multipart reads them (a part with a
-    filename becomes a file, i.e. not a string). Fails closed on anything it cannot split."""
-    found = _BOUNDARY.search(content_type)
-    if found is None:
-        raise BodyError("multipart body without a boundary")
-    delimiter = b"--" + (found.group(1) or found.group(2)).encode("latin-1")
-    sections = body.split(delimiter)
-    pairs: list[tuple[str, object]] = []
-    for section in sections[1:]:
-        if section.startswith(b"--"):
-            return pairs  # the closing delimiter
-        head, sep, value = section.removeprefix(b"\r\n").partition(b"\r\n\r\n")
-        if not sep:
-            raise BodyError("a multipart part without headers")
-        header_text = head.decode("latin-1")
-        names = [quoted or bare for quoted, bare in _PART_NAME.findall(header_text)]
-        is_file = "filename" in header_text.lower()
-        raw = None if is_file else value.removesuffix(b"\r\n")
-        for name in names:
-            pairs.extend(part_params(name, raw))
-    if body.strip():
-        raise BodyError("multipart body without its closing delimiter")
-    return pairs
+    """The credential params of a buffered multipart body (a part with a filename is a file,
+    not a string, as in Rack). Read by the very `multipart.Scanner` that checks streamed
+    bodies, fed whole: one reading, so a small body is refused whatever a large one would be
+    (e.g. a quoted-printable part: Workhorse's Go reader decodes `=67lcbt-` to `glcbt-`, Rack
+    does not). `BodyError` for anything the Scanner refuses."""
+    try:
+        scanner = multipart.Scanner(
+            multipart.boundary(content_type, any_multipart=True), reads_param
+        )
+        fields = scanner.feed(body)
+        scanner.finish()
+    except multipart.MultipartError as exc:
+        raise BodyError(str(exc)) from None
+    return [pair for part in fields for pair in part_params(part.name, part.value)]
 
 
 _UPLOAD = object()  # the value of a multipart file part: Rack makes it a file, not a string
@@ -302,7 +290,10 @@ def _params(view: RequestView) -> list[tuple[str, object]]:
         elif kind == "json":
             pairs.extend(_json_pairs(view.body))
         elif kind == "multipart":
-            parts = _multipart_pairs(view.body, view.headers.get("Content-Type", ""))
+            types = view.headers.getall("Content-Type")
+            if len(types) > 1:  # which one would Rack read? (one CONTENT_TYPE in its env)
+                raise BodyError("more than one Content-Type")
+            parts = _multipart_pairs(view.body, types[0])
             _refuse_method_override(view.method, parts)
             pairs.extend(parts)
     return pairs
@@ -402,10 +393,11 @@ def extract(view: RequestView, body_params: Sequence[tuple[str, object]] = ()) -
 
     Returns None when no job token is present (other credentials alone are not ours to judge),
     a `Conflict` when the credentials are ambiguous, `Malformed` for a token GitLab rejects on
-    sight, else the `Credential`. Raises `BodyError` when `view.body` should be a form or JSON
-    body and does not parse (Rails would answer 400; we cannot tell what it would read).
+    sight, else the `Credential`. Raises `BodyError` when `view.body` should be a form, JSON or
+    multipart body and does not parse (Rails would answer 400; we cannot tell what it would
+    read), or is multipart that readers could read differently (`multipart.Scanner`).
     `body_params` are the parameters of a body read elsewhere (a streamed multipart body,
-    `gateway.multipart`), judged exactly as if `view.body` held them.
+    `gateway.bodyguard`), judged exactly as if `view.body` held them.
     """
     found, repeated = _from_headers(view.headers)
     pairs = _params(view)
