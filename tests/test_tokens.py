@@ -300,6 +300,34 @@ class TestMultipart:
         with pytest.raises(tokens.BodyError):
             tokens.extract(self.view(body, content_type))
 
+    @pytest.mark.parametrize(
+        "body",
+        [
+            # Go decodes quoted-printable (Workhorse), Rack does not: `glcbt-` to Rails.
+            b'--XyZ\r\nContent-Disposition: form-data; name="access_token"\r\n'
+            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n=67lcbt-aaaa\r\n--XyZ--\r\n",
+            # LF-only lines: Go reads them, Rack needs CRLF.
+            b'--XyZ\nContent-Disposition: form-data; name="job_token"\n\nglcbt-aaaa\n--XyZ--\n',
+            # a folded header line: which name is it?
+            b'--XyZ\r\nContent-Disposition: form-data;\r\n name="job_token"\r\n\r\n'
+            b"glcbt-aaaa\r\n--XyZ--\r\n",
+            # two Content-Dispositions: Rack 2.2 and Go read different names.
+            b'--XyZ\r\nContent-Disposition: form-data; name="file"\r\n'
+            b'Content-Disposition: form-data; name="job_token"\r\n\r\nglcbt-aaaa\r\n--XyZ--\r\n',
+        ],
+        ids=["quoted-printable", "LF-only", "folded header", "two Content-Dispositions"],
+    )
+    def test_parts_readers_could_read_differently_are_refused(self, body: bytes) -> None:
+        # The buffered body is read by the streamed bodies' strict `multipart.Scanner`.
+        with pytest.raises(tokens.BodyError):
+            tokens.extract(self.view(body))
+
+    def test_two_content_types_are_refused(self) -> None:
+        body = b'--XyZ\r\nContent-Disposition: form-data; name="x"\r\n\r\nv\r\n--XyZ--\r\n'
+        headers = [("Content-Type", self.CT), ("Content-Type", "multipart/form-data; boundary=Q")]
+        with pytest.raises(tokens.BodyError, match="more than one Content-Type"):
+            tokens.extract(a_request("/x", headers, "POST", body))
+
 
 @pytest.mark.parametrize("name", ["Job.Token", "Job~Token", "job!token", "Private.Token"])
 def test_header_names_that_fold_to_a_credential_header_count(name: str) -> None:
