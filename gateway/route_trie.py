@@ -10,7 +10,6 @@ complete, so matching stays linear in the path's length (tests/security/test_red
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,10 +70,12 @@ def build_match(leaf: Leaf, caps: Caps, segs: list[str]) -> RouteMatch:
     texts: list[str] = caps  # type: ignore[assignment]  # all joined above
     names = leaf.names
     count = len(names)
-    if count == 1:  # a dict display costs half of dict(zip()) for one or two params
+    if count == 1:  # a dict display costs half of dict(zip()) for up to three params
         params = {names[0]: texts[0]}
     elif count == 2:
         params = {names[0]: texts[0], names[1]: texts[1]}
+    elif count == 3:
+        params = {names[0]: texts[0], names[1]: texts[1], names[2]: texts[2]}
     else:
         params = _params(names, texts)
     target = leaf.target
@@ -105,15 +106,15 @@ def _params(names: tuple[str, ...], texts: list[str]) -> dict[str, str]:
     captures as names) without `strict=`, which costs half as much again."""
     if len(texts) != len(names):
         raise AssertionError(f"{len(texts)} captures for params {names}")
-    if len(names) == 3:
-        return {names[0]: texts[0], names[1]: texts[1], names[2]: texts[2]}
     return dict(zip(names, texts))  # noqa: B905 (lengths checked above)
 
 
 # How `walk` leaves a node (set by `Node.seal`): only literals, only a param, literals then a
 # param (no frame needed once the literal fails), only a splat, or anything else (`_branch`).
 _LITERALS_ONLY, _PARAM_ONLY, _LITERAL_OR_PARAM, _SPLAT_ONLY, _BRANCHING = 0, 1, 2, 3, 4
-_UNBOUNDED = sys.maxsize
+# More segments than any path can have (a 2 GiB request-target), small enough to stay a
+# one-digit int: CPython compares those on its fast path (sys.maxsize is not one).
+_UNBOUNDED = (1 << 30) - 1
 
 
 @dataclass(slots=True, eq=False)

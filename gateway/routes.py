@@ -182,17 +182,20 @@ class RouteTable:
         a query) exactly as received. Returns a Refusal for ambiguous forms, None when no route
         matches (wrong method, unknown path, not under the prefix), else the RouteMatch."""
         root = self._methods.get(method)
-        # Fast path, one C-level scan: a path under the prefix with no `#`, `\`, controls,
+        # Fast path, a few C-level scans: a path under the prefix with no `#`, `\`, controls,
         # non-ASCII, dot segments or slashes to squeeze.
         plain = self._plain.fullmatch(raw_target)
         if plain is None or root is None:
             return self._match_slow(root, raw_target)
-        rest = plain.group(1)
+        rest = plain[1]
+        if "//" in rest or "/." in rest:
+            return self._match_slow(root, raw_target)  # slashes to squeeze, or dot segments
         if "%" not in rest:
             segs = rest.split("/")
         else:
-            # `%2F` decoded in one pass: the separators become SEPARATOR, then `%2F` becomes `/`.
-            swapped = rest.replace("/", SEPARATOR).replace("%2F", "/").replace("%2f", "/")
+            # `%2F` (project paths, npm scopes) decoded in one pass: the separators become
+            # SEPARATOR, then `%2F` becomes `/`. Any other escape (`%2f` too) takes the long way.
+            swapped = rest.replace("/", SEPARATOR).replace("%2F", "/")
             if "%" in swapped or ("." in swapped and "/." in swapped):
                 return self._match_decoded(root, raw_target, rest)  # other escapes, or dots
             segs = swapped.split(SEPARATOR)
@@ -270,11 +273,12 @@ class RouteTable:
 
 
 _SLASHES = re.compile("//+")
-# After the prefix: non-empty segments of printable ASCII without `#`, `\`, `?`, none starting
-# with `.` (no dot segment, no empty segment, no trailing slash); then any query of printable
-# ASCII without `#` and `\`. Possessive: a target that does not fit fails in one pass.
-_PLAIN_SEGMENT = r"(?!\.)[\x20-\x22\x24-\x2e\x30-\x3e\x40-\x5b\x5d-\x7e]++"
-_PLAIN_REST = rf"({_PLAIN_SEGMENT}(?:/{_PLAIN_SEGMENT})*+)(?:\?[\x20-\x22\x24-\x5b\x5d-\x7e]*+)?"
+# After the prefix: a path of printable ASCII without `#`, `\` or `?`, starting with neither
+# `.` nor `/` and not ending with `/`; then any query of printable ASCII without `#` and `\`.
+# One character class and no group repeated per segment, so `re` needs no backtracking stack
+# (a third cheaper); `match` then rules out `//` and `/.` (empty and dot segments).
+_PATH = r"(?![./])([\x20-\x22\x24-\x3e\x40-\x5b\x5d-\x7e]++)(?<!/)"
+_PLAIN_REST = _PATH + r"(?:\?[\x20-\x22\x24-\x5b\x5d-\x7e]*+)?"
 
 
 # Stands for the literal `/` separators while `%2F` is decoded in `match`: a request-target
