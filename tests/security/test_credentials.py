@@ -205,6 +205,25 @@ async def test_a_token_in_a_multipart_body_is_judged(guarded, content_type):
     assert_not_forwarded(answer, (400, 403, 413, 415))
 
 
+@pytest.mark.parametrize("content_type", MULTIPART.values(), ids=MULTIPART.keys())
+async def test_a_quoted_printable_token_part_is_refused_not_forwarded_as_tokenless(
+    guarded, content_type
+):
+    # GitLab Workhorse reads uploads with Go's mime/multipart, which decodes quoted-printable
+    # parts; Rack does not. `=67lcbt-...` is then APP's token to Rails, but no job token as
+    # written: a gateway reading it literally forwards the request as carrying none.
+    body = (
+        b"--XyZ\r\n"
+        b'Content-Disposition: form-data; name="access_token"\r\n'
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n=67" + APP[1:].encode() + b"\r\n"
+        b"--XyZ--\r\n"
+    )
+
+    answer = await guarded.attack.send("POST", DENIED, [("Content-Type", content_type)], body)
+
+    assert_refused(answer, 400, "bad_body")
+
+
 async def test_conflicting_tokens_between_header_and_body_are_refused(guarded):
     body = f"job_token={OUTSIDER}".encode()
 
