@@ -19,7 +19,6 @@ Each request ends with exactly one log line and its metrics (`gateway.exchange`)
 from __future__ import annotations
 
 import asyncio
-import secrets
 from dataclasses import dataclass, replace
 from time import perf_counter
 from typing import Protocol
@@ -32,7 +31,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from gateway import bodyguard, metrics, multipart, routes
 from gateway.decision import Audit, Decision, Reason
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
-from gateway.exchange import Exchange, Recorder
+from gateway.exchange import Exchange, Recorder, RequestIds
 from gateway.forward import BodyTooLarge, ClientBodyError, Forwarder, Transfer
 from gateway.headers import HeaderPolicy, is_upgrade
 from gateway.request import RequestView
@@ -91,13 +90,18 @@ class Proxy:
         self._forwarder = forwarder
         self._headers = headers
         self._recorder = recorder
+        self._ids = RequestIds()
         self._dry_run = settings.mode is Mode.DRY_RUN
         self._inspect_limit = settings.body_inspect_limit
         if settings.max_body_size:
             self._inspect_limit = min(self._inspect_limit, settings.max_body_size)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        exchange = request.get(EXCHANGE) or self._begin(request)
+        # Only a request with `Expect` went through `expect` (aiohttp's condition): the lookup
+        # of a missing key costs a KeyError inside MutableMapping.get.
+        exchange = (request.get(EXCHANGE) if "Expect" in request.headers else None) or (
+            self._begin(request)
+        )
         metrics.IN_FLIGHT.inc()
         try:
             response = await self._respond(request, exchange)
@@ -133,7 +137,7 @@ class Proxy:
 
     def _begin(self, request: web.Request) -> Exchange:
         exchange = Exchange(
-            transfer=Transfer(request_id=secrets.token_hex(8)),
+            transfer=Transfer(request_id=self._ids.new()),
             method=request.method,
             target=request.raw_path,
             remote=request.remote,
@@ -198,7 +202,9 @@ class Proxy:
                         return body
                     view = replace(view, body=body)
             verdict = await self._decide(view, exchange)
-            return replace(verdict, guard=guard) if isinstance(verdict, Permit) else verdict
+            if guard is not None and isinstance(verdict, Permit):
+                return replace(verdict, guard=guard)
+            return verdict
         except Exception:
             _log.exception("decision_failed", request_id=exchange.transfer.request_id)
             return Refuse(Reason.INTERNAL_ERROR, 500, gitlab_message(500))

@@ -12,20 +12,32 @@ coming from third-party loggers (parser errors quote raw request bytes) is scrub
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import sys
+import time
+from dataclasses import dataclass
 from typing import Any, TextIO
 from urllib.parse import unquote_plus
 
+import orjson
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from gateway.settings import LogFormat, Settings
 
-__all__ = ["REDACTED", "TOKEN_PARAMS", "configure", "get_logger", "redact_target", "scrub"]
+__all__ = [
+    "REDACTED",
+    "TOKEN_PARAMS",
+    "LineLogger",
+    "configure",
+    "get_logger",
+    "redact_target",
+    "scrub",
+]
 
 REDACTED = "[REDACTED]"
 
@@ -81,6 +93,43 @@ def _scrub_free_text(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     return event
 
 
+class _Clock:
+    """ISO 8601 UTC timestamps with microseconds (`2026-11-27T14:13:02.251490Z`), the date and
+    time of day formatted once per second: `datetime.now().isoformat()` per line cost ~1 us."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def now(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+
+
+_clock = _Clock()
+
+
+def _timestamp(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    event["timestamp"] = _clock.now()
+    return event
+
+
+def _dumps(obj: Any, **kw: Any) -> str:
+    """JSON for a log line: orjson (~10x faster than `json.dumps`), else the standard encoder
+    for what orjson refuses (lone surrogates from undecodable bytes, integers over 64 bits)."""
+    default = kw.get("default")
+    try:
+        return orjson.dumps(obj, default=default).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(obj, **kw)
+
+
 def _add_process(fields: dict[str, Any]) -> Processor:
     """Per-process fields (pid, worker index): fixed at `configure`, cheaper than contextvars."""
 
@@ -112,7 +161,7 @@ def _renderer(settings: Settings, stream: TextIO) -> tuple[list[Processor], Proc
         fmt = LogFormat.CONSOLE if stream.isatty() else LogFormat.JSON
     if fmt is LogFormat.CONSOLE:
         return [], structlog.dev.ConsoleRenderer(colors=stream.isatty())
-    return [structlog.processors.format_exc_info], structlog.processors.JSONRenderer()
+    return [structlog.processors.format_exc_info], structlog.processors.JSONRenderer(_dumps)
 
 
 def configure(
@@ -122,6 +171,7 @@ def configure(
 
     Every line carries the process id, and `worker` (its index) in a worker process.
     """
+    global _output
     stream = stream or sys.stderr
     process: dict[str, Any] = {"pid": os.getpid()}
     if worker is not None:
@@ -130,18 +180,21 @@ def configure(
     extra, renderer = _renderer(settings, stream)
     shared: list[Processor] = [
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _timestamp,
         _add_process(process),
     ]
+    factory = structlog.WriteLoggerFactory(file=stream)
     structlog.configure(
         processors=[*shared, *extra, _scrub_free_text, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        logger_factory=factory,
         # The per-request logger is bound once at start-up (`get_logger`); module-level loggers
         # only log rare events, so they may follow a later `configure` (tests reconfigure).
         cache_logger_on_first_use=False,
     )
     _bridge_stdlib(level, stream, [*shared, structlog.stdlib.add_logger_name], extra, renderer)
+    json_lines = isinstance(renderer, structlog.processors.JSONRenderer)
+    _output = _Output(factory, stream, level, json_lines, process)
 
 
 def _bridge_stdlib(
@@ -170,3 +223,57 @@ def get_logger(name: str, **initial: Any) -> structlog.typing.FilteringBoundLogg
     """A logger bound now, under the current configuration (cheap to call per request)."""
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger()
     return logger.bind(logger=name, **initial)
+
+
+@dataclass(frozen=True, slots=True)
+class _Output:
+    """What the last `configure` chose, for the `LineLogger`s built after it."""
+
+    factory: structlog.WriteLoggerFactory
+    stream: TextIO
+    level: int
+    json: bool
+    process: dict[str, Any]
+
+
+_output: _Output | None = None
+_LEVEL_NAMES = {
+    level: logging.getLevelName(level).lower()
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+}
+
+
+class LineLogger:
+    """A logger for one high-volume event (the per-request line), bound under the configuration
+    in force when it is built.
+
+    In JSON format the line is built as one dict and rendered at once: the same keys in the same
+    order, the same timestamp, scrubbing, serializer and sink as the structlog chain `configure`
+    sets up, without the chain's three copies of the fields (it costs a third as much).
+    Otherwise (console on a TTY, or structlog not configured by `configure`) it is structlog's.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._bound = get_logger(name)
+        output = _output
+        if output is None or structlog.get_config()["logger_factory"] is not output.factory:
+            output = None  # never configured, or reset since (tests)
+        self._direct = output if output is not None and output.json else None
+        self._sink = structlog.WriteLogger(output.stream if output is not None else None)
+
+    def enabled(self, level: int) -> bool:
+        return self._bound.is_enabled_for(level)
+
+    def log(self, level: int, event: str, fields: dict[str, Any]) -> None:
+        """Write `event` with `fields` at `level` (a stdlib level number), if that is enabled."""
+        direct = self._direct
+        if direct is None:
+            self._bound.log(level, event, **fields)
+            return
+        if level < direct.level:
+            return
+        line = {"logger": self._name, **fields, "event": event, "level": _LEVEL_NAMES[level]}
+        line["timestamp"] = _clock.now()
+        line.update(direct.process)
+        self._sink.msg(_dumps(_scrub_free_text(self._sink, "", line)))
