@@ -17,6 +17,8 @@ upstream), then the accessed project and its allowlist, and `policy.decide` rule
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 from gateway import gitpath, policy, routes, tokens
 from gateway.decision import Audit, Decision, Reason
@@ -115,7 +117,13 @@ class Gate:
             found = Decision(False, Reason.BAD_BODY, f"400 Bad request - {exc}")
         if isinstance(found, tokens.Credential):
             # `RouteTable.match` refuses every target `check_target` refuses (and more).
-            return await self._authorize(view, found)
+            planned = self._plan(view, found)
+            if isinstance(planned, Decision):
+                return planned  # refused before any store lookup
+            decided = self._resolve(found, *planned)
+            if isinstance(decided, Decision):
+                return decided  # everything came from the cache: no await, no suspension
+            return await self._authorize(found, *planned, decided)
         refusal = routes.check_target(view.target)
         if refusal is not None:
             return _bad_target(refusal)
@@ -160,17 +168,33 @@ class Gate:
 
     # ---- the stages
 
-    async def _authorize(self, view: RequestView, credential: tokens.Credential) -> Decision:
-        planned = self._plan(view, credential)
-        if isinstance(planned, Decision):
-            return planned  # refused before any store lookup
-        access, target = planned
+    async def _authorize(
+        self,
+        credential: tokens.Credential,
+        access: policy.Access,
+        target: Target,
+        lookup: _Lookup,
+    ) -> Decision:
+        """`_resolve`, asking the store for each value the cache did not have."""
+        known: dict[str, Any] = {}
         try:
-            return await self._resolve(credential, access, target)
+            while True:
+                known[lookup.what] = await self._fetch(lookup, credential, target)
+                decided = self._resolve(credential, access, target, **known)
+                if isinstance(decided, Decision):
+                    return decided
+                lookup = decided
         except StoreUnavailable as exc:
             log.warning("token store unavailable: %s", exc)
             audit = _audit(credential, None, None, access)
             return policy.deny(Reason.STORE_UNAVAILABLE, STORE_DOWN, audit)
+
+    async def _fetch(self, lookup: _Lookup, credential: tokens.Credential, target: Target) -> Any:
+        if lookup.what == "job":
+            return await self._job(credential, lookup.cached)
+        if lookup.what == "accessed":
+            return await self._accessed(target)
+        return await self.store.fetch(lookup.cached)
 
     def _plan(
         self, view: RequestView, credential: tokens.Credential
@@ -206,17 +230,23 @@ class Gate:
             path = path[len(self._root) :]
         return gitpath.parse(view.method, path, query)
 
-    async def _resolve(
-        self, credential: tokens.Credential, access: policy.Access, target: Target
-    ) -> Decision:
+    def _resolve(
+        self,
+        credential: tokens.Credential,
+        access: policy.Access,
+        target: Target,
+        job: Job | object | None = MISS,
+        accessed: policy.Accessed | object | None = MISS,
+        allowlist: Any = MISS,  # Allowlist | None, or MISS
+    ) -> Decision | _Lookup:
+        """The decision from what is known: the values given (fetched from the store), else the
+        cache's. Returns the `_Lookup` of the first value neither has (no I/O here)."""
         store = self.store
-        cached = store.peek_job(credential.digest)  # cache hits stay synchronous: no awaits
-        job: Job | None
-        if isinstance(cached, Job) or (cached is None and self.validator is None):
-            job = cached
-        else:
-            job = await self._job(credential, cached)
-        if job is None or job.revoked:
+        if job is MISS:
+            job = store.peek_job(credential.digest)
+            if not isinstance(job, Job) and (job is not None or self.validator is not None):
+                return _Lookup("job", job)
+        if not isinstance(job, Job) or job.revoked:
             audit = _audit(credential, None, None, access)
             return policy.deny(Reason.TOKEN_INVALID, UNAUTHORIZED, audit)
         if job.expired(store.wall()):
@@ -229,19 +259,22 @@ class Gate:
         if kind is TargetKind.NONE and not access.permissions:
             audit = _audit(credential, job, None, access)
             return Decision(True, Reason.UNCONTROLLED_ENDPOINT, audit=audit)
-        accessed = self._peek_accessed(target)
         if accessed is MISS:
-            accessed = await self._accessed(target)
+            accessed = self._peek_accessed(target)
+            if accessed is MISS:
+                return _Lookup("accessed")
         if not isinstance(accessed, policy.Accessed):
             audit = _audit(credential, job, target.ref, access)
             return policy.deny(Reason.TARGET_UNRESOLVED, UNRESOLVED, audit)
         project = accessed.project
         audit = _audit(credential, job, _label(project) if project else accessed.ref, access)
-        allowlist = None
         if project is not None and not accessed.is_project(job.project):
-            allowlist = store.peek(("allowlist", project.id))
             if allowlist is MISS:
-                allowlist = await store.fetch(("allowlist", project.id))
+                allowlist = store.peek(("allowlist", project.id))
+                if allowlist is MISS:
+                    return _Lookup("allowlist", ("allowlist", project.id))
+        else:
+            allowlist = None
         return policy.decide(job, accessed, allowlist, access, audit)
 
     async def _job(self, credential: tokens.Credential, cached: object) -> Job | None:
@@ -283,6 +316,16 @@ class Gate:
         key = (kind, arg)
         value = self.store.peek(key)
         return await self.store.fetch(key) if value is MISS else value
+
+
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """What `Gate._resolve` needs from the store: `job` (`cached` is the cache's MISS or
+    negative entry, for the upstream validation), `accessed`, or `allowlist` (`cached` is the
+    store key)."""
+
+    what: str
+    cached: Any = None
 
 
 def _audit(

@@ -117,23 +117,61 @@ def is_upgrade(headers: Headers) -> bool:
     return "Upgrade" in headers or "upgrade" in connection_tokens(headers)
 
 
-def _without(
-    headers: Headers, drop: frozenset[str], keep: frozenset[str] = _NONE
-) -> CIMultiDict[str]:
-    """`headers` minus the names in `drop` or `Connection` (folded); `keep` names (exact) stay."""
+class _Rule:
+    """Which header names a rule drops by name (folded), memoized per exact spelling.
+
+    Clients send the same few names on every request; a dictionary lookup is cheaper than
+    lower-casing and folding each one. The memo is bounded: names past `_MEMO_SIZE` distinct
+    spellings are judged afresh every time, so odd names cannot grow memory.
+    """
+
+    __slots__ = ("_drop", "_keep", "_memo")
+
+    def __init__(self, drop: frozenset[str], keep: frozenset[str] = _NONE) -> None:
+        self._drop = drop
+        self._keep = keep
+        self._memo: dict[str, bool] = {}
+
+    def drops(self, name: str) -> bool:
+        verdict = self._memo.get(name)
+        if verdict is None:
+            lowered = name.lower()
+            verdict = lowered not in self._keep and lowered.translate(_FOLD) in self._drop
+            if len(self._memo) < _MEMO_SIZE:
+                self._memo[name] = verdict
+        return verdict
+
+    def lists(self, name: str, listed: frozenset[str]) -> bool:
+        """Is `name` dropped because `Connection` lists it (`keep` names stay)?"""
+        lowered = name.lower()
+        return lowered in listed and lowered not in self._keep
+
+
+_MEMO_SIZE = 512
+
+
+def _without(headers: Headers, rule: _Rule) -> Headers:
+    """`headers` minus the names `rule` drops or `Connection` lists; `headers` itself (no
+    copy) when nothing is dropped."""
     listed = connection_tokens(headers)
+    drops = rule.drops
+    if not listed:
+        if not any(map(drops, headers.keys())):
+            return headers
+        return CIMultiDict([(name, value) for name, value in headers.items() if not drops(name)])
     kept: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
-        lowered = name.lower()
-        if lowered not in keep and (lowered in listed or lowered.translate(_FOLD) in drop):
-            continue
-        kept.add(name, value)
+        if not drops(name) and not rule.lists(name, listed):
+            kept.add(name, value)
     return kept
 
 
-def response_headers(headers: Headers) -> CIMultiDict[str]:
+_RESPONSE_RULE = _Rule(HOP_BY_HOP)
+
+
+def response_headers(headers: Headers) -> Headers:
     """The upstream's response headers minus hop-by-hop ones (every Set-Cookie kept)."""
-    return _without(headers, HOP_BY_HOP)
+    return _without(headers, _RESPONSE_RULE)
 
 
 class HeaderPolicy:
@@ -144,6 +182,8 @@ class HeaderPolicy:
             ipaddress.ip_network(cidr, strict=False) for cidr in settings.trusted_proxies
         )
         self._send_host = settings.host_policy is HostPolicy.PRESERVE
+        self._trusted_rule = _Rule(_REQUEST_DROP, _FRAMING)
+        self._untrusted_rule = _Rule(_UNTRUSTED_DROP, _FRAMING)
 
     def trusts(self, remote: str | None) -> bool:
         """Is the socket peer one of `trusted_proxies`?"""
@@ -155,10 +195,11 @@ class HeaderPolicy:
             return False
         return any(address in network for network in self._trusted)
 
-    def inbound(self, request: web.BaseRequest) -> CIMultiDict[str]:
-        """The end-to-end request headers: what the decision core sees and what is forwarded."""
-        drop = _REQUEST_DROP if self.trusts(request.remote) else _UNTRUSTED_DROP
-        return _without(request.headers, drop, _FRAMING)
+    def inbound(self, request: web.BaseRequest) -> Headers:
+        """The end-to-end request headers: what the decision core sees and what is forwarded
+        (the request's own headers, read-only, when none is dropped)."""
+        rule = self._trusted_rule if self.trusts(request.remote) else self._untrusted_rule
+        return _without(request.headers, rule)
 
     def outbound(
         self, request: web.BaseRequest, headers: Headers, request_id: str

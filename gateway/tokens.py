@@ -36,6 +36,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 from urllib.parse import unquote_plus
 
 from gateway import multipart
@@ -175,8 +176,7 @@ class BodyError(ValueError):
 Extraction = Credential | Conflict | Malformed | None
 
 
-@dataclass(frozen=True, slots=True)
-class _Found:
+class _Found(NamedTuple):  # scratch value of `extract`: a tuple is the cheapest to build
     carrier: Carrier
     value: str
     job: bool  # a job token (else another credential)
@@ -311,7 +311,9 @@ def _from_params(pairs: Iterable[tuple[str, object]]) -> Iterator[_Found]:
                 carrier, "", job=carrier is not Carrier.PRIVATE_TOKEN_PARAM, problem=problem
             )
         elif value:  # GitLab uses `.presence`: an empty value is absent
-            yield from _classify(carrier, value)
+            found = _classify(carrier, value)
+            if found is not None:
+                yield found
 
 
 def _param_carrier(key: str) -> tuple[Carrier | None, bool]:
@@ -324,67 +326,87 @@ def _param_carrier(key: str) -> tuple[Carrier | None, bool]:
     return carrier, base is not None and "[" in name[base.end() :]
 
 
-def _classify(carrier: Carrier, value: str) -> Iterator[_Found]:
+def _classify(carrier: Carrier, value: str) -> _Found | None:
     prefixed = value.startswith(JOB_TOKEN_PREFIX)
     if carrier in (Carrier.PRIVATE_TOKEN_HEADER, Carrier.PRIVATE_TOKEN_PARAM):
-        if not prefixed:  # a glcbt- PAT is skipped by GitLab (auth_finders.rb), so by us too
-            yield _Found(carrier, value, job=False)
-    elif carrier in (Carrier.JOB_TOKEN_PARAM, Carrier.JOB_TOKEN_HEADER):
-        yield _Found(carrier, value, job=True)
-    elif carrier is Carrier.TOKEN_PARAM:
-        yield _Found(carrier, value, job=not value.startswith(_OTHER_TOKEN_PREFIXES))
-    else:  # Bearer, access_token, bearer_token, DEPLOY-TOKEN: a job token only when prefixed
-        yield _Found(carrier, value, job=prefixed)
+        # A glcbt- PAT is skipped by GitLab (auth_finders.rb), so by us too.
+        return None if prefixed else _Found(carrier, value, job=False)
+    if carrier in (Carrier.JOB_TOKEN_PARAM, Carrier.JOB_TOKEN_HEADER):
+        return _Found(carrier, value, job=True)
+    if carrier is Carrier.TOKEN_PARAM:
+        return _Found(carrier, value, job=not value.startswith(_OTHER_TOKEN_PREFIXES))
+    # Bearer, access_token, bearer_token, DEPLOY-TOKEN: a job token only when prefixed
+    return _Found(carrier, value, job=prefixed)
 
 
-def _from_authorization(value: str) -> Iterator[_Found]:
+def _from_authorization(value: str) -> _Found | None:
     scheme, _, rest = value.strip().partition(" ")
     rest = rest.strip()
     if scheme.lower() == "bearer" and rest:
-        yield from _classify(Carrier.BEARER, rest)
-    elif scheme.lower() == "basic" and rest:
-        yield from _from_basic(rest)
-    elif value.strip():
-        yield _Found(Carrier.AUTHORIZATION, value, job=False)
+        return _classify(Carrier.BEARER, rest)
+    if scheme.lower() == "basic" and rest:
+        return _from_basic(rest)
+    if value.strip():
+        return _Found(Carrier.AUTHORIZATION, value, job=False)
+    return None
 
 
-def _from_basic(encoded: str) -> Iterator[_Found]:
+def _from_basic(encoded: str) -> _Found | None:
     try:
         user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
         # Ruby's Base64.decode64 is lenient: what it would read is unknowable, so refuse.
-        yield _Found(Carrier.BASIC, "", job=True, problem="Authorization Basic does not decode")
-        return
+        return _Found(Carrier.BASIC, "", job=True, problem="Authorization Basic does not decode")
     if not sep or not password:
         # `find_user_from_job_token_basic_auth` needs login and password present.
-        if user or password:
-            yield _Found(Carrier.BASIC, password, job=False)
-        return
+        return _Found(Carrier.BASIC, password, job=False) if user or password else None
     job = user == CI_JOB_USER or password.startswith(JOB_TOKEN_PREFIX)
-    yield _Found(Carrier.BASIC, password, job=job)
+    return _Found(Carrier.BASIC, password, job=job)
+
+
+def _header_carrier(name: str) -> Carrier | None:
+    """The carrier a header name is (Carrier.AUTHORIZATION for `Authorization`), or None."""
+    upper = name.upper()
+    carrier = _HEADERS.get(upper)
+    if carrier is None and "TOKEN" in upper:
+        # CGI-style servers fold every byte outside [A-Za-z0-9] to `_`: `Job.Token` is
+        # HTTP_JOB_TOKEN there, so it is judged as the JOB-TOKEN header.
+        carrier = _HEADERS.get(_FOLD.sub("_", upper))
+    if carrier is None and upper == "AUTHORIZATION":
+        carrier = Carrier.AUTHORIZATION
+    return carrier
+
+
+# Header names as clients spell them -> `_header_carrier`: the same few names arrive on every
+# request. Bounded, so that odd names cannot grow memory (past the bound they are judged afresh).
+_HEADER_MEMO: dict[str, Carrier | None] = {}
+_HEADER_MEMO_SIZE = 512
 
 
 def _from_headers(headers: Headers) -> tuple[list[_Found], list[str]]:
     found: list[_Found] = []
     repeated: list[str] = []
-    seen: dict[str, int] = {}
+    seen: list[Carrier] = []
+    memo = _HEADER_MEMO
     for name, value in headers.items():  # one pass: requests carry few headers
-        upper = name.upper()
-        carrier = _HEADERS.get(upper)
-        if carrier is None and "TOKEN" in upper:
-            # CGI-style servers fold every byte outside [A-Za-z0-9] to `_`: `Job.Token` is
-            # HTTP_JOB_TOKEN there, so it is judged as the JOB-TOKEN header.
-            carrier = _HEADERS.get(_FOLD.sub("_", upper))
-        if carrier is None and upper != "AUTHORIZATION":
-            continue
-        label = str(carrier) if carrier is not None else "Authorization header"
-        seen[label] = seen.get(label, 0) + 1
-        if seen[label] == 2:
-            repeated.append(f"{label} repeated")
+        if name in memo:
+            carrier = memo[name]
+        else:
+            carrier = _header_carrier(name)
+            if len(memo) < _HEADER_MEMO_SIZE:
+                memo[name] = carrier
         if carrier is None:
-            found.extend(_from_authorization(value))
-        elif value.strip():
-            found.extend(_classify(carrier, value.strip()))
+            continue
+        if seen.count(carrier) == 1:  # its second occurrence
+            repeated.append(f"{carrier} repeated")
+        seen.append(carrier)
+        if carrier is Carrier.AUTHORIZATION:
+            item = _from_authorization(value)
+        else:
+            value = value.strip()
+            item = _classify(carrier, value) if value else None
+        if item is not None:
+            found.append(item)
     return found, repeated
 
 
