@@ -188,22 +188,18 @@ def walk(node: Node, segs: list[str], start: int, caps: Caps) -> Leaf | None:
     if not node.min_rest <= n - start <= node.max_rest:
         return None  # no route below this node has that many segments left
     last = n - 1
-    for i in range(start, n):  # one segment per turn
+    for i in range(start, n):  # one segment per turn; the commonest modes first
         mode = node.mode
         if mode == _LITERALS_ONLY:
             child = node.literal.get(segs[i])
             if child is None or (i == last and child.leaf is None):
                 return _json_literal(node, segs[i]) if i == last else None
             node = child
-            continue
-        if mode >= _SPLAT_ONLY:
-            return (
-                _branch(node, segs, i, caps)
-                if mode == _BRANCHING
-                else _walk_splat(node, segs, i, caps)
-            )
-        seg = segs[i]
-        if mode == _LITERAL_OR_PARAM:
+        elif mode == _PARAM_ONLY:
+            caps.append(segs[i])
+            node = node.param  # type: ignore[assignment]  # the mode guarantees it
+        elif mode == _LITERAL_OR_PARAM:
+            seg = segs[i]
             child = node.literal.get(seg)
             param: Node = node.param  # type: ignore[assignment]  # the mode guarantees it
             if child is not None and not param.min_rest <= last - i <= param.max_rest:
@@ -213,8 +209,12 @@ def walk(node: Node, segs: list[str], start: int, caps: Caps) -> Leaf | None:
                 found = _literal_first(node, child, segs, i, caps)
                 if found is not None:
                     return found
-        caps.append(seg)
-        node = node.param  # type: ignore[assignment]  # the mode guarantees it
+            caps.append(seg)
+            node = param
+        elif mode == _BRANCHING:
+            return _branch(node, segs, i, caps)
+        else:
+            return _walk_splat(node, segs, i, caps)
     return node.leaf
 
 

@@ -188,7 +188,7 @@ class RouteTable:
         if plain is None or root is None:
             return self._match_slow(root, raw_target)
         rest = plain[1]
-        if "//" in rest or "/." in rest:
+        if "//" in rest or ("." in rest and "/." in rest):  # `.` alone: a one-byte scan
             return self._match_slow(root, raw_target)  # slashes to squeeze, or dot segments
         if "%" not in rest:
             segs = rest.split("/")
