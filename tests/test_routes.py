@@ -732,3 +732,63 @@ def test_the_fast_path_agrees_with_the_full_checks(table: RouteTable) -> None:
         for method in ("GET", "HEAD", "PUT"):
             root = table._roots.get("GET" if method == "HEAD" else method)
             assert table.match(method, target) == table._match_slow(root, target), (method, target)
+
+
+def test_the_fast_path_reads_encoded_slashes_like_the_full_checks(table: RouteTable) -> None:
+    # `%2F` in every param and splat (`-7` ends every sample value), in both hex cases, and
+    # before a dot: the one-pass decoding in `match` against the per-segment one.
+    targets = []
+    for sample in SAMPLES:
+        for spelling in ("%2F", "%2f", "%2F.", "%2F%2F", "%40%2F"):
+            targets.append(API + sample.path.replace("-7", "-" + spelling + "7"))
+    for target in targets:
+        for method in ("GET", "PUT", "POST", "DELETE"):
+            root = table._roots[method]
+            assert table.match(method, target) == table._match_slow(root, target), (method, target)
+
+
+def test_a_param_keeps_its_encoded_slashes_as_slashes(table: RouteTable) -> None:
+    found = matched(table.match("GET", API + "/projects/a%2Fb%2Fc/releases/v1%2F2"))
+    assert dict(found.params) == {"id": "a/b/c", "tag_name": "v1/2"}
+    assert found.target == Target(TargetKind.PROJECT, "a/b/c")
+
+
+def test_matches_are_ordinary_frozen_values(table: RouteTable) -> None:
+    found = matched(table.match("GET", API + "/projects/group%2Fsub/releases/v1"))
+    again = matched(table.match("GET", API + "/projects/group%2Fsub/releases/v1"))
+    assert type(found) is RouteMatch
+    assert type(found.target) is Target
+    assert found == again
+    assert hash(found.target) == hash(Target(TargetKind.PROJECT, "group/sub"))
+    with pytest.raises(AttributeError):
+        found.target.ref = "other"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        found.params = {}  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "a",
+        "%",
+        "%%",
+        "%2",
+        "%2%65",
+        "%zz%41",
+        "%25%32%65",
+        "%2e%2E",
+        "%00%7f",
+        "%5C",
+        "caf%C3%A9",
+        "%C3",
+        "%ff%41",
+        "%e2%82%ac",
+        "é%41",
+        "a%2Fb%2f..%3Bx",
+    ],
+)
+def test_the_lenient_decoder_agrees_with_the_standard_library(text: str) -> None:
+    from gateway.refusals import lenient_unquote
+
+    assert lenient_unquote(text) == unquote(text)
