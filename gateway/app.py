@@ -123,7 +123,11 @@ def _proxy_context(settings: Settings) -> CleanupContext:
     async def context(app: web.Application) -> AsyncIterator[None]:
         headers = HeaderPolicy(settings)
         forwarder = forward.ClientForwarder(settings, app[SESSION], headers)
-        app[PROXY] = Proxy(settings, app[GATE], forwarder, headers, Recorder())
-        yield
+        recorder = Recorder()
+        app[PROXY] = Proxy(settings, app[GATE], forwarder, headers, recorder)
+        try:
+            yield
+        finally:
+            recorder.close()
 
     return context

@@ -85,6 +85,10 @@ class Recorder:
         self._bytes_in = metrics.BYTES.labels("in")
         self._bytes_out = metrics.BYTES.labels("out")
 
+    def close(self) -> None:
+        """Write any request line still pending (they go out at the end of each loop iteration)."""
+        self._log.flush()
+
     def finish(self, exchange: Exchange) -> None:
         reason = exchange.final_reason
         self._count(exchange, reason)
