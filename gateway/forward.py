@@ -33,6 +33,7 @@ from gateway.request import RequestView
 from gateway.settings import Settings
 
 __all__ = [
+    "SMALL_BODY",
     "BodyInspector",
     "BodyTooLarge",
     "ClientBodyError",
@@ -46,6 +47,8 @@ __all__ = [
 # Upstream response headers can be larger than a client's (GitLab's Content-Security-Policy,
 # pagination `Link`); aiohttp's client refuses lines over 8190 bytes by default (§1.23).
 UPSTREAM_MAX_HEADER = 65536
+# Upstream answers up to this size (with a Content-Length) are buffered and sent in one write.
+SMALL_BODY = 64 * 1024
 # The client must add nothing of its own (§1.9): no Accept, Accept-Encoding, User-Agent, and no
 # Content-Type on streamed bodies.
 SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
@@ -228,8 +231,10 @@ class ClientForwarder:
     ) -> AsyncIterator[bytes]:
         while True:
             try:
-                async with asyncio.timeout(self._body_timeout):
-                    chunk = await content.readany()
+                chunk = content.read_nowait()  # what has arrived already needs no timer
+                if not chunk and not content.is_eof():
+                    async with asyncio.timeout(self._body_timeout):
+                        chunk = await content.readany()
             except TimeoutError as exc:  # a stalled upload must not hold two connections open
                 transfer.body_failure = ClientBodyError("client_body_timeout", timed_out=True)
                 raise transfer.body_failure from exc
@@ -254,14 +259,27 @@ class ClientForwarder:
     async def _relay(
         self, request: web.Request, upstream: aiohttp.ClientResponse, transfer: Transfer
     ) -> web.StreamResponse:
-        response = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=response_headers(upstream.headers),
+        headers = response_headers(upstream.headers)
+        body, failure = None, None
+        if _small(request, upstream):
+            try:
+                body = await upstream.content.read()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                failure = _UpstreamBodyFailed(type(exc).__name__)
+        response = (
+            web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+            if body is None
+            else web.Response(
+                body=body, status=upstream.status, reason=upstream.reason, headers=headers
+            )
         )
         try:
-            await response.prepare(request)
-            if request.method != "HEAD":
+            await response.prepare(request)  # a StreamResponse sends its headers now
+            if failure is not None:
+                raise failure
+            if body is not None:
+                transfer.bytes_out = len(body)  # goes out with the headers in write_eof
+            elif request.method != "HEAD":
                 await _copy(upstream, response, transfer)
             await response.write_eof()
         except ConnectionError:  # the client went away: nobody is left to tell (§1.22)
@@ -279,6 +297,20 @@ class ClientForwarder:
             _log.exception("relay_failed", request_id=transfer.request_id)
             _abort(request, upstream)
         return response
+
+
+def _small(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
+    """A body to read whole and send with its headers in one write: framed by a Content-Length
+    up to SMALL_BODY (a StreamResponse writes its headers on their own, one more send per
+    request; reference aiohttp-proxying.md §3). Larger or unframed bodies stream as they come."""
+    length = upstream.content_length
+    return (
+        length is not None
+        and 0 < length <= SMALL_BODY
+        and request.method != "HEAD"
+        and upstream.status >= 200
+        and upstream.status not in (204, 304)
+    )
 
 
 @dataclass(slots=True)

@@ -344,8 +344,12 @@ def _deny(exchange: Exchange, violation: bodyguard.Violation, *, would: bool = F
 
 async def _read_within(request: web.Request, seconds: float) -> bytes:
     """The next piece of the body; TimeoutError when the client stays silent that long."""
+    content = request.content
+    chunk = content.read_nowait()  # what has arrived already needs no timer (~3 us to arm)
+    if chunk or content.is_eof():
+        return chunk
     async with asyncio.timeout(seconds):
-        return await request.content.readany()
+        return await content.readany()
 
 
 def _framing_problem(request: web.Request) -> Refuse | None:
