@@ -202,8 +202,8 @@ def walk(node: Node, segs: list[str], start: int, caps: Caps) -> Leaf | None:
             seg = segs[i]
             child = node.literal.get(seg)
             param: Node = node.param  # type: ignore[assignment]  # the mode guarantees it
-            if child is not None and not param.min_rest <= last - i <= param.max_rest:
-                node = child  # the param cannot complete the path (nor `.json`: not last)
+            if child is not None and i != last and not param.min_rest <= last - i <= param.max_rest:
+                node = child  # the param cannot complete the path, `.json` is for the last one
                 continue
             if child is not None or i == last:
                 found = _literal_first(node, child, segs, i, caps)
