@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
-__all__ = ["STATUS", "Audit", "Decision", "Reason"]
+__all__ = ["STATUS", "Audit", "Decision", "Reason", "make_audit", "make_decision"]
 
 
 class Reason(StrEnum):
@@ -106,3 +107,75 @@ class Decision:
     def status(self) -> int | None:
         """The status of the gateway's own answer, or None when the request is forwarded."""
         return None if self.allowed else STATUS.get(self.reason, 403)
+
+
+# --- hot-path constructors (issue 6)
+# The gate and the policy build an Audit and a Decision (sometimes two Audits) per request. A
+# frozen dataclass's __init__ sets each field through object.__setattr__ (~0.55 us for Audit);
+# these fill a draft, a plain class with the same slots, then make it the frozen class by
+# `__class__` assignment, which CPython allows between classes of the same layout (~0.13 us).
+# The result is an ordinary, frozen, equal instance (technique and check as in route_values).
+
+
+class _AuditDraft:
+    __slots__ = (
+        "fingerprint",
+        "granted",
+        "job_id",
+        "required",
+        "route",
+        "source_project",
+        "target",
+    )
+
+
+class _DecisionDraft:
+    __slots__ = ("allowed", "audit", "message", "reason")
+
+
+def make_audit(
+    fingerprint: str | None,
+    job_id: int | None,
+    source_project: str | None,
+    target: str | None,
+    route: str | None,
+    required: tuple[str, ...],
+    granted: tuple[str, ...],
+) -> Audit:
+    """`Audit(...)` with every field given, for the hot path."""
+    draft: Any = _AuditDraft()
+    draft.fingerprint = fingerprint
+    draft.job_id = job_id
+    draft.source_project = source_project
+    draft.target = target
+    draft.route = route
+    draft.required = required
+    draft.granted = granted
+    draft.__class__ = Audit
+    audit: Audit = draft
+    return audit
+
+
+def make_decision(allowed: bool, reason: Reason, message: str, audit: Audit) -> Decision:
+    """`Decision(...)` with every field given, for the hot path."""
+    draft: Any = _DecisionDraft()
+    draft.allowed = allowed
+    draft.reason = reason
+    draft.message = message
+    draft.audit = audit
+    draft.__class__ = Decision
+    decision: Decision = draft
+    return decision
+
+
+def _check_drafts() -> None:
+    """Fail at import, not on a request, if a draft no longer has its class's layout."""
+    pairs: tuple[tuple[type, type], ...] = ((_AuditDraft, Audit), (_DecisionDraft, Decision))
+    for draft, final in pairs:
+        if sorted(getattr(draft, "__slots__", ())) != sorted(getattr(final, "__slots__", ())):
+            raise TypeError(f"{draft.__name__} must have the slots of {final.__name__}")
+        instance: Any = draft()
+        instance.__class__ = final  # raises if the layouts differ
+
+
+_check_drafts()

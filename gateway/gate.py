@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import gitpath, policy, routes, tokens
-from gateway.decision import Audit, Decision, Reason
+from gateway.decision import Audit, Decision, Reason, make_audit
 from gateway.errors import StoreUnavailable
 from gateway.grants import Job, Project, project_key
 from gateway.request import RequestView
-from gateway.routes import Refusal, RouteTable, Target, TargetKind
+from gateway.routes import Refusal, Route, RouteTable, Target, TargetKind
 from gateway.settings import Settings
 from gateway.stores import Store, open_store
 from gateway.stores.cache import MISS, CachedStore
@@ -63,6 +63,8 @@ class Gate:
         self.store = store
         self.validator = validator
         self._root = settings.relative_url_root
+        # What each route of `table` requires, built once per route (by id, checked by identity).
+        self._access: dict[int, tuple[Route, policy.Access]] = {}
 
     @classmethod
     async def open(cls, settings: Settings, *, store: Store | None = None) -> Gate:
@@ -160,6 +162,7 @@ class Gate:
             api_prefix=settings.api_prefix,
             relative_url_root=settings.relative_url_root,
         )
+        self._access = {}
 
     async def close(self) -> None:
         await self.store.close()
@@ -204,10 +207,10 @@ class Gate:
             return _bad_target(found, Audit(credential.fingerprint))
         if found is not None:
             route = found.route
-            access = policy.Access(
-                route.name, route.permissions, route.controllable, route.own_project_only
-            )
-            return access, found.target
+            cached = self._access.get(id(route))  # what the route requires, built once
+            if cached is None or cached[0] is not route:
+                cached = self._access[id(route)] = (route, _access(route))
+            return cached[1], found.target
         not_available = policy.deny(
             Reason.ROUTE_NOT_AVAILABLE, NOT_AVAILABLE, Audit(credential.fingerprint)
         )
@@ -255,10 +258,10 @@ class Gate:
         kind = target.kind
         if kind is TargetKind.OWN:
             audit = _audit(credential, job, _label(job.project), access)
-            return Decision(True, Reason.OWN_PROJECT, audit=audit)
+            return policy.allow(Reason.OWN_PROJECT, audit)
         if kind is TargetKind.NONE and not access.permissions:
             audit = _audit(credential, job, None, access)
-            return Decision(True, Reason.UNCONTROLLED_ENDPOINT, audit=audit)
+            return policy.allow(Reason.UNCONTROLLED_ENDPOINT, audit)
         if accessed is MISS:
             accessed = self._peek_accessed(target)
             if accessed is MISS:
@@ -295,7 +298,7 @@ class Gate:
         if target.kind is TargetKind.PROJECT and target.ref is not None:
             project = self.store.peek(("project", target.ref.lower()))
             if isinstance(project, Project) or project is None:
-                return policy.Accessed(target.ref, project)
+                return policy.accessed(target.ref, project)
         return MISS
 
     async def _accessed(self, target: Target) -> policy.Accessed | None:
@@ -331,12 +334,15 @@ class _Lookup:
 def _audit(
     credential: tokens.Credential, job: Job | None, target: str | None, access: policy.Access
 ) -> Audit:
+    fingerprint, route, required = credential.fingerprint, access.name, access.permissions
     if job is None:
-        return Audit(credential.fingerprint, None, None, target, access.name, access.permissions)
+        return make_audit(fingerprint, None, None, target, route, required, ())
     source = job.project.path or None
-    return Audit(
-        credential.fingerprint, job.job_id, source, target, access.name, access.permissions
-    )
+    return make_audit(fingerprint, job.job_id, source, target, route, required, ())
+
+
+def _access(route: Route) -> policy.Access:
+    return policy.Access(route.name, route.permissions, route.controllable, route.own_project_only)
 
 
 def _label(project: Project) -> str:

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from gateway.decision import Audit, Decision, Reason
+from gateway.decision import Audit, Decision, Reason, make_audit, make_decision
 from gateway.grants import Allowlist, Job, Project, project_key
 
-__all__ = ["Access", "Accessed", "decide", "deny", "to_sentence"]
+__all__ = ["Access", "Accessed", "accessed", "allow", "decide", "deny", "to_sentence"]
 
 UNAUTHORIZED = "401 Unauthorized"
 FORBIDDEN = "403 Forbidden - "
@@ -68,12 +69,31 @@ class Accessed:
         return key == source.id if isinstance(key, int) else key == source.key
 
 
+class _AccessedDraft:  # see gateway/decision.py, "hot-path constructors"
+    __slots__ = ("project", "ref")
+
+
+def accessed(ref: str, project: Project | None) -> Accessed:
+    """`Accessed(ref, project)` for the hot path (one per request): ~0.1 us instead of ~0.3."""
+    draft: Any = _AccessedDraft()
+    draft.ref = ref
+    draft.project = project
+    draft.__class__ = Accessed
+    made: Accessed = draft
+    return made
+
+
+if sorted(_AccessedDraft.__slots__) != sorted(getattr(Accessed, "__slots__", ())):
+    raise TypeError("_AccessedDraft must have the slots of Accessed")
+accessed("", None)  # fails at import, not on a request, if the layouts differ
+
+
 def deny(reason: Reason, message: str, audit: Audit) -> Decision:
-    return Decision(allowed=False, reason=reason, message=message, audit=audit)
+    return make_decision(False, reason, message, audit)
 
 
 def allow(reason: Reason, audit: Audit) -> Decision:
-    return Decision(allowed=True, reason=reason, audit=audit)
+    return make_decision(True, reason, "", audit)
 
 
 def to_sentence(words: Sequence[str]) -> str:
@@ -109,7 +129,9 @@ def decide(
     granted = ("default_permissions",) if entry.default_permissions else entry.granted_sorted
     # Built directly: dataclasses.replace costs several microseconds on the hot path.
     a = audit
-    audit = Audit(a.fingerprint, a.job_id, a.source_project, a.target, a.route, a.required, granted)
+    audit = make_audit(
+        a.fingerprint, a.job_id, a.source_project, a.target, a.route, a.required, granted
+    )
     if not access.controllable:
         return allow(Reason.GIT_HTTP if access.git else Reason.UNCONTROLLED_ENDPOINT, audit)
     if entry.default_permissions:

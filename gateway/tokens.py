@@ -36,7 +36,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
 
 from gateway import multipart
@@ -151,6 +151,26 @@ class Credential:
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.digest)
+
+
+class _CredentialDraft:  # see gateway/decision.py, "hot-path constructors"
+    __slots__ = ("carrier", "digest", "secret")
+
+
+def _credential(carrier: Carrier, token_digest: str, secret: str) -> Credential:
+    """`Credential(...)`, one per request: built from a draft (~0.1 us instead of ~0.3)."""
+    draft: Any = _CredentialDraft()
+    draft.carrier = carrier
+    draft.digest = token_digest
+    draft.secret = secret
+    draft.__class__ = Credential
+    credential: Credential = draft
+    return credential
+
+
+if sorted(_CredentialDraft.__slots__) != sorted(getattr(Credential, "__slots__", ())):
+    raise TypeError("_CredentialDraft must have the slots of Credential")
+_credential(Carrier.BEARER, "", "")  # fails at import, not on a request, if the layouts differ
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,9 +409,9 @@ def _from_headers(headers: Headers) -> tuple[list[_Found], list[str]]:
     seen: list[Carrier] = []
     memo = _HEADER_MEMO
     for name, value in headers.items():  # one pass: requests carry few headers
-        if name in memo:
+        try:
             carrier = memo[name]
-        else:
+        except KeyError:  # a name not seen yet (or past the memo's bound)
             carrier = _header_carrier(name)
             if len(memo) < _HEADER_MEMO_SIZE:
                 memo[name] = carrier
@@ -444,7 +464,7 @@ def extract(view: RequestView, body_params: Sequence[tuple[str, object]] = ()) -
         chosen = min(jobs, key=lambda item: _RANK.get(item.carrier, len(_RANK)))
     if why := _malformation(chosen):
         return Malformed(chosen.carrier, why)
-    return Credential(chosen.carrier, digest(chosen.value), chosen.value)
+    return _credential(chosen.carrier, digest(chosen.value), chosen.value)
 
 
 def same_credential(one: Extraction, other: Extraction) -> bool:
