@@ -13,7 +13,11 @@ Two baselines run next to it:
 - `linear scan, same job`: the same scan wrapped in the work `match` does around its lookup
   (the refusal checks, then a RouteMatch with its Target): the lookup strategy alone differs.
 
-    .venv/bin/python bench/bench_match.py [--rounds 5] [--iterations 2000] [--json]
+With --breakdown, the hits are also timed through cumulative stages of `match` (the fast-path
+checks; + splitting and `%2F` decoding; + the trie walk; + building the RouteMatch): the
+differences of the medians say roughly where the time goes.
+
+    .venv/bin/python bench/bench_match.py [--rounds 5] [--iterations 2000] [--json] [--breakdown]
 """
 
 from __future__ import annotations
@@ -29,8 +33,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from gateway import route_trie
 from gateway.refusals import strict_refusal
-from gateway.routes import Refusal, Route, RouteMatch, RouteTable, SegmentKind, target_rule_for
+from gateway.routes import (
+    SEPARATOR,
+    Refusal,
+    Route,
+    RouteMatch,
+    RouteTable,
+    SegmentKind,
+    target_rule_for,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 API = "/api/v4"
@@ -202,6 +215,49 @@ def run(rounds: int, iterations: int) -> dict[str, Any]:
     return report
 
 
+STAGES = ("checks", "split", "walk", "build")
+
+
+def staged(table: RouteTable, method: str, target: str, stop: int) -> object:
+    """`match`'s fast path (a copy of it), cut after stage `stop` (1-4, see STAGES); None for
+    a target the fast path does not take."""
+    root, plain = table._methods.get(method), table._plain.fullmatch(target)
+    if plain is None or root is None:
+        return None
+    rest = plain[1]
+    if "//" in rest or ("." in rest and "/." in rest) or stop == 1:
+        return None
+    if "%" not in rest:
+        segs = rest.split("/")
+    else:
+        swapped = rest.replace("/", SEPARATOR).replace("%2F", "/")
+        if "%" in swapped or ("." in swapped and "/." in swapped):
+            return None
+        segs = swapped.split(SEPARATOR)
+    if stop == 2:
+        return segs
+    caps: route_trie.Caps = []
+    leaf = route_trie.walk(root, segs, 0, caps)
+    if stop == 3 or leaf is None:
+        return leaf
+    return route_trie.build_match(leaf, caps, segs)
+
+
+def breakdown(table: RouteTable, rounds: int, iterations: int) -> dict[str, Any]:
+    """Median µs over the hits the fast path takes, cut after each stage (cumulative)."""
+    hits = [entry for entry in corpus(table) if entry[0] == "hit"]
+    plain = [(k, m, t) for k, m, t in hits if staged(table, m, t, 2) is not None]
+    report: dict[str, Any] = {"hits_timed": len(plain)}
+    for stop, name in enumerate(STAGES, start=1):
+
+        def call(method: str, target: str, stop: int = stop) -> object:
+            return staged(table, method, target, stop)
+
+        report[name] = round(statistics.median(time_each(call, plain, rounds, iterations)), 3)
+    report["match"] = round(statistics.median(time_each(table.match, plain, rounds, iterations)), 3)
+    return report
+
+
 def _disagreements(
     table: RouteTable, baseline: LinearScan, entries: list[tuple[str, str, str]]
 ) -> list[str]:
@@ -226,8 +282,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--breakdown", action="store_true")
     args = parser.parse_args()
     report = run(args.rounds, args.iterations)
+    if args.breakdown:
+        table = RouteTable.load(ROOT / "policies" / "routes.yaml")
+        report["breakdown"] = breakdown(table, args.rounds, args.iterations)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -244,6 +304,12 @@ def main() -> None:
     print(
         f"ratio (linear scan with the same checks and result / trie): {report['ratio_same_job_median']:.1f}x"
     )
+    if "breakdown" in report:
+        steps = report["breakdown"]
+        print(
+            f"breakdown over {steps['hits_timed']} plain hits (cumulative medians): "
+            + ", ".join(f"{name} {steps[name]:.2f} us" for name in (*STAGES, "match"))
+        )
     print(f"first-match disagreements on hits: {len(report['first_match_disagreements'])}")
     for line in report["first_match_disagreements"]:
         print(f"  {line}")
