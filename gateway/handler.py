@@ -126,6 +126,7 @@ class Proxy:
         if request.version != HttpVersion11 or expectation != "100-continue":
             return  # unknown expectations are ignored (RFC 9110 §10.1.1) and never forwarded
         exchange = self._begin(request)
+        request[EXCHANGE] = exchange  # for `handle` (aiohttp calls it next)
         exchange.verdict = await self._judge(request, exchange, headers_only=True)
         if isinstance(exchange.verdict, Refuse):
             exchange.verdict = replace(exchange.verdict, close=True)
@@ -143,7 +144,6 @@ class Proxy:
             remote=request.remote,
             started=perf_counter(),
         )
-        request[EXCHANGE] = exchange
         return exchange
 
     async def _respond(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
@@ -200,8 +200,11 @@ class Proxy:
                     body = await self._read_body(request)
                     if isinstance(body, Refuse):
                         return body
-                    view = replace(view, body=body)
-            verdict = await self._decide(view, exchange)
+                    view = RequestView(view.method, view.target, view.headers, body, view.remote)
+            started = perf_counter()
+            decision = await self._gate.evaluate(view)
+            exchange.decision_seconds = perf_counter() - started
+            verdict = self._verdict(view, exchange, decision)
             if guard is not None and isinstance(verdict, Permit):
                 return replace(verdict, guard=guard)
             return verdict
@@ -276,10 +279,7 @@ class Proxy:
             return Refuse(Reason.BAD_BODY, 400, gitlab_message(400, detail))
         return bytes(buffer)
 
-    async def _decide(self, view: RequestView, exchange: Exchange) -> Verdict:
-        started = perf_counter()
-        decision = await self._gate.evaluate(view)
-        exchange.decision_seconds = perf_counter() - started
+    def _verdict(self, view: RequestView, exchange: Exchange, decision: Decision) -> Verdict:
         exchange.decision = decision
         if decision.allowed:
             return Permit(view)

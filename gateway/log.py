@@ -284,8 +284,13 @@ class LineLogger:
         line = {"logger": self._name, **fields, "event": event, "level": _LEVEL_NAMES[level]}
         line["timestamp"] = _clock.now()
         line.update(direct.process)
+        # `event` is the caller's literal: of the free text, only the fields need scrubbing.
+        for key in ("error", "exception"):
+            value = line.get(key)
+            if isinstance(value, str):
+                line[key] = scrub(value)
         pending = self._pending
-        pending.append(_dumps(_scrub_free_text(self._sink, "", line)))
+        pending.append(_dumps(line))
         if len(pending) == 1:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
