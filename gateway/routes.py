@@ -1,7 +1,7 @@
 """GitLab's job-token route table, compiled once at start-up; `match` answers in a few microseconds.
 
-CONTRACT (other modules rely on these names; the implementation below may change freely):
-- `Route`, `Target`, `TargetKind`, `RouteMatch`, `Refusal`, `RefusalReason` as declared here.
+CONTRACT (other modules rely on these names; the implementation may change freely):
+- `Route`, `Target`, `TargetKind`, `RouteMatch`, `Refusal`, `RefusalReason` as exported here.
 - `RouteTable.load(path) -> RouteTable` (raises `PolicyFileError`), `RouteTable.compile(routes)`.
 - `RouteTable.match(method, raw_target) -> RouteMatch | Refusal | None`: None = no route.
 - `RouteTable.in_api(raw_target) -> bool`; module-level `check_target(raw_target) -> Refusal | None`.
