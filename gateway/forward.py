@@ -179,7 +179,7 @@ class ClientForwarder:
                 view.method,
                 url,
                 headers=headers,
-                data=self._body(request, view, transfer, _Upload(inspector, leg)),
+                data=self._body(request, view, transfer, inspector, leg),
                 allow_redirects=False,
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -193,7 +193,8 @@ class ClientForwarder:
         request: web.Request,
         view: RequestView,
         transfer: Transfer,
-        upload: _Upload,
+        inspector: BodyInspector | None,
+        leg: _Leg,
     ) -> bytes | AsyncIterator[bytes] | None:
         if view.body is not None:  # authorized from this buffer: forward exactly these bytes
             transfer.bytes_in = len(view.body)
@@ -202,6 +203,7 @@ class ClientForwarder:
             return view.body if view.body or request.body_exists else None
         if not request.body_exists:
             return None
+        upload = _Upload(inspector, leg)
         return self._stream(request.content, transfer, upload, request.content_length)
 
     async def _stream(

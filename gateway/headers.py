@@ -159,11 +159,14 @@ def _without(headers: Headers, rule: _Rule) -> Headers:
         if not any(map(drops, headers.keys())):
             return headers
         return CIMultiDict([(name, value) for name, value in headers.items() if not drops(name)])
-    kept: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        if not drops(name) and not rule.lists(name, listed):
-            kept.add(name, value)
-    return kept
+    lists = rule.lists
+    return CIMultiDict(
+        [
+            (name, value)
+            for name, value in headers.items()
+            if not (drops(name) or lists(name, listed))
+        ]
+    )
 
 
 _RESPONSE_RULE = _Rule(HOP_BY_HOP)
