@@ -260,7 +260,7 @@ def predicted_forward(kind: str, relation: str, route: RouteSpec) -> bool:
     if relation == "own":
         return True
     if "/registry/" in route.template:
-        return False  # container registry routes are own-project only (gateway/routes.py)
+        return False  # container registry routes are own-project only (gateway/route_facts.py)
     if relation == "default":
         return True
     if relation == "not_allowlisted":

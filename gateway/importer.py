@@ -160,7 +160,7 @@ def render(rows: list[PageRow], page_name: str, page_sha256: str, title: str) ->
         "# controllable: false = the page's `None`: job tokens may call the route, but\n"
         "# fine-grained permissions cannot restrict it. Facts the page does not carry (container\n"
         "# registry routes are own-project only, how each route's project is found) live in\n"
-        "# gateway/routes.py with their GitLab sources.\n"
+        "# gateway/route_facts.py with their GitLab sources.\n"
     )
     document = {
         "version": 1,
@@ -217,6 +217,10 @@ def _write_atomically(output: Path, content: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(content)
+        # mkstemp creates 0600; the table is public data that a non-root server must read.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, output)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
