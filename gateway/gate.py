@@ -22,7 +22,7 @@ from typing import Any
 
 from gateway import gitpath, policy, routes, tokens
 from gateway.decision import Audit, Decision, Reason, make_audit
-from gateway.errors import StoreUnavailable
+from gateway.errors import PolicyFileError, StoreUnavailable
 from gateway.grants import Job, Project, project_key
 from gateway.request import RequestView
 from gateway.routes import Refusal, Route, RouteTable, Target, TargetKind
@@ -148,14 +148,8 @@ class Gate:
         return True, f"{len(self.table)} routes, {self.store.store.kind} store reachable"
 
     async def reload(self) -> None:
-        """Re-read the route table and a file store; drop caches. On ConfigError the old route
-        table stays in force and the error is raised for the caller to log."""
-        backend = self.store.store
-        if isinstance(backend, FileStore):
-            await backend.reload()
-        self.store.invalidate()
-        if self.validator is not None:
-            self.validator.invalidate()
+        """Re-read the route table and a file store; drop caches. Each part is replaced only
+        when its new version is valid; a ConfigError says what was kept, for the caller to log."""
         settings = self.settings
         self.table = RouteTable.load(
             settings.routes,
@@ -163,6 +157,14 @@ class Gate:
             relative_url_root=settings.relative_url_root,
         )
         self._access = {}
+        backend = self.store.store
+        if isinstance(backend, FileStore):
+            await backend.reload()
+        self.store.invalidate()
+        if self.validator is not None:
+            self.validator.invalidate()
+        if isinstance(backend, FileStore) and backend.error is not None:
+            raise PolicyFileError(f"{backend.error} (the previous grants stay in force)")
 
     async def close(self) -> None:
         await self.store.close()

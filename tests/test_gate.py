@@ -30,6 +30,7 @@ from job_grants import (
 
 from gateway import tokens
 from gateway.decision import Reason
+from gateway.errors import PolicyFileError
 from gateway.gate import Gate
 from gateway.grants import Allowlist, Job, Project
 from gateway.settings import Settings
@@ -309,9 +310,11 @@ async def test_a_file_store_follows_its_file(tmp_path: Path) -> None:
     path.write_text("jobs: [{token: x}]\n")  # invalid: the previous content stays in force
     await asyncio.sleep(0.8)
     assert (await gate.evaluate(ALLOWED)).reason is Reason.TOKEN_INVALID
-    ready, why = await gate.ready()
-    assert not ready
-    assert "jobs[0]" in why
+    # Still ready: replicas sharing one bad edit must not all leave rotation at once.
+    assert (await gate.ready())[0]
+    with pytest.raises(PolicyFileError, match=r"jobs\[0\].*previous grants stay in force"):
+        await gate.reload()  # SIGHUP with the bad file: reported, old content kept
+    assert (await gate.evaluate(ALLOWED)).reason is Reason.TOKEN_INVALID
     path.write_text(GRANTS_YAML)
     await gate.reload()  # SIGHUP
     assert (await gate.evaluate(ALLOWED)).reason is Reason.OWN_PROJECT
@@ -320,8 +323,6 @@ async def test_a_file_store_follows_its_file(tmp_path: Path) -> None:
 
 
 async def test_a_bad_grants_file_stops_start_up(tmp_path: Path) -> None:
-    from gateway.errors import PolicyFileError
-
     path = tmp_path / "grants.yaml"
     path.write_text("jobs:\n  - {token: x, job_id: 1, project: nowhere/x}\n")
     with pytest.raises(PolicyFileError, match=r"jobs\[0\]\.project"):

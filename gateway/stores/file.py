@@ -2,8 +2,11 @@
 
 The file is validated as a whole (`gateway.grants.load_grants`); a change is picked up by
 `generation()` (polled about once a second by the cache layer: mtime, size and inode) and by
-`reload()` (SIGHUP). A file that became invalid keeps the previous content in force and the
-error is reported by `ping()` (readiness) until it is fixed: nothing is half-loaded.
+`reload()` (SIGHUP). A file that became invalid keeps the previous content in force: nothing
+is half-loaded, and the gateway stays ready (every replica reading the same bad edit must not
+go out of rotation at once). A bad edit is logged once (`grants_file_invalid`), and a SIGHUP
+that finds one fails (`Gate.reload` raises, the server logs `reload_failed`). Only a file that
+never loaded makes `ping()` (readiness) fail.
 Revocation means removing the job from the file.
 """
 
@@ -14,12 +17,16 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import structlog
+
 from gateway.errors import ConfigError, PolicyFileError, StoreUnavailable
 from gateway.grants import Allowlist, Grants, Job, Project, load_grants
 from gateway.stores import Listing
 from gateway.stores.content import Content
 
 __all__ = ["FileStore"]
+
+_log = structlog.get_logger("gateway.store")
 
 READ_ONLY = "the file:// store is read-only: edit {path} (it is reloaded when it changes)"
 
@@ -55,8 +62,11 @@ class FileStore:
 
     async def ping(self) -> None:
         await self._current()
-        if self._error is not None:
-            raise StoreUnavailable(f"{self._error} (the previous content stays in force)")
+
+    @property
+    def error(self) -> str | None:
+        """Why the file on disk is not in force (None when it is)."""
+        return self._error
 
     async def close(self) -> None:
         return None
@@ -77,6 +87,8 @@ class FileStore:
             try:
                 grants = await asyncio.to_thread(load_grants, self.path)
             except PolicyFileError as exc:
+                if str(exc) != self._error:
+                    _log.warning("grants_file_invalid", error=str(exc), kept="previous content")
                 self._error, self._stamp = str(exc), stamp
                 return False
             self._content, self._stamp, self._error = Content(grants), stamp, None
