@@ -3,13 +3,14 @@
 Resources live in cleanup contexts under typed keys: the Gate (route table + token store), the
 one upstream `ClientSession`, and the `Proxy` handler built from both. Every path and method
 goes to the same handler (one catch-all route); nothing on the proxy port is special-cased.
-`runner_options(settings)` are the server options every listener of the proxy must use.
+`runner_options(settings)` are the server options every listener of the proxy must use;
+`dispatch_directly(runner)` (what `serve` does) skips the router on the way to that handler.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import aiohttp
 from aiohttp import web
@@ -24,7 +25,15 @@ from gateway.headers import HeaderPolicy
 from gateway.request import RequestView
 from gateway.settings import Settings
 
-__all__ = ["GATE", "PROXY", "SESSION", "GateService", "create_app", "runner_options"]
+__all__ = [
+    "GATE",
+    "PROXY",
+    "SESSION",
+    "GateService",
+    "create_app",
+    "dispatch_directly",
+    "runner_options",
+]
 
 
 class GateService(Protocol):
@@ -70,6 +79,28 @@ def create_app(settings: Settings, *, gate: GateService | None = None) -> web.Ap
     app.cleanup_ctx.append(_proxy_context(settings))
     app.router.add_route("*", "/{tail:.*}", _handle, expect_handler=_expect)
     return app
+
+
+def dispatch_directly(runner: web.AppRunner) -> None:
+    """Make the started runner's server call the proxy itself (before any site listens).
+
+    Every request goes to the one catch-all handler anyway; the application's router (which
+    walks the path's prefixes), middleware chain and match info cost ~6-9 us per request, about
+    5% of a proxied request. `Expect` is dispatched as `Application._handle` does.
+    """
+    proxy = runner.app[PROXY]
+    server = runner.server
+    if server is None:
+        raise RuntimeError("dispatch_directly needs a runner that is set up")
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        ours = cast(web.Request, request)  # the app's request factory still makes them
+        if request.headers.get("Expect"):
+            await proxy.expect(ours)
+            await request.writer.drain()
+        return await proxy.handle(ours)
+
+    server.request_handler = handle
 
 
 @web.middleware

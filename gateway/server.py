@@ -24,7 +24,7 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.admin import Readiness, create_admin_app
-from gateway.app import GATE, GateService, create_app, runner_options
+from gateway.app import GATE, GateService, create_app, dispatch_directly, runner_options
 from gateway.errors import ConfigError
 from gateway.settings import Settings
 
@@ -98,6 +98,7 @@ async def run_worker(
     admin_runner: web.AppRunner | None = None
     try:
         await proxy.setup()  # opens the gate and the upstream session: ConfigError stops here
+        dispatch_directly(proxy)
         gate = proxy.app[GATE]
         await listen(
             proxy,
