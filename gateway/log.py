@@ -290,7 +290,7 @@ class LineLogger:
             if isinstance(value, str):
                 line[key] = scrub(value)
         pending = self._pending
-        pending.append(_dumps(line))
+        pending.append(_dumps(line, default=repr))  # like structlog's JSONRenderer fallback
         if len(pending) == 1:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
