@@ -204,13 +204,18 @@ class _Found(NamedTuple):  # scratch value of `extract`: a tuple is the cheapest
 
 
 def body_kind(headers: Headers, method: str) -> str | None:
-    """ "form", "json" or "multipart" when Rails would parse this request's body into params.
+    """ "form", "json" or "multipart" when Rails would parse this request's body into params
+    ("ambiguous" for several Content-Type headers: the body is read, then refused).
 
     Rack parses a form body for any method, a POST without Content-Type as a form
     (`Rack::Request#form_data?`) and any `multipart/*` body (`Rack::Multipart`); Rails parses
     JSON for its JSON MIME types.
     """
-    raw = headers.get("Content-Type")
+    types = headers.getall("Content-Type", ())
+    if len(types) > 1:
+        # Which one would Rack read (one CONTENT_TYPE in its env)? Inspect, then refuse.
+        return "ambiguous"
+    raw = types[0] if types else None
     if raw is None:
         return "form" if method == "POST" else None
     media = raw.split(";", 1)[0].strip().lower()
@@ -303,6 +308,8 @@ def _params(view: RequestView) -> list[tuple[str, object]]:
         pairs.extend(parse_form(query))
     if view.body:
         kind = body_kind(view.headers, view.method)
+        if kind == "ambiguous":
+            raise BodyError("more than one Content-Type")
         if kind == "form":
             form = parse_form(view.body.decode("utf-8", "surrogateescape"))
             _refuse_method_override(view.method, form)
@@ -310,10 +317,7 @@ def _params(view: RequestView) -> list[tuple[str, object]]:
         elif kind == "json":
             pairs.extend(_json_pairs(view.body))
         elif kind == "multipart":
-            types = view.headers.getall("Content-Type")
-            if len(types) > 1:  # which one would Rack read? (one CONTENT_TYPE in its env)
-                raise BodyError("more than one Content-Type")
-            parts = _multipart_pairs(view.body, types[0])
+            parts = _multipart_pairs(view.body, view.headers["Content-Type"])
             _refuse_method_override(view.method, parts)
             pairs.extend(parts)
     return pairs

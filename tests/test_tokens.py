@@ -329,6 +329,23 @@ class TestMultipart:
             tokens.extract(a_request("/x", headers, "POST", body))
 
 
+@pytest.mark.parametrize(
+    "types",
+    [
+        ["text/plain", "application/x-www-form-urlencoded"],
+        ["application/x-www-form-urlencoded", "text/plain"],
+        ["application/json", "application/x-www-form-urlencoded"],
+    ],
+)
+def test_a_body_under_two_content_types_is_read_then_refused(types: list[str]) -> None:
+    # Rack has one CONTENT_TYPE; a front server may keep the first, the last, or join them.
+    headers = [("Content-Type", kind) for kind in types]
+    view = a_request("/x", headers, "PUT", b"job_token=glcbt-aaaa")
+    assert tokens.body_kind(view.headers, view.method) == "ambiguous"
+    with pytest.raises(tokens.BodyError, match="more than one Content-Type"):
+        tokens.extract(view)
+
+
 @pytest.mark.parametrize("name", ["Job.Token", "Job~Token", "job!token", "Private.Token"])
 def test_header_names_that_fold_to_a_credential_header_count(name: str) -> None:
     # CGI-style servers map every byte outside [A-Za-z0-9] to `_` (HTTP_JOB_TOKEN).
