@@ -121,8 +121,9 @@ class _Rule:
     """Which header names a rule drops by name (folded), memoized per exact spelling.
 
     Clients send the same few names on every request; a dictionary lookup is cheaper than
-    lower-casing and folding each one. The memo is bounded: names past `_MEMO_SIZE` distinct
-    spellings are judged afresh every time, so odd names cannot grow memory.
+    lower-casing and folding each one. The memo is bounded (`_MEMO_SIZE` names of at most
+    `_MEMO_NAME` characters); other names are judged afresh every time, so odd names cannot
+    grow memory.
     """
 
     __slots__ = ("_drop", "_keep", "_memo")
@@ -137,7 +138,7 @@ class _Rule:
         if verdict is None:
             lowered = name.lower()
             verdict = lowered not in self._keep and lowered.translate(_FOLD) in self._drop
-            if len(self._memo) < _MEMO_SIZE:
+            if len(self._memo) < _MEMO_SIZE and len(name) <= _MEMO_NAME:
                 self._memo[name] = verdict
         return verdict
 
@@ -148,6 +149,7 @@ class _Rule:
 
 
 _MEMO_SIZE = 512
+_MEMO_NAME = 64
 
 
 def _without(headers: Headers, rule: _Rule) -> Headers:

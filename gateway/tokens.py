@@ -402,7 +402,8 @@ def _header_carrier(name: str) -> Carrier | None:
 
 
 # Header names as clients spell them -> `_header_carrier`: the same few names arrive on every
-# request. Bounded, so that odd names cannot grow memory (past the bound they are judged afresh).
+# request. Bounded (512 names of at most 64 characters), so that odd names cannot grow memory:
+# the others are judged afresh each time.
 _HEADER_MEMO: dict[str, Carrier | None] = {}
 _HEADER_MEMO_SIZE = 512
 
@@ -417,7 +418,7 @@ def _from_headers(headers: Headers) -> tuple[list[_Found], list[str]]:
             carrier = memo[name]
         except KeyError:  # a name not seen yet (or past the memo's bound)
             carrier = _header_carrier(name)
-            if len(memo) < _HEADER_MEMO_SIZE:
+            if len(memo) < _HEADER_MEMO_SIZE and len(name) <= 64:
                 memo[name] = carrier
         if carrier is None:
             continue
