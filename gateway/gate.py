@@ -25,6 +25,7 @@ from gateway.decision import Audit, Decision, Reason, make_audit
 from gateway.errors import PolicyFileError, StoreUnavailable
 from gateway.grants import Job, Project, project_key
 from gateway.request import RequestView
+from gateway.route_facts import TOKEN_EXCHANGE_PATHS
 from gateway.routes import Refusal, Route, RouteTable, Target, TargetKind
 from gateway.settings import Settings
 from gateway.stores import Store, open_store
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 UNAUTHORIZED = "401 Unauthorized"
 NOT_AVAILABLE = (
     "403 Forbidden - This endpoint is not available to CI/CD job tokens through this gateway."
+)
+CONAN_EXCHANGE_REFUSED = (
+    "403 Forbidden - The gateway cannot judge the Conan token this endpoint would issue for a "
+    "CI/CD job token; use the job token itself (HTTP Basic) with Conan."
 )
 UNRESOLVED = (
     "403 Forbidden - The gateway cannot tell which project's resources this endpoint returns, "
@@ -209,6 +214,12 @@ class Gate:
             return _bad_target(found, Audit(credential.fingerprint))
         if found is not None:
             route = found.route
+            if route.path in TOKEN_EXCHANGE_PATHS:
+                return policy.deny(
+                    Reason.ROUTE_NOT_AVAILABLE,
+                    CONAN_EXCHANGE_REFUSED,
+                    Audit(credential.fingerprint),
+                )
             cached = self._access.get(id(route))  # what the route requires, built once
             if cached is None or cached[0] is not route:
                 cached = self._access[id(route)] = (route, _access(route))
