@@ -101,6 +101,7 @@ class CachedStore:
         self._watcher: asyncio.Task[None] | None = None
         self.healthy = True
         self.last_error: str | None = None
+        self._epoch = 0
 
     # ---- lifecycle
 
@@ -121,6 +122,9 @@ class CachedStore:
     def invalidate(self) -> None:
         self._jobs.clear()
         self._other.clear()
+        # A lookup that started before this call must not write its (possibly revoked) answer
+        # back into the fresh cache: fetches compare the epoch they started in.
+        self._epoch += 1
 
     async def _watch(self) -> None:
         while True:
@@ -171,9 +175,11 @@ class CachedStore:
         return value  # type: ignore[no-any-return]
 
     async def fetch_job(self, digest: str) -> Job | None:
+        epoch = self._epoch
         job = await self._ask(self.store.job(digest))
         metrics.STORE_LOOKUPS.labels(self.store.kind, "found" if job else "not_found").inc()
-        self.remember_job(digest, job)
+        if epoch == self._epoch:
+            self.remember_job(digest, job)
         return job
 
     def remember_job(self, digest: str, job: Job | None) -> None:
@@ -196,14 +202,12 @@ class CachedStore:
             lookup = self.store.job_by_id(arg)
         else:
             lookup = self.store.allowlist(arg)
+        epoch = self._epoch
         value = await self._ask(lookup)
         metrics.STORE_LOOKUPS.labels(self.store.kind, "found" if value else "not_found").inc()
-        self._other.put(key, value, self.ttl)
+        if epoch == self._epoch:
+            self._other.put(key, value, self.ttl)
         return value
-
-    async def get(self, key: tuple[str, Any]) -> Any:
-        value = self._other.get(key)
-        return await self.fetch(key) if value is MISS else value
 
     async def ping(self) -> None:
         await self._ask(self.store.ping())
