@@ -82,7 +82,9 @@ class Recorder:
     def __init__(self) -> None:
         self._log = LineLogger("gateway.request")
         self._info = self._log.enabled(logging.INFO)
+        # Labelled children, built once each: `.labels()` costs ~0.7 us per call.
         self._counters: dict[tuple[str, int], Any] = {}
+        self._denials: dict[str, Any] = {}
         self._bytes_in = metrics.BYTES.labels("in")
         self._bytes_out = metrics.BYTES.labels("out")
 
@@ -114,7 +116,10 @@ class Recorder:
         if transfer.bytes_out:
             self._bytes_out.inc(transfer.bytes_out)
         if exchange.would_deny:
-            metrics.DRY_RUN_DENIALS.labels(reason).inc()
+            denials = self._denials.get(reason)
+            if denials is None:
+                denials = self._denials[reason] = metrics.DRY_RUN_DENIALS.labels(reason)
+            denials.inc()
 
     def _fields(self, exchange: Exchange, reason: str) -> dict[str, Any]:
         transfer = exchange.transfer
