@@ -58,13 +58,23 @@ async def forward(request: web.Request) -> web.StreamResponse:
         async with session.request(
             request.method, url, headers=headers, data=body, allow_redirects=False
         ) as upstream:
+            length = upstream.content_length
+            if length is not None and 0 < length <= SMALL_BODY and request.method != "HEAD":
+                # The gateway's one-write path for small framed answers (gateway/forward.py),
+                # so the yardstick forwards exactly as the gateway does.
+                return web.Response(
+                    status=upstream.status,
+                    reason=upstream.reason,
+                    headers=strip_hop_by_hop(upstream.headers),
+                    body=await upstream.read(),
+                )
             response = web.StreamResponse(
                 status=upstream.status,
                 reason=upstream.reason,
                 headers=strip_hop_by_hop(upstream.headers),
             )
-            if (length := upstream.headers.get("Content-Length")) is not None:
-                response.content_length = int(length)
+            if (framed := upstream.headers.get("Content-Length")) is not None:
+                response.content_length = int(framed)
             await response.prepare(request)
             if request.method != "HEAD":
                 async for chunk in upstream.content.iter_any():
@@ -75,6 +85,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
         return web.Response(status=502)
     except TimeoutError:
         return web.Response(status=504)
+
+
+SMALL_BODY = 64 * 1024  # as gateway/forward.py
 
 
 def create_app(upstream: str) -> web.Application:
