@@ -74,7 +74,11 @@ FINGERPRINT_CHARS = 12
 # CREATED_RUNNER_TOKEN_PREFIX, app/models/personal_access_token.rb.
 _OTHER_TOKEN_PREFIXES = ("glptt-", "glrt-", "glrtr-", "GR1348941", "glpat-", "gldt-", "gloas-")
 
-_JSON_TYPES = frozenset({"application/json", "text/x-json", "application/jsonrequest"})
+# Rails' JSON MIME types plus GitLab's LFS one (config/initializers/mime_types.rb registers
+# application/vnd.git-lfs+json as JSON); reading a superset only makes the gateway stricter.
+_JSON_TYPES = frozenset(
+    {"application/json", "text/x-json", "application/jsonrequest", "application/vnd.git-lfs+json"}
+)
 _FORM_TYPE = "application/x-www-form-urlencoded"
 # Rack's query parser splits on & (and ; in Rack 2) and drops spaces after a separator.
 _PAIR_SEP = re.compile(r"[&;] *")

@@ -115,6 +115,19 @@ async def test_the_conan_token_exchange_is_refused_to_job_tokens(path: str) -> N
     await gate.close()
 
 
+async def test_a_trace_body_is_inspected_like_any_other() -> None:
+    # Rack parses a form body whatever the method; only CONNECT (refused earlier) has no body.
+    gate = await a_gate(CountingStore())
+    view = a_request(
+        "TRACE",
+        f"{API}/projects/10/releases",
+        headers=[("Content-Type", "application/x-www-form-urlencoded")],
+        body=f"job_token={TOOL}".encode(),
+    )
+    assert gate.needs_body(view)
+    await gate.close()
+
+
 async def test_a_cached_decision_does_not_touch_the_store() -> None:
     store = CountingStore()
     gate = await a_gate(store)

@@ -226,6 +226,12 @@ class TestBodies:
     def test_non_string_json_token_is_refused(self) -> None:
         assert isinstance(tokens.extract(self.json({"job_token": [A]})), Conflict)
 
+    def test_gitlabs_lfs_json_type_is_read_as_json(self) -> None:
+        # GitLab registers application/vnd.git-lfs+json as JSON (config/initializers/mime_types.rb).
+        body = json.dumps({"job_token": A}).encode()
+        view = a_request("/x", [("Content-Type", "application/vnd.git-lfs+json")], "POST", body)
+        assert credential(view).carrier is Carrier.JOB_TOKEN_PARAM
+
     def test_unparseable_json_raises(self) -> None:
         view = a_request("/x", [("Content-Type", "application/json")], "POST", b'{"job_token": ')
         with pytest.raises(tokens.BodyError):
