@@ -37,7 +37,7 @@ __all__ = ["Gate"]
 
 log = logging.getLogger(__name__)
 
-UNAUTHORIZED = "401 Unauthorized"
+UNAUTHORIZED = policy.UNAUTHORIZED  # GitLab's 401 body, defined once in gateway/policy.py
 NOT_AVAILABLE = (
     "403 Forbidden - This endpoint is not available to CI/CD job tokens through this gateway."
 )
