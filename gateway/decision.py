@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from gateway.drafts import check_layouts
+
 __all__ = ["STATUS", "Audit", "Decision", "Reason", "make_audit", "make_decision"]
 
 
@@ -114,7 +116,7 @@ class Decision:
 # frozen dataclass's __init__ sets each field through object.__setattr__ (~0.55 us for Audit);
 # these fill a draft, a plain class with the same slots, then make it the frozen class by
 # `__class__` assignment, which CPython allows between classes of the same layout (~0.13 us).
-# The result is an ordinary, frozen, equal instance (technique and check as in route_values).
+# The result is an ordinary, frozen, equal instance (gateway/drafts.py explains the technique).
 
 
 class _AuditDraft:
@@ -168,14 +170,4 @@ def make_decision(allowed: bool, reason: Reason, message: str, audit: Audit) -> 
     return decision
 
 
-def _check_drafts() -> None:
-    """Fail at import, not on a request, if a draft no longer has its class's layout."""
-    pairs: tuple[tuple[type, type], ...] = ((_AuditDraft, Audit), (_DecisionDraft, Decision))
-    for draft, final in pairs:
-        if sorted(getattr(draft, "__slots__", ())) != sorted(getattr(final, "__slots__", ())):
-            raise TypeError(f"{draft.__name__} must have the slots of {final.__name__}")
-        instance: Any = draft()
-        instance.__class__ = final  # raises if the layouts differ
-
-
-_check_drafts()
+check_layouts((_AuditDraft, Audit), (_DecisionDraft, Decision))

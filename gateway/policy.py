@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.decision import Audit, Decision, Reason, make_audit, make_decision
+from gateway.drafts import check_layouts
 from gateway.grants import Allowlist, Job, Project, project_key
 
 __all__ = ["Access", "Accessed", "accessed", "allow", "decide", "deny", "to_sentence"]
@@ -83,9 +84,7 @@ def accessed(ref: str, project: Project | None) -> Accessed:
     return made
 
 
-if sorted(_AccessedDraft.__slots__) != sorted(getattr(Accessed, "__slots__", ())):
-    raise TypeError("_AccessedDraft must have the slots of Accessed")
-accessed("", None)  # fails at import, not on a request, if the layouts differ
+check_layouts((_AccessedDraft, Accessed))
 
 
 def deny(reason: Reason, message: str, audit: Audit) -> Decision:

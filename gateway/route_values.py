@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from gateway.drafts import check_layouts
+
 __all__ = ["METHODS", "DraftMatch", "DraftTarget", "Route", "RouteMatch", "Target", "TargetKind"]
 
 # Methods the page can list. HEAD never appears in GitLab's generated page (its HEAD twins are
@@ -74,12 +76,4 @@ class DraftMatch:
     target: Target
 
 
-def _check_drafts() -> None:
-    """Fail at import, not on a request, if a draft no longer has its class's layout."""
-    for draft, final in ((DraftTarget, Target), (DraftMatch, RouteMatch)):
-        if sorted(draft.__slots__) != sorted(final.__slots__):
-            raise TypeError(f"{draft.__name__} must have the slots of {final.__name__}")
-        draft().__class__ = final  # type: ignore[assignment]  # raises if layouts differ
-
-
-_check_drafts()
+check_layouts((DraftTarget, Target), (DraftMatch, RouteMatch))

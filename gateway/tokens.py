@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
 
 from gateway import multipart
+from gateway.drafts import check_layouts
 from gateway.request import Headers, RequestView
 
 __all__ = [
@@ -172,9 +173,7 @@ def _credential(carrier: Carrier, token_digest: str, secret: str) -> Credential:
     return credential
 
 
-if sorted(_CredentialDraft.__slots__) != sorted(getattr(Credential, "__slots__", ())):
-    raise TypeError("_CredentialDraft must have the slots of Credential")
-_credential(Carrier.BEARER, "", "")  # fails at import, not on a request, if the layouts differ
+check_layouts((_CredentialDraft, Credential))
 
 
 @dataclass(frozen=True, slots=True)
