@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # jobtoken-gateway: a policy gateway for GitLab CI/CD job tokens, as a container.
 #
 #   docker build -t jobtoken-gateway .
@@ -13,7 +12,9 @@
 #
 # tests/test_docker.py lints this file with hadolint and tests/test_entrypoint.py runs its ENV,
 # ENTRYPOINT, CMD and HEALTHCHECK outside Docker against a real upstream: keep them in the
-# simple forms those tests parse (ENV key=value, exec-form JSON arrays).
+# simple forms those tests parse (ENV key=value, exec-form JSON arrays). No `# syntax=` line: the
+# engine's built-in frontend reads this file, so a build pulls nothing but the base image (offline
+# builds on a local base work: tests/docker/ builds it so, docker build --build-arg PYTHON_IMAGE=).
 
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 

@@ -9,6 +9,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,48 @@ GITLAB_ONLY_TOKEN = "glcbt-known-to-gitlab-only"
 
 
 # --- Kubernetes ---------------------------------------------------------------------------------
+
+KUBERNETES_VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
+
+
+def kubernetes_validate(path: Path) -> subprocess.CompletedProcess[str]:
+    """kubernetes-validate (PyPI, a dev dependency) with its vendored OpenAPI schemas of the
+    Kubernetes release it defaults to; --strict rejects fields the schema does not know (a typo
+    such as `readinessProbes` would otherwise be dropped silently by the API server)."""
+    if not KUBERNETES_VALIDATE.exists():
+        pytest.fail(f"{KUBERNETES_VALIDATE} is missing: the dev extra installs it (make venv)")
+    return subprocess.run(
+        [str(KUBERNETES_VALIDATE), "--strict", "--no-warn", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_manifest_follows_the_kubernetes_schemas() -> None:
+    # No cluster runs here: this is what stands in for `kubectl apply --dry-run=server`.
+    path = REPO / "deploy" / "kubernetes" / "sidecar.yaml"
+    result = kubernetes_validate(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for document in K8S:
+        name = f"{document['kind'].lower()}/{document['metadata']['name']}"
+        assert f"passed for resource {name}" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("readinessProbe:", "readinessProbes:"),  # an unknown field
+        ("containerPort: 8080", "containerPort: proxy"),  # a wrong type
+        ("terminationGracePeriodSeconds: 45", "terminationGracePeriodSeconds: [45]"),
+    ],
+)
+def test_manifest_validation_catches_a_broken_manifest(old: str, new: str, tmp_path: Path) -> None:
+    text = (REPO / "deploy" / "kubernetes" / "sidecar.yaml").read_text()
+    assert old in text
+    broken = tmp_path / "sidecar.yaml"
+    broken.write_text(text.replace(old, new, 1))
+    assert kubernetes_validate(broken).returncode != 0
 
 
 def kind(name: str) -> dict[str, Any]:
