@@ -8,6 +8,8 @@ session's unique prefix and is removed in teardown (`docker compose down -v` for
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import re
@@ -15,7 +17,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +73,19 @@ def run(
             f"`{shown}` exited {result.returncode}:\n{result.stdout}{result.stderr}"
         )
     return result
+
+
+def http(port: int, path: str, token: str | None = None, timeout: float = 5) -> tuple[int, bytes]:
+    """A GET to 127.0.0.1:port; (0, b"") when nothing answers."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"JOB-TOKEN": token} if token else {})
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    except OSError:
+        return 0, b""
+    finally:
+        conn.close()
 
 
 def image_present(name: str) -> bool:
@@ -223,3 +238,61 @@ def gateway_image(engine: Engine) -> str:
     (build,) = [c for c in readme_commands("The container image") if c.startswith("docker build")]
     run(adapt(build, engine, {}), env=engine.env(), timeout=600)
     return TEST_IMAGE
+
+
+# --- compose stacks -----------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    """A compose stack started by the README's commands under the session's project name."""
+
+    engine: Engine
+    project: str
+    ports: dict[int, int]  # README port -> the free loopback port it got
+    env: dict[str, str]
+    outputs: list[str]  # what the README's curl lines printed, in order
+    file_args: list[str]  # ["-f", FILE] for a non-default compose file
+    deferred: list[str]  # README commands left for the tests to run (adapted), in order
+
+    def compose(self, *args: str, timeout: float = 120, check: bool = True) -> str:
+        argv = ["docker", "compose", *self.file_args, *args]
+        return run(argv, env=self.env, timeout=timeout, check=check).stdout
+
+    def container(self, service: str) -> str:
+        return self.compose("ps", "-q", service).strip()
+
+
+@contextlib.contextmanager
+def readme_stack(
+    engine: Engine, section: str, port_variables: Mapping[int, str], defer: str
+) -> Iterator[Stack]:
+    """Runs every command of README `### {section}` in order (adapted: free ports through the
+    compose file's port variables, the session's project name), except those containing
+    `defer`, which the tests run themselves (Stack.deferred); always ends with
+    `docker compose down -v`, which removes the stack's containers, network and volumes."""
+    commands = readme_commands(section)
+    ports = {port: free_port() for port in port_variables}
+    project = f"{engine.prefix}-{re.sub(r'[^a-z0-9]+', '', section.lower())[:20]}"
+    variables = {name: str(ports[port]) for port, name in port_variables.items()}
+    env = engine.env(COMPOSE_PROJECT_NAME=project, **variables)
+    first = commands[0].split()
+    assert first[:2] == ["docker", "compose"], f"README {section}: starts with {commands[0]}"
+    file_args = first[2:4] if first[2:3] == ["-f"] else []
+    stack = Stack(engine, project, ports, env, [], file_args, [])
+    try:
+        for command in commands:
+            adapted = adapt(command, engine, ports)
+            if command.startswith("docker compose ") and " exec " in command:
+                adapted = adapted.replace(" exec ", " exec -T ", 1)  # no terminal here
+            if defer in command:
+                stack.deferred.append(adapted)
+                continue
+            timeout = 600 if " up " in command else 120
+            result = run(adapted, env=env, timeout=timeout)
+            if command.startswith("curl "):
+                stack.outputs.append(result.stdout)
+        yield stack
+    finally:
+        down = ["docker", "compose", *file_args, "down", "-v", "--remove-orphans", "-t", "5"]
+        run(down, env=env, timeout=180, check=False)

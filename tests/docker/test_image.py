@@ -22,6 +22,7 @@ from .conftest import (
     adapt,
     free_port,
     health,
+    http,
     inspect,
     published_ports,
     readme_commands,
@@ -44,21 +45,6 @@ class Deployed:
     run_command: str  # ... as run
     ready_after: float  # seconds from docker run -d until /-/ready answered 200
     healthy_after: float
-
-
-def http(port: int, path: str, token: str | None = None, timeout: float = 5) -> tuple[int, bytes]:
-    """A GET to 127.0.0.1:port; (0, b"") when nothing answers."""
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers={"JOB-TOKEN": token} if token else {})
-        answer = conn.getresponse()
-        return answer.status, answer.read()
-    except OSError:
-        return 0, b""
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module")
