@@ -9,7 +9,6 @@ session's unique prefix and is removed in teardown (`docker compose down -v` for
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import re
@@ -19,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from http.client import HTTPConnection
 from pathlib import Path
 
 import pytest
@@ -77,7 +77,7 @@ def run(
 
 def http(port: int, path: str, token: str | None = None, timeout: float = 5) -> tuple[int, bytes]:
     """A GET to 127.0.0.1:port; (0, b"") when nothing answers."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn = HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path, headers={"JOB-TOKEN": token} if token else {})
         answer = conn.getresponse()
