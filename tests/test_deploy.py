@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from image_runner import (
     stop,
     wait_listening,
 )
+from readme_blocks import readme_commands
 
 from gateway.cli import build_parser
 from gateway.settings import Settings, env_for
@@ -434,3 +436,102 @@ def test_jobs_only_gitlab_knows_are_validated_through_the_internal_server(
     )
     assert status == 403
     assert headers["X-Gateway-Reason"] == "insufficient_permissions"
+
+
+# --- README "Deployment": the host commands, run as written -------------------------------------
+
+HOST_SECTION = "Running `serve` on a host"
+
+
+def _host_env(tmp_path: Path, proxy: int, admin: int) -> dict[str, str]:
+    # The README's `python` is this test run's interpreter; free ports through the settings'
+    # own variables (the commands stay as written: 8080/9090 are their defaults).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
+    env.update(GATEWAY_PORT=str(proxy), GATEWAY_ADMIN_PORT=str(admin), HOME=str(tmp_path))
+    return env
+
+
+def _start(command: str, cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            ["bash", "-c", command],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _ready(port: int, process: subprocess.Popen[bytes], log: Path, path: str = "/-/ready") -> None:
+    import http.client
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", path)
+            if conn.getresponse().status in (200, 404):
+                return
+        except OSError:
+            time.sleep(0.1)
+        finally:
+            conn.close()
+    raise AssertionError(f"not ready on {port}: {log.read_text()}")
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> int:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        return process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        return process.wait(timeout=10)
+
+
+def test_readme_host_commands_serve_and_stop_cleanly(tmp_path: Path) -> None:
+    import http.client
+
+    load, serve, serve_workers, demo = readme_commands(HOST_SECTION)
+    assert load.startswith("python -m gateway store load grants.yaml")
+    assert serve.startswith("python -m gateway serve --upstream http://127.0.0.1:8081")
+    assert "GATEWAY_WORKERS=4 python -m gateway serve" in serve_workers
+    assert demo.startswith("python -m gateway demo-upstream --port 8081")
+    (tmp_path / "grants.yaml").write_bytes(GRANTS.read_bytes())
+    proxy, admin, upstream = free_port(), free_port(), free_port()
+    env = _host_env(tmp_path, proxy, admin)
+    result = subprocess.run(
+        ["bash", "-c", load], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "gateway.db").is_file(), "sqlite:///gateway.db is the working directory's"
+    # The demo API on a free port instead of 8081, and the gateway in front of it.
+    processes = [
+        _start(demo.replace("8081", str(upstream)), tmp_path, env, tmp_path / "demo.log"),
+        _start(serve.replace(":8081", f":{upstream}"), tmp_path, env, tmp_path / "serve.log"),
+    ]
+    try:
+        _ready(upstream, processes[0], tmp_path / "demo.log", "/")
+        _ready(admin, processes[1], tmp_path / "serve.log")
+        for path, token, expected in (
+            (GRANTED, APP_JOB_TOKEN, 200),
+            (DENIED, APP_JOB_TOKEN, 403),
+        ):
+            conn = http.client.HTTPConnection("127.0.0.1", proxy, timeout=10)
+            conn.request("GET", path, headers={"JOB-TOKEN": token})
+            assert conn.getresponse().status == expected, path
+            conn.close()
+    finally:
+        codes = [_terminate(process) for process in reversed(processes)]
+    assert codes[0] == 0, (tmp_path / "serve.log").read_text()
+    # Several workers in front of a GitLab: it starts (nothing contacts the upstream before a
+    # request) and a SIGTERM drains and ends every worker with 0.
+    workers = _start(serve_workers, tmp_path, env, tmp_path / "workers.log")
+    try:
+        _ready(admin, workers, tmp_path / "workers.log")
+    finally:
+        assert _terminate(workers) == 0, (tmp_path / "workers.log").read_text()

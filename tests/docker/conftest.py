@@ -22,9 +22,9 @@ from http.client import HTTPConnection
 from pathlib import Path
 
 import pytest
+from readme_blocks import readme_commands
 
 REPO = Path(__file__).resolve().parents[2]
-README = REPO / "README.md"
 # The images the product names, and the stand-ins scripts/docker-prepare.sh builds from Debian
 # packages where no registry but the package registries is reachable.
 OFFICIAL_PYTHON = re.search(
@@ -190,18 +190,6 @@ def engine() -> Engine:
 
 
 # --- the README's commands ----------------------------------------------------------------------
-
-
-def readme_commands(section: str) -> list[str]:
-    """The shell commands of the ```sh blocks under README heading `### {section}`, with
-    backslash continuations joined: what a reader would paste."""
-    text = README.read_text().split(f"\n### {section}\n", 1)[1].split("\n### ", 1)[0]
-    text = text.split("\n## ", 1)[0]
-    commands: list[str] = []
-    for block in re.findall(r"^ *```sh\n(.*?)^ *```", text, flags=re.MULTILINE | re.DOTALL):
-        joined = re.sub(r"\\\n\s*", "", block)
-        commands += [line.strip() for line in joined.splitlines() if line.strip()]
-    return commands
 
 
 def published_ports(commands: list[str]) -> dict[int, int]:

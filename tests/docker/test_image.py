@@ -6,10 +6,15 @@ capabilities) and its SIGTERM drain checked from outside and from inside."""
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -251,3 +256,72 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(
         assert '"event":"draining"' in logs.replace(" ", "")
     finally:
         run(["docker", "rm", "-f", "-v", name, slow], check=False, timeout=60)
+
+
+NGINX_SECTION = "In front of a self-managed GitLab behind its own nginx"
+GITLAB_ONLY_TOKEN = "glcbt-known-to-gitlab-only"
+
+
+def test_the_host_network_recipe_serves_on_loopback_only(
+    engine: Engine, gateway_image: str, tmp_path: Path
+) -> None:
+    # Its own names (the module's `deployed` uses the session's), the same store preparation
+    # as README "The container image" (volume + store load), then the nginx recipe's docker run.
+    own = dataclasses.replace(engine, prefix=f"{engine.prefix}-host")
+    (command,) = readme_commands(NGINX_SECTION)
+    assert "--network host" in command
+    prepare = [
+        c
+        for c in readme_commands(SECTION)
+        if c.startswith("docker volume create") or " store load " in c
+    ]
+    proxy, admin, upstream = free_port(), free_port(), free_port()
+    # Workhorse's loopback listener (127.0.0.1:8181) is a demo API on the host here, which
+    # also answers GET /api/v4/job for a token only "GitLab" knows (upstream validation).
+    log = (tmp_path / "upstream.log").open("wb")
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "demo-upstream",
+            "--port",
+            str(upstream),
+            "--job",
+            f"{GITLAB_ONLY_TOKEN}=7001:10:acme/app",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    adapted = adapt(command, own, {}).replace(
+        "http://127.0.0.1:8181", f"http://127.0.0.1:{upstream}"
+    )
+    # On the host's network the listeners' ports are the host's: free ones, through settings.
+    adapted = adapted.replace(
+        "--network host ",
+        f"--network host -e GATEWAY_PORT={proxy} -e GATEWAY_ADMIN_PORT={admin} ",
+        1,
+    )
+    try:
+        for step in prepare:
+            run(adapt(step, own, {}), env=own.env(), timeout=120)
+        run(adapted, env=own.env(), timeout=120)
+        wait_for("/-/ready", lambda: http(admin, "/-/ready")[0] == 200, HEALTHY_WITHIN)
+        assert http(proxy, GRANTED, APP_TOKEN)[0] == 200
+        assert http(proxy, DENIED, APP_TOKEN)[0] == 403
+        # Not in the store, vouched for by the upstream's GET /api/v4/job: acme/app's job.
+        assert http(proxy, GRANTED, GITLAB_ONLY_TOKEN)[0] == 200
+        # Loopback only: the host's other addresses (the Docker bridge's) do not answer.
+        bridge = run(
+            ["docker", "network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", "bridge"],
+            timeout=30,
+        ).stdout.strip()
+        for port in (proxy, admin):
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((bridge, port), timeout=2).close()
+    finally:
+        run(["docker", "rm", "-f", "-v", own.prefix], check=False, timeout=60)
+        run(["docker", "volume", "rm", f"{own.prefix}-data"], check=False, timeout=60)
+        demo.terminate()
+        demo.wait(timeout=10)
+        log.close()
