@@ -31,7 +31,7 @@ from image_runner import (
     stop,
     wait_listening,
 )
-from readme_blocks import readme_commands
+from readme_blocks import deployment_sections, readme_commands
 
 from gateway.cli import build_parser
 from gateway.settings import Settings, env_for
@@ -535,3 +535,29 @@ def test_readme_host_commands_serve_and_stop_cleanly(tmp_path: Path) -> None:
         _ready(admin, workers, tmp_path / "workers.log")
     finally:
         assert _terminate(workers) == 0, (tmp_path / "workers.log").read_text()
+
+
+# Which test runs each README "Deployment" section's shell commands: every one, in order, read
+# from the README itself (tests/readme_blocks.py), changed only where a shared test machine must
+# (free ports, unique names, a local base image: tests/docker/conftest.py `adapt`).
+RUN_BY = {
+    HOST_SECTION: "tests/test_deploy.py",
+    "The container image": "tests/docker/test_image.py",
+    "Sidecar: one gateway next to one API server": "tests/docker/test_sidecar.py",
+    "Several replicas with Redis": "tests/docker/test_stack.py",
+    "In front of a self-managed GitLab behind its own nginx": "tests/docker/test_image.py",
+}
+# No cluster runs here: these commands are not run, what they apply is validated.
+VALIDATED_ONLY = {"Kubernetes sidecar": "test_manifest_follows_the_kubernetes_schemas"}
+
+
+def test_every_deployment_command_is_run_by_a_test_or_declared_validated_only() -> None:
+    assert set(deployment_sections()) == set(RUN_BY) | set(VALIDATED_ONLY)
+    for section, path in RUN_BY.items():
+        assert f'"{section}"' in (REPO / path).read_text(), f"{path} does not run {section!r}"
+    for section, test in VALIDATED_ONLY.items():
+        assert f"def {test}(" in Path(__file__).read_text()
+        for command in readme_commands(section):
+            assert command.startswith("kubectl "), command
+            for path in re.findall(r"(?:=|-f )((?:deploy|policies)/\S+)", command):
+                assert (REPO / path).is_file(), path
