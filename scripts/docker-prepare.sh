@@ -61,7 +61,10 @@ if ! command -v docker >/dev/null 2>&1 || ! engine_answers; then
   fi
   command -v docker >/dev/null 2>&1 || give_up "no docker client on PATH"
   if ! engine_answers; then
-    is_root || give_up "dockerd is not running and only root can start it"
+    is_root || give_up "no Docker engine answers \`docker info\` and only root can start dockerd"
+    if [ -s /var/run/docker.pid ] && kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
+      give_up "dockerd runs (pid $(cat /var/run/docker.pid)) but \`docker info\` gets no answer (DOCKER_HOST=${DOCKER_HOST:-unset})"
+    fi
     note "starting dockerd (log: $DOCKERD_LOG)"
     mkdir -p "$(dirname "$DOCKERD_LOG")"
     # Its own session, no terminal and no inherited pipes: it outlives this script and `make`,

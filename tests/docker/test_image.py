@@ -35,7 +35,8 @@ from .conftest import (
     wait_for,
 )
 
-pytestmark = pytest.mark.docker
+# Builds and stacks take longer than the suite's 120 s default on a busy 2-core machine.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 SECTION = "The container image"
 HEALTHY_WITHIN = 60.0  # the HEALTHCHECK's interval is 10 s: its first run decides
 

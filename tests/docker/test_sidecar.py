@@ -25,7 +25,8 @@ from .conftest import (
     wait_for,
 )
 
-pytestmark = pytest.mark.docker
+# Builds and stacks take longer than the suite's 120 s default on a busy 2-core machine.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 SECTION = "Sidecar: one gateway next to one API server"
 PORTS = {8080: "PROXY_PORT", 9090: "ADMIN_PORT"}
 

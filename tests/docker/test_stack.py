@@ -33,7 +33,8 @@ from .conftest import (
     wait_for,
 )
 
-pytestmark = pytest.mark.docker
+# Builds and stacks take longer than the suite's 120 s default on a busy 2-core machine.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 SECTION = "Several replicas with Redis"
 PORTS = {8080: "PROXY_PORT_1", 9090: "ADMIN_PORT_1", 8180: "PROXY_PORT_2", 9190: "ADMIN_PORT_2"}
 REPLICAS = {"gateway-1": 8080, "gateway-2": 8180}
