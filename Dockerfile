@@ -1,9 +1,12 @@
 # jobtoken-gateway: a policy gateway for GitLab CI/CD job tokens, as a container.
 #
 #   docker build -t jobtoken-gateway .
-#   docker run --rm -p 8080:8080 -p 9090:9090 \
+#   docker run --rm -p 8080:8080 -p 127.0.0.1:9090:9090 \
+#     --read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges \
 #     -e GATEWAY_UPSTREAM=http://api.internal:8081 \
 #     -v jtg-data:/var/lib/jobtoken-gateway jobtoken-gateway
+#
+# (README.md "The container image" has the full sequence, which tests/docker/ runs.)
 #
 # Ports: 8080 proxy, 9090 admin (/-/health, /-/ready, /metrics).
 # Volumes: /var/lib/jobtoken-gateway holds the embedded SQLite token store (written by the
