@@ -148,6 +148,10 @@ class Engine:
         env.pop("COMPOSE_FILE", None)
         env.update(PYTHON_IMAGE=self.python_image, REDIS_IMAGE=self.redis_image)
         env.update(GATEWAY_IMAGE=TEST_IMAGE, **extra)
+        # One builder for the session: `docker build` and compose's `up --build` then share
+        # the layer cache (the classic builder; BuildKit would build everything a second time,
+        # and without buildx the docker client has only the classic one anyway).
+        env["DOCKER_BUILDKIT"] = "0"
         return env
 
 
