@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 from pathlib import Path
+from typing import Any
 
 import pytest
 from readme_blocks import readme_commands
@@ -108,9 +109,10 @@ def wait_for(what: str, probe: Callable[[], bool], timeout: float, every: float 
     raise AssertionError(f"{what}: not within {timeout} s")
 
 
-def inspect(container: str) -> dict[str, object]:
+def inspect(container: str) -> dict[str, Any]:
+    """`docker inspect` of one container or image."""
     out = run(["docker", "inspect", container], timeout=30).stdout
-    document: list[dict[str, object]] = json.loads(out)
+    document: list[dict[str, Any]] = json.loads(out)
     return document[0]
 
 

@@ -49,7 +49,7 @@ def test_the_sidecar_answers(sidecar: Stack) -> None:
     assert status(sidecar, DENIED, WORKER_TOKEN) == 200
     # The app itself is not published: only the gateway's two ports are.
     app = sidecar.container("app")
-    ports = inspect(app)["NetworkSettings"]["Ports"]  # type: ignore[index]
+    ports = inspect(app)["NetworkSettings"]["Ports"]
     assert {p for p, bound in ports.items() if bound} == {"8080/tcp", "9090/tcp"}
 
 
@@ -59,9 +59,9 @@ def test_the_sqlite_store_survives_a_restart_of_the_gateway(sidecar: Stack) -> N
     run(revoke, env=sidecar.env, timeout=120)
     wait_for("the revocation", lambda: status(sidecar, DENIED, WORKER_TOKEN) == 401, 10)
     gateway = sidecar.container("gateway")
-    started = inspect(gateway)["State"]["StartedAt"]  # type: ignore[index]
+    started = inspect(gateway)["State"]["StartedAt"]
     sidecar.compose("restart", "gateway", timeout=120)
-    assert inspect(gateway)["State"]["StartedAt"] != started  # type: ignore[index]
+    assert inspect(gateway)["State"]["StartedAt"] != started
     wait_for("healthy after the restart", lambda: health(gateway) == "healthy", 60)
     wait_for("serving after the restart", lambda: status(sidecar, GRANTED, APP_TOKEN) == 200, 30)
     # Same file, same content: the grants and the revocation both outlived the container.

@@ -82,7 +82,7 @@ def test_a_revocation_through_one_replica_reaches_both_within_a_second(stack: St
     for replica in REPLICAS:
         wait_for(
             f"{replica} sees the revocation",
-            lambda r=replica: status(stack, r, DENIED, WORKER_TOKEN) == 401,  # type: ignore[misc]
+            lambda r=replica: status(stack, r, DENIED, WORKER_TOKEN) == 401,
             timeout=5,
             every=0.02,
         )
@@ -95,8 +95,8 @@ def test_a_revocation_through_one_replica_reaches_both_within_a_second(stack: St
 
 def test_a_killed_replica_comes_back_while_the_other_serves(stack: Stack) -> None:
     victim = stack.container("gateway-1")
-    restarts = int(inspect(victim)["RestartCount"])  # type: ignore[call-overload]
-    pid = int(inspect(victim)["State"]["Pid"])  # type: ignore[index]
+    restarts = int(inspect(victim)["RestartCount"])
+    pid = int(inspect(victim)["State"]["Pid"])
     try:
         os.kill(pid, signal.SIGKILL)  # a crash, as the engine's own host sees it
     except PermissionError:
@@ -109,11 +109,11 @@ def test_a_killed_replica_comes_back_while_the_other_serves(stack: Stack) -> Non
         assert status(stack, "gateway-2", GRANTED, APP_TOKEN) == 200
         assert status(stack, "gateway-2", DENIED, APP_TOKEN) == 403
         served += 1
-        return health(victim) == "healthy" and int(inspect(victim)["RestartCount"]) > restarts  # type: ignore[call-overload]
+        return health(victim) == "healthy" and int(inspect(victim)["RestartCount"]) > restarts
 
     wait_for("gateway-1 restarted and healthy", back, timeout=90, every=0.5)
     assert served > 0
-    assert inspect(victim)["State"]["Pid"] != pid  # type: ignore[index]
+    assert inspect(victim)["State"]["Pid"] != pid
     assert status(stack, "gateway-1", GRANTED, APP_TOKEN) == 200
     assert status(stack, "gateway-1", DENIED, APP_TOKEN) == 403
 
@@ -141,7 +141,7 @@ def test_a_redis_outage_fails_closed_and_heals(stack: Stack) -> None:
             unseen = f"glcbt-unseen-{uuid.uuid4().hex}"
             wait_for(
                 f"{replica}: 503 for an uncached token",
-                lambda r=replica, t=unseen: status(stack, r, GRANTED, t) == 503,  # type: ignore[misc]
+                lambda r=replica, t=unseen: status(stack, r, GRANTED, t) == 503,
                 timeout=5,
             )
         # Cached resolutions are served until GATEWAY_CACHE_TTL runs out; then 503 for all.
