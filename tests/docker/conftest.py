@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import socket
 import subprocess
@@ -93,10 +94,31 @@ def image_present(name: str) -> bool:
     return run(["docker", "image", "inspect", name], check=False, timeout=30).returncode == 0
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free on every interface and below the kernel's ephemeral range. Docker binds a
+    published port only when the container starts, and again after each restart: a port from
+    the ephemeral range may meanwhile have become the source port of some outgoing connection
+    (this test's own polling included), and the container then comes back unpublished."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    candidates = list(range(20000, max(low, 20001)))
+    random.shuffle(candidates)
+    for port in candidates:
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 def wait_for(what: str, probe: Callable[[], bool], timeout: float, every: float = 0.25) -> float:
