@@ -128,9 +128,10 @@ fi
 if have_image "$OFFICIAL_PYTHON"; then note "python base: $OFFICIAL_PYTHON"; else note "python base: $STANDIN_PYTHON (stand-in)"; fi
 
 if ! official_or_missing "$OFFICIAL_REDIS" "$STANDIN_REDIS"; then
-  have_image "$STANDIN_PYTHON" || give_up "$OFFICIAL_REDIS cannot be pulled and there is no python stand-in to build one on"
-  note "$OFFICIAL_REDIS cannot be pulled: building $STANDIN_REDIS"
-  docker build --quiet --network host --build-arg "BASE=$STANDIN_PYTHON" -t "$STANDIN_REDIS" \
+  # On the Debian python base in use (the official one is Debian bookworm too).
+  base="$STANDIN_PYTHON"; have_image "$base" || base="$OFFICIAL_PYTHON"
+  note "$OFFICIAL_REDIS cannot be pulled: building $STANDIN_REDIS on $base"
+  docker build --quiet --network host --build-arg "BASE=$base" -t "$STANDIN_REDIS" \
     -f scripts/redis-standin.Dockerfile scripts >/dev/null \
     || give_up "building the redis stand-in failed"
 fi
