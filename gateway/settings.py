@@ -21,7 +21,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 from gateway.errors import ConfigError
 
-__all__ = ["DEFAULT_ROUTES", "HostPolicy", "LogFormat", "Mode", "Settings", "flag_for"]
+__all__ = [
+    "DEFAULT_ROUTES",
+    "HostPolicy",
+    "LogFormat",
+    "Mode",
+    "Settings",
+    "UnknownCredential",
+    "flag_for",
+]
 
 
 def _default_routes() -> Path:
@@ -54,6 +62,14 @@ class LogFormat(StrEnum):
 class HostPolicy(StrEnum):
     PRESERVE = "preserve"
     UPSTREAM = "upstream"
+
+
+class UnknownCredential(StrEnum):
+    """What an unrecognised value in a carrier shared with other credentials is taken for."""
+
+    AUTO = "auto"  # `upstream` when upstream validation is on, else `forward`
+    UPSTREAM = "upstream"  # ask the upstream's GET /api/v4/job: a job token is judged
+    FORWARD = "forward"  # another credential: forwarded untouched (and logged)
 
 
 class Settings(BaseSettings):
@@ -105,6 +121,31 @@ class Settings(BaseSettings):
     upstream_validation: bool = Field(
         False,
         description="Validate tokens the store does not know with the upstream's GET /api/v4/job.",
+    )
+    unknown_credential: UnknownCredential = Field(
+        UnknownCredential.AUTO,
+        description=(
+            "An unrecognised value where GitLab may read a job token or another credential "
+            "(Bearer, Basic, a bare Authorization, X-Nuget-Apikey): `upstream` asks GET "
+            "/api/v4/job whether it is a job token (and judges it if so), `forward` passes it "
+            "on as another credential (logged); `auto`: `upstream` with --upstream-validation, "
+            "else `forward`."
+        ),
+    )
+    job_token_prefix: str = Field(
+        "",
+        description=(
+            "Your instance's token prefix as it appears before `glcbt-` in job tokens (e.g. "
+            "`mycorp-`); `glcbt-` alone is always recognised."
+        ),
+    )
+    negative_cache_ttl: float = Field(
+        5.0,
+        ge=0,
+        description='Seconds the upstream\'s "not a job token" answer for a value is remembered.',
+    )
+    negative_cache_size: int = Field(
+        10_000, ge=0, description='Values remembered as "not a job token" by the upstream check.'
     )
     cache_size: int = Field(10_000, ge=0, description="Token resolutions kept in the LRU cache.")
     cache_ttl: float = Field(
@@ -201,6 +242,13 @@ class Settings(BaseSettings):
     def _valid_cidrs(cls, value: list[str]) -> list[str]:
         for cidr in value:
             ipaddress.ip_network(cidr, strict=False)
+        return value
+
+    @field_validator("job_token_prefix")
+    @classmethod
+    def _printable_prefix(cls, value: str) -> str:
+        if value and not (value.isascii() and value.isprintable() and " " not in value):
+            raise ValueError("must be printable ASCII without spaces")
         return value
 
     @field_validator("log_level")
