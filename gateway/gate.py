@@ -12,6 +12,11 @@ Order of work (cheap first): target refusals, token extraction, route match and 
 use no I/O; a request without a job token is decided there, and so is a job token on a route
 job tokens cannot use. Only then is the job resolved (cache, then store, then optionally the
 upstream), then the accessed project and its allowlist, and `policy.decide` rules.
+
+An unrecognised value in a carrier GitLab shares with other credentials (`tokens.Candidate`) is
+a job token when the store knows its digest, or (`--unknown-credential upstream`) when the
+upstream's `GET /api/v4/job` accepts it; it is then judged like any job token. Otherwise it is
+another credential: forwarded (reason `no_token`, and a log line saying why).
 """
 
 from __future__ import annotations
@@ -22,12 +27,11 @@ from typing import Any
 
 from gateway import gitpath, policy, routes, tokens
 from gateway.decision import Audit, Decision, Reason, make_audit
-from gateway.errors import PolicyFileError, StoreUnavailable
+from gateway.errors import ConfigError, PolicyFileError, StoreUnavailable
 from gateway.grants import Job, Project, project_key
 from gateway.request import RequestView
-from gateway.route_facts import TOKEN_EXCHANGE_PATHS
 from gateway.routes import Refusal, Route, RouteTable, Target, TargetKind
-from gateway.settings import Settings
+from gateway.settings import Settings, UnknownCredential
 from gateway.stores import Store, open_store
 from gateway.stores.cache import MISS, CachedStore
 from gateway.stores.file import FileStore
@@ -40,10 +44,6 @@ log = logging.getLogger(__name__)
 UNAUTHORIZED = policy.UNAUTHORIZED  # GitLab's 401 body, defined once in gateway/policy.py
 NOT_AVAILABLE = (
     "403 Forbidden - This endpoint is not available to CI/CD job tokens through this gateway."
-)
-CONAN_EXCHANGE_REFUSED = (
-    "403 Forbidden - The gateway cannot judge the Conan token this endpoint would issue for a "
-    "CI/CD job token; use the job token itself (HTTP Basic) with Conan."
 )
 UNRESOLVED = (
     "403 Forbidden - The gateway cannot tell which project's resources this endpoint returns, "
@@ -70,6 +70,7 @@ class Gate:
         self.store = store
         self.validator = validator
         self._root = settings.relative_url_root
+        self._ask_upstream = unknown_credential_mode(settings) is UnknownCredential.UPSTREAM
         # What each route of `table` requires, built once per route (by id, checked by identity).
         self._access: dict[int, tuple[Route, policy.Access]] = {}
 
@@ -82,6 +83,12 @@ class Gate:
         """
         table = RouteTable.load(
             settings.routes,
+            api_prefix=settings.api_prefix,
+            relative_url_root=settings.relative_url_root,
+        )
+        validator = _validator(settings)  # ConfigError first: before anything is opened
+        tokens.configure(
+            job_token_prefix=settings.job_token_prefix,
             api_prefix=settings.api_prefix,
             relative_url_root=settings.relative_url_root,
         )
@@ -99,7 +106,7 @@ class Gate:
             await cached.poll()
         except StoreUnavailable as exc:
             log.warning("token store unavailable at start-up: %s", exc)
-        return cls(settings, table, cached, _validator(settings))
+        return cls(settings, table, cached, validator)
 
     # ---- the contract
 
@@ -121,9 +128,14 @@ class Gate:
         """The verdict for one request; never raises for a request (store faults -> 503)."""
         found: tokens.Extraction | Decision
         try:
-            found = tokens.extract(view)
+            found = tokens.read(view)
         except tokens.BodyError as exc:
             found = Decision(False, Reason.BAD_BODY, f"400 Bad request - {exc}")
+        if isinstance(found, tokens.Candidate):
+            resolved = await self._candidate(view, found)
+            if isinstance(resolved, Decision):
+                return resolved
+            found = resolved
         if isinstance(found, tokens.Credential):
             # `RouteTable.match` refuses every target `check_target` refuses (and more).
             planned = self._plan(view, found)
@@ -180,6 +192,40 @@ class Gate:
 
     # ---- the stages
 
+    async def _candidate(
+        self, view: RequestView, candidate: tokens.Candidate
+    ) -> tokens.Credential | tokens.Conflict | Decision | None:
+        """What an unrecognised value in a shared carrier is: a job token (the store knows its
+        digest, or the upstream check says so) -> its Credential, or a Conflict when other
+        credentials stand next to it; else None (another credential, forwarded)."""
+        refusal = routes.check_target(view.target)
+        if refusal is not None:
+            return _bad_target(refusal, Audit(candidate.fingerprint))
+        try:
+            job = self.store.peek_job(candidate.digest)
+            if job is MISS:
+                job = await self.store.fetch_job(candidate.digest)
+            if job is None and self._ask_upstream and self.validator is not None:
+                job = await self.validator.job(candidate.digest, candidate.secret)
+        except StoreUnavailable as exc:
+            log.warning("token store unavailable: %s", exc)
+            audit = Audit(candidate.fingerprint)
+            return policy.deny(Reason.STORE_UNAVAILABLE, STORE_DOWN, audit)
+        if not isinstance(job, Job):
+            why = (
+                "the upstream says it is no job token"
+                if self._ask_upstream
+                else ("unknown to the store (--unknown-credential forward)")
+            )
+            log.info(
+                "credential in %s (%s) forwarded as another credential: %s",
+                candidate.carrier,
+                candidate.fingerprint,
+                why,
+            )
+            return None
+        return candidate.conflict() or candidate.credential()
+
     async def _authorize(
         self,
         credential: tokens.Credential,
@@ -216,12 +262,6 @@ class Gate:
             return _bad_target(found, Audit(credential.fingerprint))
         if found is not None:
             route = found.route
-            if route.path in TOKEN_EXCHANGE_PATHS:
-                return policy.deny(
-                    Reason.ROUTE_NOT_AVAILABLE,
-                    CONAN_EXCHANGE_REFUSED,
-                    Audit(credential.fingerprint),
-                )
             cached = self._access.get(id(route))  # what the route requires, built once
             if cached is None or cached[0] is not route:
                 cached = self._access[id(route)] = (route, _access(route))
@@ -368,12 +408,27 @@ def _bad_target(refusal: Refusal, audit: Audit | None = None) -> Decision:
     return policy.deny(Reason.BAD_TARGET, f"400 Bad request - {refusal.detail}", audit or Audit())
 
 
+def unknown_credential_mode(settings: Settings) -> UnknownCredential:
+    """`--unknown-credential` with `auto` resolved: `upstream` when upstream validation is on."""
+    mode = settings.unknown_credential
+    if mode is UnknownCredential.AUTO:
+        upstream = settings.upstream_validation
+        return UnknownCredential.UPSTREAM if upstream else UnknownCredential.FORWARD
+    return mode
+
+
 def _validator(settings: Settings) -> UpstreamValidator | None:
+    if settings.unknown_credential is UnknownCredential.UPSTREAM and not (
+        settings.upstream_validation
+    ):
+        raise ConfigError(
+            "--unknown-credential upstream needs --upstream-validation (the upstream's "
+            "GET /api/v4/job is what tells a job token from another credential); use "
+            "--unknown-credential forward to pass unrecognised credentials on instead"
+        )
     if not settings.upstream_validation:
         return None
     if settings.upstream is None:
-        from gateway.errors import ConfigError
-
         raise ConfigError("--upstream-validation needs --upstream (the API server to ask)")
     return UpstreamValidator(
         settings.upstream,
@@ -382,4 +437,6 @@ def _validator(settings: Settings) -> UpstreamValidator | None:
         timeout=settings.store_timeout,
         ttl=settings.cache_ttl,
         size=settings.cache_size,
+        negative_ttl=settings.negative_cache_ttl,
+        negative_size=settings.negative_cache_size,
     )
