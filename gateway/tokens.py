@@ -52,10 +52,14 @@ __all__ = [
     "Credential",
     "Extraction",
     "Malformed",
+    "authorization_scheme",
     "body_kind",
+    "credential_param",
     "digest",
     "extract",
     "fingerprint",
+    "media_type",
+    "param_base",
     "parse_form",
     "part_params",
     "reads_param",
@@ -85,7 +89,83 @@ _FORM_TYPE = "application/x-www-form-urlencoded"
 _PAIR_SEP = re.compile(r"[&;] *")
 _METHOD_KEY = re.compile(r"\s*[\[\]]*_method\]*\s*")  # Rack::MethodOverride's param
 _FOLD = re.compile(r"[^A-Z0-9]")
-_KEY_BASE = re.compile(r"[^\[\]]+")
+# Rack::QueryParser#normalize_params (lib/rack/query_parser.rb): `%r(\A[\[\]]*([^\[\]]+)\]*)`.
+_KEY_BASE = re.compile(r"[\[\]]*([^\[\]]+)\]*")
+# Rack::MediaType SPLIT_PATTERN (lib/rack/media_type.rb) and ActionDispatch's
+# `content_mime_type` (`/^([^,;]*)/`): the media type ends at the first `;` or `,`.
+_MEDIA_END = re.compile(r"[;,]")
+# Ruby's whitespace for `String#split(" ")` (awk-style split): ASCII space, \t \n \v \f \r.
+_RUBY_SPACE = " \t\n\v\f\r"
+_RUBY_SPACES = re.compile(r"[ \t\n\v\f\r]+")
+# The errors a body parser can raise on hostile input: ValueError (JSONDecodeError,
+# UnicodeDecodeError, int-digit limits), RecursionError (deep JSON nesting), OverflowError.
+_PARSE_ERRORS = (ValueError, UnicodeError, RecursionError, OverflowError)
+
+
+# ---------------------------------------------------------------- the request-reading primitives
+# Small named functions, one per thing Rails reads, shared by every caller (the extractor, the
+# log's redaction, the streamed-body guard) so that they cannot disagree.
+
+
+def media_type(content_type: str | None) -> str | None:
+    """The media type of a Content-Type value as Rack reads it: cut at the first `;` or `,`,
+    stripped, lower-cased; None when there is none (absent or blank).
+
+    Rack: `Rack::MediaType.type` (lib/rack/media_type.rb, split on `[;,]`) and
+    `Rack::Request#content_type` (an empty CONTENT_TYPE is nil). ActionPack:
+    `ActionDispatch::Http::MimeNegotiation#content_mime_type` (`/^([^,;]*)/`, strip, downcase).
+    Python's `strip` removes more than Ruby's whitespace: a superset, so stricter only.
+    """
+    if content_type is None or not content_type.strip():
+        return None
+    return _MEDIA_END.split(content_type, 1)[0].strip().lower()
+
+
+def authorization_scheme(value: str) -> tuple[str | None, str | None]:
+    """(scheme, parameter) of an Authorization value as ActionPack splits it.
+
+    ActionController::HttpAuthentication::Basic `auth_scheme` / `auth_param`
+    (actionpack/lib/action_controller/metal/http_authentication.rb) are
+    `request.authorization.to_s.split(" ", 2)`: Ruby's awk-style split, which skips leading
+    whitespace and cuts at the first run of any ASCII whitespace (tab included), keeping the
+    rest (trailing whitespace too). The scheme is compared case-insensitively by callers
+    (`has_basic_credentials?` downcases it). (None, None) for a blank value.
+    """
+    text = value.lstrip(_RUBY_SPACE)
+    if not text:
+        return None, None
+    cut = _RUBY_SPACES.search(text)
+    if cut is None:
+        return text, None
+    return text[: cut.start()], text[cut.end() :]
+
+
+def param_base(key: str) -> tuple[str, bool] | None:
+    """The top-level params key a parameter name fills in Rack, and whether Rack nests its value
+    there (an Array or Hash instead of a string); None for a name that fills none.
+
+    `Rack::QueryParser#normalize_params` (lib/rack/query_parser.rb): leading brackets are
+    dropped and trailing `]` ignored, so `[job_token]`, `job_token]` and `[[job_token]]` all
+    are `job_token`; anything after (`job_token[]`, `job_token[x]`, `job_token]x`) nests
+    (`job_token[` is a key of its own: counted as nested, which refuses, never forwards).
+    Surrounding whitespace is ignored too (Rack keeps it: a superset, so stricter only).
+    """
+    name = key.strip()
+    match = _KEY_BASE.match(name)
+    if match is None:
+        return None
+    return match.group(1), match.end() != len(name)
+
+
+def credential_param(key: str) -> str | None:
+    """The credential parameter (`job_token`, `token`, `access_token`, `bearer_token`,
+    `private_token`) a decoded parameter name fills in Rails' params, or None.
+
+    The one notion of "credential parameter name": `extract` reads exactly these, and the
+    log's redaction (`gateway.log.redact_target`) redacts at least these.
+    """
+    base = param_base(key)
+    return base[0] if base is not None and base[0] in _PARAMS else None
 
 
 class Carrier(StrEnum):
@@ -218,10 +298,9 @@ def body_kind(headers: Headers, method: str) -> str | None:
     if len(types) > 1:
         # Which one would Rack read (one CONTENT_TYPE in its env)? Inspect, then refuse.
         return "ambiguous"
-    raw = types[0] if types else None
-    if raw is None:
+    media = media_type(types[0] if types else None)
+    if media is None:  # `Rack::Request#form_data?`: a POST without a media type is a form
         return "form" if method == "POST" else None
-    media = raw.split(";", 1)[0].strip().lower()
     if media == _FORM_TYPE:
         return "form"
     if media in _JSON_TYPES:
@@ -253,7 +332,7 @@ def _json_pairs(body: bytes) -> list[tuple[str, object]]:
 
     try:
         document = json.loads(body, object_pairs_hook=keep)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except _PARSE_ERRORS as exc:  # RecursionError: a deeply nested document (Rails: 400)
         raise BodyError(f"JSON body does not parse: {exc.__class__.__name__}") from None
     return pairs if isinstance(document, dict) else []
 
@@ -310,6 +389,18 @@ def _params(view: RequestView) -> list[tuple[str, object]]:
     if "token" in query or "%" in query:
         pairs.extend(parse_form(query))
     if view.body:
+        try:
+            pairs.extend(_body_params(view))
+        except BodyError:
+            raise
+        except _PARSE_ERRORS as exc:  # never a 500: every parser failure is `bad_body`
+            raise BodyError(f"the body does not parse: {exc.__class__.__name__}") from None
+    return pairs
+
+
+def _body_params(view: RequestView) -> list[tuple[str, object]]:
+    pairs: list[tuple[str, object]] = []
+    if view.body:
         kind = body_kind(view.headers, view.method)
         if kind == "ambiguous":
             raise BodyError("more than one Content-Type")
@@ -344,13 +435,12 @@ def _from_params(pairs: Iterable[tuple[str, object]]) -> Iterator[_Found]:
 
 
 def _param_carrier(key: str) -> tuple[Carrier | None, bool]:
-    """The carrier a parameter key names, and whether Rack nests it (`job_token[]`)."""
-    # Rack's normalize_params drops leading brackets (`[job_token]` is `job_token`) and
-    # nests on `[`; we also ignore surrounding spaces, to read at least what Rack reads.
-    name = key.strip().lstrip("[]")
-    base = _KEY_BASE.match(name)
-    carrier = _PARAMS.get(base.group() if base else name)
-    return carrier, base is not None and "[" in name[base.end() :]
+    """The carrier a parameter key names, and whether Rack nests it (`job_token[]`):
+    `param_base`, the same reading as `credential_param` (and so the log's redaction)."""
+    base = param_base(key)
+    if base is None:
+        return None, False
+    return _PARAMS.get(base[0]), base[1]
 
 
 def _classify(carrier: Carrier, value: str) -> _Found | None:
@@ -367,15 +457,18 @@ def _classify(carrier: Carrier, value: str) -> _Found | None:
 
 
 def _from_authorization(value: str) -> _Found | None:
-    scheme, _, rest = value.strip().partition(" ")
-    rest = rest.strip()
+    # One split for every scheme (`authorization_scheme`, ActionPack's): `Basic<TAB>...` is
+    # Basic there. Doorkeeper's Bearer rule is narrower (`/^Bearer /i`,
+    # Doorkeeper::OAuth::Token.from_bearer_authorization): whatever it reads, this reads too.
+    scheme, param = authorization_scheme(value)
+    if scheme is None:
+        return None
+    rest = (param or "").strip(_RUBY_SPACE)
     if scheme.lower() == "bearer" and rest:
         return _classify(Carrier.BEARER, rest)
     if scheme.lower() == "basic" and rest:
         return _from_basic(rest)
-    if value.strip():
-        return _Found(Carrier.AUTHORIZATION, value, job=False)
-    return None
+    return _Found(Carrier.AUTHORIZATION, value, job=False)
 
 
 def _from_basic(encoded: str) -> _Found | None:
