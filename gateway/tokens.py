@@ -66,11 +66,15 @@ __all__ = [
     "Credential",
     "Extraction",
     "Malformed",
+    "authorization_scheme",
     "body_kind",
     "configure",
+    "credential_param",
     "digest",
     "extract",
     "fingerprint",
+    "media_type",
+    "param_base",
     "parse_form",
     "part_params",
     "read",
@@ -101,7 +105,83 @@ _FORM_TYPE = "application/x-www-form-urlencoded"
 _PAIR_SEP = re.compile(r"[&;] *")
 _METHOD_KEY = re.compile(r"\s*[\[\]]*_method\]*\s*")  # Rack::MethodOverride's param
 _FOLD = re.compile(r"[^A-Z0-9]")
-_KEY_BASE = re.compile(r"[^\[\]]+")
+# Rack::QueryParser#normalize_params (lib/rack/query_parser.rb): `%r(\A[\[\]]*([^\[\]]+)\]*)`.
+_KEY_BASE = re.compile(r"[\[\]]*([^\[\]]+)\]*")
+# Rack::MediaType SPLIT_PATTERN (lib/rack/media_type.rb) and ActionDispatch's
+# `content_mime_type` (`/^([^,;]*)/`): the media type ends at the first `;` or `,`.
+_MEDIA_END = re.compile(r"[;,]")
+# Ruby's whitespace for `String#split(" ")` (awk-style split): ASCII space, \t \n \v \f \r.
+_RUBY_SPACE = " \t\n\v\f\r"
+_RUBY_SPACES = re.compile(r"[ \t\n\v\f\r]+")
+# The errors a body parser can raise on hostile input: ValueError (JSONDecodeError,
+# UnicodeDecodeError, int-digit limits), RecursionError (deep JSON nesting), OverflowError.
+_PARSE_ERRORS = (ValueError, UnicodeError, RecursionError, OverflowError)
+
+
+# ---------------------------------------------------------------- the request-reading primitives
+# Small named functions, one per thing Rails reads, shared by every caller (the extractor, the
+# log's redaction, the streamed-body guard) so that they cannot disagree.
+
+
+def media_type(content_type: str | None) -> str | None:
+    """The media type of a Content-Type value as Rack reads it: cut at the first `;` or `,`,
+    stripped, lower-cased; None when there is none (absent or blank).
+
+    Rack: `Rack::MediaType.type` (lib/rack/media_type.rb, split on `[;,]`) and
+    `Rack::Request#content_type` (an empty CONTENT_TYPE is nil). ActionPack:
+    `ActionDispatch::Http::MimeNegotiation#content_mime_type` (`/^([^,;]*)/`, strip, downcase).
+    Python's `strip` removes more than Ruby's whitespace: a superset, so stricter only.
+    """
+    if content_type is None or not content_type.strip():
+        return None
+    return _MEDIA_END.split(content_type, 1)[0].strip().lower()
+
+
+def authorization_scheme(value: str) -> tuple[str | None, str | None]:
+    """(scheme, parameter) of an Authorization value as ActionPack splits it.
+
+    ActionController::HttpAuthentication::Basic `auth_scheme` / `auth_param`
+    (actionpack/lib/action_controller/metal/http_authentication.rb) are
+    `request.authorization.to_s.split(" ", 2)`: Ruby's awk-style split, which skips leading
+    whitespace and cuts at the first run of any ASCII whitespace (tab included), keeping the
+    rest (trailing whitespace too). The scheme is compared case-insensitively by callers
+    (`has_basic_credentials?` downcases it). (None, None) for a blank value.
+    """
+    text = value.lstrip(_RUBY_SPACE)
+    if not text:
+        return None, None
+    cut = _RUBY_SPACES.search(text)
+    if cut is None:
+        return text, None
+    return text[: cut.start()], text[cut.end() :]
+
+
+def param_base(key: str) -> tuple[str, bool] | None:
+    """The top-level params key a parameter name fills in Rack, and whether Rack nests its value
+    there (an Array or Hash instead of a string); None for a name that fills none.
+
+    `Rack::QueryParser#normalize_params` (lib/rack/query_parser.rb): leading brackets are
+    dropped and trailing `]` ignored, so `[job_token]`, `job_token]` and `[[job_token]]` all
+    are `job_token`; anything after (`job_token[]`, `job_token[x]`, `job_token]x`) nests
+    (`job_token[` is a key of its own: counted as nested, which refuses, never forwards).
+    Surrounding whitespace is ignored too (Rack keeps it: a superset, so stricter only).
+    """
+    name = key.strip()
+    match = _KEY_BASE.match(name)
+    if match is None:
+        return None
+    return match.group(1), match.end() != len(name)
+
+
+def credential_param(key: str) -> str | None:
+    """The credential parameter (`job_token`, `token`, `access_token`, `bearer_token`,
+    `private_token`) a decoded parameter name fills in Rails' params, or None.
+
+    The one notion of "credential parameter name": `extract` reads exactly these, and the
+    log's redaction (`gateway.log.redact_target`) redacts at least these.
+    """
+    base = param_base(key)
+    return base[0] if base is not None and base[0] in _PARAMS else None
 
 
 class Carrier(StrEnum):
@@ -312,10 +392,9 @@ def body_kind(headers: Headers, method: str) -> str | None:
     if len(types) > 1:
         # Which one would Rack read (one CONTENT_TYPE in its env)? Inspect, then refuse.
         return "ambiguous"
-    raw = types[0] if types else None
-    if raw is None:
+    media = media_type(types[0] if types else None)
+    if media is None:  # `Rack::Request#form_data?`: a POST without a media type is a form
         return "form" if method == "POST" else None
-    media = raw.split(";", 1)[0].strip().lower()
     if media == _FORM_TYPE:
         return "form"
     if media in _JSON_TYPES:
@@ -347,7 +426,7 @@ def _json_pairs(body: bytes) -> list[tuple[str, object]]:
 
     try:
         document = json.loads(body, object_pairs_hook=keep)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except _PARSE_ERRORS as exc:  # RecursionError: a deeply nested document (Rails: 400)
         raise BodyError(f"JSON body does not parse: {exc.__class__.__name__}") from None
     return pairs if isinstance(document, dict) else []
 
@@ -404,6 +483,18 @@ def _params(view: RequestView) -> list[tuple[str, object]]:
     if "token" in query or "%" in query:
         pairs.extend(parse_form(query))
     if view.body:
+        try:
+            pairs.extend(_body_params(view))
+        except BodyError:
+            raise
+        except _PARSE_ERRORS as exc:  # never a 500: every parser failure is `bad_body`
+            raise BodyError(f"the body does not parse: {exc.__class__.__name__}") from None
+    return pairs
+
+
+def _body_params(view: RequestView) -> list[tuple[str, object]]:
+    pairs: list[tuple[str, object]] = []
+    if view.body:
         kind = body_kind(view.headers, view.method)
         if kind == "ambiguous":
             raise BodyError("more than one Content-Type")
@@ -446,13 +537,12 @@ def _from_params(pairs: Iterable[tuple[str, object]], family: Family) -> Iterato
 
 
 def _param_carrier(key: str) -> tuple[Carrier | None, bool]:
-    """The carrier a parameter key names, and whether Rack nests it (`job_token[]`)."""
-    # Rack's normalize_params drops leading brackets (`[job_token]` is `job_token`) and
-    # nests on `[`; we also ignore surrounding spaces, to read at least what Rack reads.
-    name = key.strip().lstrip("[]")
-    base = _KEY_BASE.match(name)
-    carrier = _PARAMS.get(base.group() if base else name)
-    return carrier, base is not None and "[" in name[base.end() :]
+    """The carrier a parameter key names, and whether Rack nests it (`job_token[]`):
+    `param_base`, the same reading as `credential_param` (and so the log's redaction)."""
+    base = param_base(key)
+    if base is None:
+        return None, False
+    return _PARAMS.get(base[0]), base[1]
 
 
 def _classify(carrier: Carrier, value: str) -> _Found | None:
@@ -477,12 +567,18 @@ def _classify(carrier: Carrier, value: str) -> _Found | None:
 
 
 def _from_authorization(value: str, family: Family) -> list[_Found]:
-    """What GitLab reads from one Authorization value on a route of `family`."""
+    """What GitLab reads from one Authorization value on a route of `family`.
+
+    One split for every scheme (`authorization_scheme`, ActionPack's): `Basic<TAB>...` is
+    Basic there. Doorkeeper's Bearer rule is narrower (`/^Bearer /i`,
+    Doorkeeper::OAuth::Token.from_bearer_authorization): whatever it reads, this reads too.
+    """
+    scheme, param = authorization_scheme(value)
+    if scheme is None:
+        return []
     found: list[_Found | None] = []
     readings = family.readings
-    text = value.strip()
-    scheme, _, rest = text.partition(" ")
-    rest = rest.strip()
+    rest = (param or "").strip(_RUBY_SPACE)
     lower = scheme.lower()
     if lower == "bearer" and rest:
         wrapped = conan_jwt.conan_access_token(rest) if Reading.CONAN_JWT in readings else None
@@ -491,21 +587,22 @@ def _from_authorization(value: str, family: Family) -> list[_Found]:
         else:
             found.append(_classify(Carrier.BEARER, rest))
     elif lower == "basic" and rest:
-        basic = _from_basic(rest, any_user=Reading.BASIC_ANY_USER in readings)
-        if basic is not None:
-            found.append(basic)
-    elif text:
-        if Reading.HTTP_TOKEN in readings and not rest and scheme:
-            # `http_token`: the whole value is the token (RubyGems clients send it bare).
-            found.append(_classify(Carrier.AUTHORIZATION_VALUE, text))
-        else:
-            found.append(_Found(Carrier.AUTHORIZATION, value, job=False))
-    if Reading.BEARER_LAST_WORD in readings and text:
-        # `http_bearer_token`: `password.split(' ').last`, whatever the scheme.
-        found.append(_classify(Carrier.AUTHORIZATION_LAST_WORD, text.split()[-1]))
-    if Reading.BASIC_ANY_USER in readings and "Basic " in value and not text.startswith("Basic "):
+        found.append(_from_basic(rest, any_user=Reading.BASIC_ANY_USER in readings))
+    elif Reading.HTTP_TOKEN in readings and param is None:
+        # `http_token` (TokenLocator#extract_from_http_token): the whole value is the token
+        # (RubyGems clients send it bare). A value with a scheme is no token GitLab finds.
+        found.append(_classify(Carrier.AUTHORIZATION_VALUE, scheme))
+    else:
+        found.append(_Found(Carrier.AUTHORIZATION, value, job=False))
+    if Reading.BEARER_LAST_WORD in readings:
+        # `http_bearer_token` (TokenLocator#extract_from_http_bearer_token):
+        # `password.split(' ').last`, Ruby's awk-style split, whatever the scheme.
+        last = _RUBY_SPACES.split(value.strip(_RUBY_SPACE))[-1]
+        found.append(_classify(Carrier.AUTHORIZATION_LAST_WORD, last))
+    if Reading.BASIC_ANY_USER in readings and "Basic " in value and scheme != "Basic":
         # PackagesManagerClientsHelpers#decode_token reads whatever follows the first
-        # "Basic " anywhere in the value, with Ruby's lenient Base64: unknowable, so refused.
+        # "Basic " anywhere in the value (`split('Basic ', 2).second`), with Ruby's lenient
+        # Base64: what it would read is unknowable, so refused.
         problem = "Authorization holds 'Basic ' where GitLab's package helpers would read it"
         found.append(_Found(Carrier.BASIC_ANY_USER, "", job=True, problem=problem))
     return [item for item in found if item is not None]
