@@ -119,6 +119,19 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 
+_ESCAPE = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+
+
+def _unescape(match: re.Match[str]) -> str:
+    text = match.group()
+    if "%2F" in text.upper():
+        pieces = re.split("(%2[Ff])", text)
+        return "".join(
+            p if p.upper() == "%2F" else unquote(p, errors="surrogateescape") for p in pieces
+        )
+    return unquote(text, errors="surrogateescape")
+
+
 def _pattern(path: str) -> str:
     parts = []
     for segment in path.strip("/").split("/"):
@@ -153,7 +166,8 @@ class CarrierMap:
         routes), DEFAULT when none matches."""
         path = target.partition("?")[0]
         if "%" in path:
-            path = unquote(path, errors="surrogateescape")
+            # Decode every escape but an encoded slash: `acme%2Fapp` stays one `:id` segment.
+            path = _ESCAPE.sub(_unescape, path)
         found = self._regex.match(path)
         if found is None:
             return DEFAULT

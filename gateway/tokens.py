@@ -592,7 +592,7 @@ def _from_authorization(value: str, family: Family) -> list[_Found]:
         # `http_token` (TokenLocator#extract_from_http_token): the whole value is the token
         # (RubyGems clients send it bare). A value with a scheme is no token GitLab finds.
         found.append(_classify(Carrier.AUTHORIZATION_VALUE, scheme))
-    else:
+    elif Reading.BEARER_LAST_WORD not in readings:  # (there, the last word is what is read)
         found.append(_Found(Carrier.AUTHORIZATION, value, job=False))
     if Reading.BEARER_LAST_WORD in readings:
         # `http_bearer_token` (TokenLocator#extract_from_http_bearer_token):
