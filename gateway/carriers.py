@@ -85,12 +85,22 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "terraform-modules",
-        ("/packages/terraform/modules/**",),
+        # `packages/terraform/modules/v1/…` now, `packages/terraform/v1/modules/…` before 16.x
+        ("/packages/terraform/**",),
         frozenset({Reading.BEARER_LAST_WORD, Reading.TOKEN_PARAM_JWT, Reading.BASIC_ANY_USER}),
         (),
         "lib/api/terraform/modules/v1/namespace_packages.rb authenticate_with "
         "sent_through(:http_bearer_token); file: token_types(:job_token_from_jwt, ...)"
         ".sent_through(:token_param)",
+    ),
+    Family(
+        "dependency-proxy",
+        ("/projects/:id/dependency_proxy/packages/**",),
+        frozenset({Reading.BEARER_LAST_WORD, Reading.BASIC_ANY_USER}),
+        (),
+        "ee/lib/api/dependency_proxy/packages/npm.rb authenticate_with "
+        "token_types(:personal_access_token, :deploy_token, :job_token)"
+        ".sent_through(:http_bearer_token)",
     ),
     Family(
         "nuget",

@@ -55,6 +55,8 @@ FAMILIES = {
     "/api/v4/projects/acme%2Fapp/packages/rubygems/api/v1/gems": "rubygems",
     "/api/v4/projects/1/packages/cargo/config.json": "cargo",
     "/api/v4/packages/terraform/modules/v1/grp/mod/aws/1.0.0/file?token=x": "terraform-modules",
+    "/api/v4/packages/terraform/v1/modules/grp/mod/aws/versions": "terraform-modules",
+    "/api/v4/projects/1/dependency_proxy/packages/npm/p/-/p-1.tgz": "dependency-proxy",
     "/api/v4/projects/1/packages/nuget/v2": "nuget",
     "/api/v4/groups/7/-/packages/nuget/index.json": "nuget",
     "/api/v4/projects/1/packages/pypi/simple": "packages",
@@ -79,7 +81,7 @@ def test_the_map_follows_the_relative_url_root() -> None:
 def test_every_family_cites_gitlab() -> None:
     carriers = CarrierMap(api_prefix=API, relative_url_root="")
     for family in carriers.families:
-        assert family.source.startswith("lib/"), family.name
+        assert family.source.startswith(("lib/", "ee/lib/")), family.name
         assert family.paths
         assert family.readings
     assert carriers.headers == {"X-NUGET-APIKEY"}
