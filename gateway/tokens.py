@@ -101,8 +101,10 @@ _JSON_TYPES = frozenset(
     {"application/json", "text/x-json", "application/jsonrequest", "application/vnd.git-lfs+json"}
 )
 _FORM_TYPE = "application/x-www-form-urlencoded"
-# Rack's query parser splits on & (and ; in Rack 2) and drops spaces after a separator.
+# Rack's query parser splits on & (and ; in Rack 2) and drops spaces after a separator; a form
+# body only on & (Rack 2.2 `Rack::Request#POST`: `parse_query(form_vars, '&')`).
 _PAIR_SEP = re.compile(r"[&;] *")
+_BODY_PAIR_SEP = re.compile(r"& *")
 _METHOD_KEY = re.compile(r"\s*[\[\]]*_method\]*\s*")  # Rack::MethodOverride's param
 _FOLD = re.compile(r"[^A-Z0-9]")
 # Rack::QueryParser#normalize_params (lib/rack/query_parser.rb): `%r(\A[\[\]]*([^\[\]]+)\]*)`.
@@ -404,10 +406,11 @@ def body_kind(headers: Headers, method: str) -> str | None:
     return None
 
 
-def parse_form(raw: str) -> list[tuple[str, str]]:
-    """application/x-www-form-urlencoded pairs as Rack reads them, repeated keys kept."""
+def parse_form(raw: str, *, body: bool = False) -> list[tuple[str, str]]:
+    """application/x-www-form-urlencoded pairs as Rack reads them, repeated keys kept: a query
+    split on `&` and `;`, a form `body` on `&` only (`job_token=a;b` is the value `a;b` there)."""
     pairs = []
-    for part in _PAIR_SEP.split(raw):
+    for part in (_BODY_PAIR_SEP if body else _PAIR_SEP).split(raw):
         if not part:
             continue
         key, _, value = part.partition("=")
@@ -499,7 +502,7 @@ def _body_params(view: RequestView) -> list[tuple[str, object]]:
         if kind == "ambiguous":
             raise BodyError("more than one Content-Type")
         if kind == "form":
-            form = parse_form(view.body.decode("utf-8", "surrogateescape"))
+            form = parse_form(view.body.decode("utf-8", "surrogateescape"), body=True)
             _refuse_method_override(view.method, form)
             pairs.extend(form)
         elif kind == "json":

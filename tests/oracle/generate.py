@@ -1,0 +1,278 @@
+"""Hypothesis strategies for requests that carry credentials in every spelling a parser could
+read differently: Content-Type spellings and parameters, header name and whitespace variants,
+Authorization schemes, query and form syntax (brackets, `;`, `&&`, `+`, percent-encodings,
+duplicate keys), JSON (duplicates, BOM, escapes, nesting) and multipart bodies.
+
+Tokens come from a small pool (`TOKENS`) so that two carriers often hold the same value, or two
+different ones: both are cases the gateway must get right.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from urllib.parse import quote_plus
+
+from hypothesis import strategies as st
+
+from .reader import Raw
+
+Values = st.SearchStrategy[str]
+
+APP = "glcbt-sec-app-job"  # tests/security/conftest.py: allowed on ALLOWED
+OUTSIDER = "glcbt-sec-outsider-job"  # denied on project 20
+KNOWN_UNPREFIXED = "s3cr3t-known-job-token"  # a job token the store knows, without the prefix
+TOKENS = (
+    APP,
+    OUTSIDER,
+    "glcbt-" + "z" * 12,  # unknown to every store
+    KNOWN_UNPREFIXED,
+    "glpat-notajobtoken",  # a PAT
+    "glrt-runner",  # a runner token (a `token` param that is not a job token)
+    "plainvalue",
+    "",
+)
+KNOWN = frozenset({APP.encode(), OUTSIDER.encode(), KNOWN_UNPREFIXED.encode()})
+
+PARAM_NAMES = ("job_token", "token", "access_token", "bearer_token", "private_token")
+
+
+@st.composite
+def param_name(draw: st.DrawFn, base: str | None = None) -> str:
+    """A parameter name as sent on the wire (before percent-decoding)."""
+    name = base or draw(st.sampled_from((*PARAM_NAMES, "_method", "name", "job", "tokens")))
+    shape = draw(
+        st.sampled_from(
+            ("{}", "[{}]", "{}]", "[[{}]]", "{}[]", "{}[x]", "{}[", "{}]x", " {}", "{} ", "]{}")
+        )
+    )
+    if draw(st.integers(0, 9)) == 0:
+        name = name.upper()
+    text = shape.format(name)
+    encoding = draw(st.sampled_from(("raw", "raw", "brackets", "all", "underscore")))
+    if encoding == "brackets":
+        text = text.replace("[", draw(st.sampled_from(("%5B", "%5b")))).replace("]", "%5D")
+    elif encoding == "all":
+        text = "".join(f"%{byte:02X}" for byte in text.encode())
+    elif encoding == "underscore":
+        text = text.replace("_", "%5F")
+    return text.replace(" ", draw(st.sampled_from(("+", "%20"))))
+
+
+@st.composite
+def param_value(draw: st.DrawFn, values: Values) -> str:
+    value = draw(values)
+    style = draw(st.sampled_from(("raw", "raw", "quote", "quote_all", "space")))
+    if style == "quote":
+        return quote_plus(value)
+    if style == "quote_all":
+        return "".join(f"%{byte:02x}" for byte in value.encode())
+    if style == "space":
+        return draw(st.sampled_from(("+", "%20", " "))) + value
+    return value
+
+
+@st.composite
+def pairs(draw: st.DrawFn, values: Values, max_size: int = 4) -> list[str]:
+    items = draw(
+        st.lists(
+            st.one_of(
+                st.tuples(param_name(), param_value(values)).map(lambda kv: f"{kv[0]}={kv[1]}"),
+                st.tuples(param_name(), st.just("")).map(lambda kv: kv[0]),  # no `=`
+                st.sampled_from(("a=1", "x=%41", "=", "", "_method=DELETE", "format=json")),
+            ),
+            max_size=max_size,
+        )
+    )
+    if items and draw(st.booleans()):
+        items.append(items[0])  # a duplicate key
+    return items
+
+
+@st.composite
+def urlencoded(draw: st.DrawFn, values: Values) -> str:
+    items = draw(pairs(values))
+    out = ""
+    for index, item in enumerate(items):
+        if index:
+            out += draw(st.sampled_from(("&", "&", ";", "&&", "& ", "; ", "&;")))
+        out += item
+    return out
+
+
+@st.composite
+def json_body(draw: st.DrawFn, values: Values) -> bytes:
+    def key(name: str) -> str:
+        text = json.dumps(name)
+        if draw(st.booleans()):  # escape a letter: "job\u005ftoken"
+            text = text.replace("_", "\\u005f").replace("t", "\\u0074", 1)
+        return text
+
+    members = []
+    for _ in range(draw(st.integers(0, 3))):
+        name = draw(st.sampled_from((*PARAM_NAMES, "_method", "a", "job_token[]")))
+        kind = draw(st.sampled_from(("str", "str", "str", "nested", "array", "number", "null")))
+        value = draw(values)
+        rendered = {
+            "str": json.dumps(value),
+            "nested": json.dumps({"job_token": value}),
+            "array": json.dumps([value]),
+            "number": "12",
+            "null": "null",
+        }[kind]
+        members.append(f"{key(name)}:{rendered}")
+    if members and draw(st.booleans()):
+        members.append(members[0])  # a duplicate member (Ruby's JSON keeps the last)
+    text = "{" + ",".join(members) + "}"
+    shape = draw(st.sampled_from(("object", "object", "array", "deep", "garbage")))
+    if shape == "array":
+        text = f"[{text}]"
+    elif shape == "deep":
+        depth = draw(st.sampled_from((5, 2000, 50_000)))
+        text = '{"a":' * depth + text + "}" * depth
+    elif shape == "garbage":
+        text = text[: draw(st.integers(0, len(text)))]
+    data = text.encode()
+    if draw(st.integers(0, 5)) == 0:
+        data = b"\xef\xbb\xbf" + data  # a BOM
+    return data
+
+
+BOUNDARY = "oracleBoundary42"
+
+
+@st.composite
+def multipart_body(draw: st.DrawFn, values: Values) -> bytes:
+    out = b""
+    for _ in range(draw(st.integers(0, 3))):
+        name = draw(param_name())
+        disposition = f'form-data; name="{name}"'
+        if draw(st.integers(0, 4)) == 0:
+            disposition += '; filename="f.txt"'
+        value = draw(values).encode()
+        out += f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        out += value + b"\r\n"
+    out += f"--{BOUNDARY}--\r\n".encode()
+    return out
+
+
+MEDIA_TYPES = (
+    "application/x-www-form-urlencoded",
+    "application/json",
+    "multipart/form-data",
+    "text/plain",
+    "application/vnd.git-lfs+json",
+    "text/x-json",
+    "application/octet-stream",
+)
+
+
+@st.composite
+def content_type(draw: st.DrawFn) -> str | None:
+    if draw(st.integers(0, 6)) == 0:
+        return None
+    media = draw(st.sampled_from(MEDIA_TYPES))
+    if draw(st.integers(0, 3)) == 0:
+        media = draw(st.sampled_from((media.upper(), media.title())))
+    text = media
+    for _ in range(draw(st.integers(0, 2))):
+        sep = draw(st.sampled_from((";", "; ", " ;", ",", ", ", " ,")))
+        item = draw(
+            st.sampled_from(
+                (
+                    "charset=utf-8",
+                    "charset=ISO-8859-1",
+                    f"boundary={BOUNDARY}",
+                    "text/plain",
+                    "application/json",
+                    "application/x-www-form-urlencoded",
+                )
+            )
+        )
+        text += sep + item
+    if draw(st.integers(0, 8)) == 0:
+        text = draw(st.sampled_from(("", ",application/json", ";")))
+    return text
+
+
+def basic(user: str, password: str, style: str) -> str:
+    raw = f"{user}:{password}".encode()
+    encoded = base64.b64encode(raw).decode()
+    if style == "unpadded":
+        return encoded.rstrip("=")
+    if style == "urlsafe":
+        return base64.urlsafe_b64encode(raw).decode()
+    if style == "junk":
+        return encoded[:4] + "*" + encoded[4:]
+    return encoded
+
+
+@st.composite
+def authorization(draw: st.DrawFn, values: Values) -> str:
+    scheme = draw(st.sampled_from(("Bearer", "bearer", "BEARER", "Basic", "basic", "Token", "Foo")))
+    space = draw(st.sampled_from((" ", " ", "  ", "\t", " \t")))
+    if scheme.lower() == "basic":
+        user = draw(st.sampled_from(("gitlab-ci-token", "x", "", "GITLAB-CI-TOKEN")))
+        style = draw(st.sampled_from(("strict", "strict", "unpadded", "urlsafe", "junk")))
+        payload = basic(user, draw(values), style)
+    else:
+        payload = draw(values)
+        if draw(st.integers(0, 5)) == 0:
+            payload = "realm=x " + payload
+    if not payload and draw(st.booleans()):
+        return scheme
+    return scheme + space + payload
+
+
+HEADER_NAMES = {
+    "job": ("JOB-TOKEN", "Job-Token", "job_token", "JOB_TOKEN"),
+    "private": ("PRIVATE-TOKEN", "Private-Token", "private_token"),
+    "deploy": ("DEPLOY-TOKEN", "Deploy-Token"),
+}
+
+
+@st.composite
+def credential_headers(draw: st.DrawFn, values: Values) -> list[tuple[str, str]]:
+    headers: list[tuple[str, str]] = []
+    for _ in range(draw(st.integers(0, 2))):
+        which = draw(
+            st.sampled_from(("job", "private", "deploy", "authorization", "authorization"))
+        )
+        if which == "authorization":
+            headers.append(("Authorization", draw(authorization(values))))
+        else:
+            headers.append((draw(st.sampled_from(HEADER_NAMES[which])), draw(values)))
+    return headers
+
+
+POOL: Values = st.sampled_from(TOKENS)
+DEPLOYMENTS = "/api/v4/projects/20/deployments"
+
+
+@st.composite
+def requests(draw: st.DrawFn, values: Values = POOL, paths: dict[str, str] | None = None) -> Raw:
+    """A request with credentials anywhere (query, headers, body); `paths` chooses the path
+    by method (else the deployments list)."""
+    method = draw(st.sampled_from(("GET", "POST", "POST", "PUT", "PATCH", "DELETE")))
+    path = (paths or {}).get(method, DEPLOYMENTS)
+    query = draw(urlencoded(values))
+    target = path + ("?" + query if query or draw(st.booleans()) else "")
+    headers = draw(credential_headers(values))
+    kind = draw(st.sampled_from(("none", "form", "form", "json", "json", "multipart")))
+    body = b""
+    if kind == "form":
+        body = draw(urlencoded(values)).encode()
+    elif kind == "json":
+        body = draw(json_body(values))
+    elif kind == "multipart":
+        body = draw(multipart_body(values))
+    ctype = draw(content_type())
+    if ctype is not None:
+        headers.append(("Content-Type", ctype))
+        if draw(st.integers(0, 15)) == 0:
+            headers.append(("Content-Type", draw(st.sampled_from(MEDIA_TYPES))))
+    order = draw(st.permutations(headers)) if headers else []
+    return Raw(method, target, tuple(order), body)
+
+
+__all__ = ["KNOWN", "TOKENS", "requests"]
