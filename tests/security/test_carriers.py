@@ -277,7 +277,7 @@ async def test_upstream_mode_asks_the_upstream_and_judges_what_it_recognises(
 
 
 async def test_forward_mode_forwards_what_the_store_does_not_know(
-    a_carrier_gateway: Start, a_gitlab: GitLab
+    a_carrier_gateway: Start, a_gitlab: GitLab, captured_logs: Any
 ) -> None:
     attack = await a_carrier_gateway(upstream_validation=True, unknown_credential="forward")
 
@@ -285,6 +285,11 @@ async def test_forward_mode_forwards_what_the_store_does_not_know(
     received = assert_forwarded(await attack.raw(http("GET", DENIED, headers)), DENIED)
     assert received.header("Authorization") == [f"Bearer {UPSTREAM_ONLY}"]
     assert a_gitlab.job_checks == []  # never asked: treated as another credential
+    # Logged with its reason, by fingerprint only.
+    text = json.dumps(captured_logs.lines())
+    assert "forwarded as another credential" in text
+    assert tokens.fingerprint(tokens.digest(UPSTREAM_ONLY)) in text
+    assert UPSTREAM_ONLY not in text
     # What the store knows is still a job token, and judged.
     assert_judged(await attack.raw(http("GET", DENIED, [("Authorization", f"Bearer {LEGACY}")])))
 
