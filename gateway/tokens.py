@@ -26,7 +26,7 @@ prefix, once at start-up.
 A value is a job token when it carries GitLab's prefix or sits in a carrier only job tokens use.
 An unprefixed value in a carrier GitLab shares with other credentials (Bearer, Basic, a bare
 Authorization, a named header) may be either (job tokens of GitLab < 16.9 have no prefix):
-`extract` returns it as a `Candidate`, which the gate resolves (store, then the upstream's
+`read` returns it as a `Candidate`, which the gate resolves (store, then the upstream's
 `GET /api/v4/job`, or forwarded, per `--unknown-credential`).
 
 Because the gateway must authorize the token the upstream will authenticate with, any request
