@@ -61,7 +61,12 @@ def param_name(draw: st.DrawFn, base: str | None = None) -> str:
 
 @st.composite
 def param_value(draw: st.DrawFn, values: Values) -> str:
-    value = draw(values)
+    return draw(encoded(draw(values)))
+
+
+@st.composite
+def encoded(draw: st.DrawFn, value: str) -> str:
+    """`value` as a query or form value on the wire, in one of the encodings Rack decodes."""
     style = draw(st.sampled_from(("raw", "raw", "quote", "quote_all", "space")))
     if style == "quote":
         return quote_plus(value)
@@ -250,12 +255,19 @@ DEPLOYMENTS = "/api/v4/projects/20/deployments"
 
 
 @st.composite
-def requests(draw: st.DrawFn, values: Values = POOL, paths: dict[str, str] | None = None) -> Raw:
+def requests(
+    draw: st.DrawFn,
+    values: Values = POOL,
+    paths: dict[str, str] | None = None,
+    favour: str | None = None,
+) -> Raw:
     """A request with credentials anywhere (query, headers, body); `paths` chooses the path
-    by method (else the deployments list)."""
+    by method (else the deployments list); `favour` is drawn as a value half of the time."""
     method = draw(st.sampled_from(("GET", "POST", "POST", "PUT", "PATCH", "DELETE")))
+    values = st.one_of(st.just(favour), values) if favour else values
     path = (paths or {}).get(method, DEPLOYMENTS)
-    query = draw(urlencoded(values))
+    # A request line has no raw space: a client sends it encoded (Rack then keeps it in names).
+    query = draw(urlencoded(values)).replace(" ", draw(st.sampled_from(("%20", "+"))))
     target = path + ("?" + query if query or draw(st.booleans()) else "")
     headers = draw(credential_headers(values))
     kind = draw(st.sampled_from(("none", "form", "form", "json", "json", "multipart")))
@@ -275,4 +287,38 @@ def requests(draw: st.DrawFn, values: Values = POOL, paths: dict[str, str] | Non
     return Raw(method, target, tuple(order), body)
 
 
-__all__ = ["KNOWN", "TOKENS", "requests"]
+# Every name GitLab reads a secret from (the log redacts at least these): the credential
+# parameters, and the feed tokens (AuthFinders#find_user_from_feed_token).
+SECRET_PARAMS = (*PARAM_NAMES, "feed_token", "rss_token")
+
+
+def secrets() -> Values:
+    """Fresh credential values (a job token or an unprefixed secret), unique per draw in
+    practice: what must never reach a log line, a metric or a gateway-made answer."""
+    body = st.text(alphabet="0123456789abcdef", min_size=20, max_size=20)
+    return st.tuples(st.sampled_from(("glcbt-", "s3cr3t", "glpat-")), body).map("".join)
+
+
+@st.composite
+def credential_query(draw: st.DrawFn, values: Values) -> tuple[str, list[str]]:
+    """A query where every secret sits in a credential parameter (any spelling Rack reads as
+    one, any encoding), between harmless pairs; and the secrets as they appear on the wire."""
+    wire: list[str] = []
+    items: list[str] = []
+    for _ in range(draw(st.integers(1, 4))):
+        if draw(st.booleans()):
+            items.append(draw(st.sampled_from(("a=1", "x=%41", "format=json", "", "=v"))))
+        name = draw(param_name(draw(st.sampled_from(SECRET_PARAMS))))
+        value = draw(encoded(draw(values)))
+        wire.append(value)
+        items.append(f"{name}={value}")
+    out = ""
+    for index, item in enumerate(items):
+        if index:
+            out += draw(st.sampled_from(("&", ";", "&&", "& ", "; ", "&;")))
+        out += item
+    space = draw(st.sampled_from(("%20", "+")))
+    return out.replace(" ", space), [value.replace(" ", space) for value in wire]
+
+
+__all__ = ["KNOWN", "TOKENS", "credential_query", "requests", "secrets"]

@@ -32,6 +32,8 @@ OVER_STRICT: Counter[str] = Counter()
 SEEN: Counter[str] = Counter()
 EXAMPLES: dict[str, str] = {}
 
+pytestmark = pytest.mark.oracle
+
 
 def _reason(refused: str) -> str:
     """A refusal reason without the carrier lists' details (one bucket per kind)."""
