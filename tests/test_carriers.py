@@ -16,7 +16,10 @@ from multidict import CIMultiDict
 
 from gateway import conan_jwt, tokens
 from gateway.carriers import DEFAULT, CarrierMap, Reading
+from gateway.errors import ConfigError
+from gateway.gate import unknown_credential_mode
 from gateway.request import RequestView
+from gateway.settings import Settings, UnknownCredential
 from gateway.tokens import Candidate, Carrier, Conflict, Credential
 
 API = "/api/v4"
@@ -293,3 +296,23 @@ def test_the_conan_jwt_reader_needs_both_claims_and_a_jwt_shape() -> None:
 
 def test_readings_are_labels() -> None:
     assert {reading.value for reading in Reading} >= {"Conan JWT", "Authorization last word"}
+
+
+# ---- settings
+
+
+def test_the_carrier_settings_are_validated() -> None:
+    assert Settings().unknown_credential is UnknownCredential.AUTO
+    assert Settings().job_token_prefix == ""
+    assert Settings(job_token_prefix="mycorp-").job_token_prefix == "mycorp-"
+    for bad in ({"job_token_prefix": "my corp"}, {"unknown_credential": "maybe"}):
+        with pytest.raises(ConfigError, match="--"):
+            Settings.build(**bad)
+
+
+def test_auto_resolves_with_upstream_validation() -> None:
+    assert unknown_credential_mode(Settings()) is UnknownCredential.FORWARD
+    on = Settings(upstream="http://127.0.0.1:9", upstream_validation=True)
+    assert unknown_credential_mode(on) is UnknownCredential.UPSTREAM
+    forced = Settings(upstream_validation=True, unknown_credential="forward")
+    assert unknown_credential_mode(forced) is UnknownCredential.FORWARD
