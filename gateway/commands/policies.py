@@ -1,4 +1,5 @@
-"""`policies import PAGE [-o FILE]`: generate the route table from GitLab's generated page."""
+"""`policies import PAGE [-o FILE]`: generate the route table from GitLab's generated page
+(either format: see gateway/importer.py)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,12 @@ def register(subparsers: Any) -> None:
         help="Generate the route table from GitLab's page 'Fine-grained permissions for CI/CD "
         "job tokens'.",
         description="Parse GitLab's generated page (doc/ci/jobs/fine_grained_permissions.md) "
-        "and write the route table as YAML. A malformed page stops with its line number (exit "
-        "2) and leaves the previous file untouched.",
+        "and write the route table as YAML. Both formats of the page are read (detected from "
+        "the table headers): the seed's single `Permissions | Permission Names | Path | "
+        "Description` table, and the current per-category `Permission | API endpoint | "
+        "Permission name | Scope` tables with the 'Unavailable API endpoints' table (imported "
+        "as `None` rows). A malformed page stops with its line number (exit 2) and leaves the "
+        "previous file untouched.",
     )
     imports.add_argument("page", metavar="PAGE", type=Path, help="the page (Markdown)")
     imports.add_argument(
