@@ -336,6 +336,15 @@ def test_policies_import_of_the_current_page(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "imported 188 routes (29 None)" in result.stdout
     assert (tmp_path / "current.yaml").read_bytes() == COMMITTED_CURRENT.read_bytes()
+    # Without -o, each format goes to the file its shipped table name selects.
+    result = run("policies", "import", str(CURRENT_PAGE), cwd=tmp_path)
+    assert result.stdout.strip().endswith("into policies/routes-current.yaml")
+    assert (tmp_path / "policies" / "routes-current.yaml").read_bytes() == (
+        COMMITTED_CURRENT.read_bytes()
+    )
+    assert not (tmp_path / "policies" / "routes.yaml").exists()
+    absent = tmp_path / "absent.md"
+    assert_one_line_error(run("policies", "import", str(absent)), f"{absent}: cannot read page")
 
 
 def test_policies_import_reports_the_line_of_a_bad_current_row(tmp_path: Path) -> None:
