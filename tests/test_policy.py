@@ -165,7 +165,7 @@ TABLE = [
         f"{API}/projects/20/releases",
         Reason.NOT_ALLOWLISTED,
         403,
-        F + "Authentication by CI/CD job token not allowed from other/tool to project #20.",
+        F + "Authentication by CI/CD job token not allowed from tool to project #20.",
     ),
     (
         "a project the store does not know is an enabled, empty allowlist",
@@ -174,7 +174,7 @@ TABLE = [
         f"{API}/projects/999/releases",
         Reason.NOT_ALLOWLISTED,
         403,
-        F + "Authentication by CI/CD job token not allowed from acme/app to project #999.",
+        F + "Authentication by CI/CD job token not allowed from app to project #999.",
     ),
     (
         "None endpoint: no policy check",
