@@ -6,7 +6,10 @@ database created before the columns existed is upgraded in place.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -113,3 +116,28 @@ async def test_an_old_sqlite_database_is_upgraded_in_place(tmp_path: Path) -> No
         assert public.visibility is Visibility.PUBLIC
     finally:
         await store.close()
+
+
+def test_store_load_and_list_carry_visibility(tmp_path: Path) -> None:
+    """`python -m gateway store load` reads visibility; `store list` shows it."""
+    grants = tmp_path / "grants.yaml"
+    grants.write_text(GRANTS)
+    url = f"sqlite:///{tmp_path}/store.db"
+
+    def store(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "gateway", "store", *args, "--store", url]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    assert store("load", str(grants)).returncode == 0
+    document = json.loads(store("list", "--json").stdout)
+    projects = {p["id"]: p for p in document["projects"]}
+    assert projects[1] == {"id": 1, "path": "acme/app"}
+    assert projects[2]["visibility"] == "public"
+    assert projects[2]["features"] == {
+        "builds": "private",
+        "package_registry": "public",
+        "repository": "enabled",
+    }
+    text = store("list").stdout
+    assert "acme/inside  (internal)" in text
+    assert "(public; builds private, package_registry public, repository enabled)" in text
