@@ -358,18 +358,23 @@ class Gate:
     # ---- group and instance package routes (issue 10, point 5)
 
     def _package_target(self, route: Route, params: Any, target: Target) -> Aim:
-        """The package lookup a group/instance package route needs, when the operator
-        configured one (`package_lookup_token`); else the route's own target."""
-        if self.packages is None or target.kind not in (TargetKind.GROUP, TargetKind.UNRESOLVED):
+        """The package a group/instance package route is about (gateway/stores/packages.py),
+        when it can be judged: GitLab finds no package (no lookup needed), or the operator
+        configured the lookup (`package_lookup_token`). Else the route's own target."""
+        if target.kind not in (TargetKind.GROUP, TargetKind.UNRESOLVED):
             return target
         group = target.ref if target.kind is TargetKind.GROUP else None
         query = query_for(route.path, params, group)
-        return target if query is None else query
+        if query is None or (query.needs_lookup and self.packages is None):
+            return target
+        return query
 
     async def _package_project(self, query: PackageQuery) -> policy.Accessed | object | None:
         """The package's project; NO_PACKAGE when the group holds none; None (unresolved)
         when several projects hold it (GitLab would pick one; the gateway cannot tell which)."""
-        assert self.packages is not None  # a PackageQuery exists only with a lookup
+        if not query.needs_lookup:
+            return NO_PACKAGE
+        assert self.packages is not None  # `_package_target` made sure of it
         ids = await self.packages.projects(query)
         if not ids:
             return NO_PACKAGE

@@ -251,3 +251,31 @@ async def test_without_a_lookup_token_they_stay_unresolved(
     assert answer.headers["X-Gateway-Reason"] == "target_unresolved"
     assert a_gitlab.lookups == []
     assert a_gitlab.received == []
+
+
+@pytest.mark.parametrize("lookup", [LOOKUP_TOKEN, None])
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("POST", "/api/v4/packages/npm/-/npm/v1/security/advisories/bulk"),
+        ("POST", "/api/v4/groups/acme/-/packages/npm/-/npm/v1/security/audits/quick"),
+        ("GET", "/api/v4/packages/npm/leftpad"),
+    ],
+)
+async def test_routes_where_gitlab_finds_no_project_need_no_lookup(
+    a_gateway: Any,
+    a_gitlab: GitLabLike,
+    a_grants_file: str,
+    lookup: str | None,
+    method: str,
+    target: str,
+) -> None:
+    """npm audits carry no package name and an unscoped name names no namespace: GitLab
+    checks no project (it forwards to the public registry or answers 404); so does the gateway."""
+    gateway = await start(a_gateway, a_gitlab, a_grants_file, package_lookup_token=lookup)
+    answer = await call(
+        method, gateway.url + target, headers={"JOB-TOKEN": TOOL}, json={"leftpad": ["1.0.0"]}
+    )
+    assert answer.status == 200, answer.body
+    assert a_gitlab.received == [(method, target)]
+    assert a_gitlab.lookups == []

@@ -44,6 +44,15 @@ _NPM_GROUP = (
     "/groups/:id/-/packages/npm/-/package/*package_name/dist-tags",
     "/groups/:id/-/packages/npm/-/package/*package_name/dist-tags/:tag",
 )
+# The audit routes carry no package name: `project_id_or_nil` finds nothing, so GitLab redirects
+# to the public registry (`redirect_or_present_audit_report`, forward_to_registry: true) or answers
+# 404 from `authorize_read_package!(project)`; no project is ever checked (npm_endpoints.rb).
+_NPM_AUDITS = (
+    "/packages/npm/-/npm/v1/security/advisories/bulk",
+    "/packages/npm/-/npm/v1/security/audits/quick",
+    "/groups/:id/-/packages/npm/-/npm/v1/security/advisories/bulk",
+    "/groups/:id/-/packages/npm/-/npm/v1/security/audits/quick",
+)
 _NPM_INSTANCE = (
     "/packages/npm/*package_name",
     "/packages/npm/-/package/*package_name/dist-tags",
@@ -55,8 +64,9 @@ _NPM_INSTANCE = (
 class PackageQuery:
     """A package to find in a group: (name, version or None for any) alternatives.
 
-    `kind`/`ref` make it usable where the gate expects a `Target`; `group` None means the
-    package name has no scope (instance npm): GitLab finds no namespace, hence no package."""
+    `kind`/`ref` make it usable where the gate expects a `Target`. `group` None (an unscoped
+    name at instance level: GitLab finds no namespace) or no candidates (the audit routes) means
+    GitLab finds no package and checks no project: `needs_lookup` is then False."""
 
     group: str | None
     package_type: str
@@ -66,6 +76,10 @@ class PackageQuery:
     @property
     def ref(self) -> str | None:
         return self.group
+
+    @property
+    def needs_lookup(self) -> bool:
+        return self.group is not None and bool(self.candidates)
 
 
 def query_for(
@@ -83,6 +97,8 @@ def query_for(
         return PackageQuery(group, "maven", candidates)
     if template in _NPM_GROUP and group is not None:
         return PackageQuery(group, "npm", ((params["package_name"], None),))
+    if template in _NPM_AUDITS:
+        return PackageQuery(None, "npm", ())
     if template in _NPM_INSTANCE:
         name = params["package_name"]
         scope = name[1:].partition("/")[0] if name.startswith("@") and "/" in name else None
@@ -125,7 +141,7 @@ class PackageLookup:
         cached = self._cache.get(query)
         if cached is not MISS:
             return cached  # type: ignore[no-any-return]
-        if query.group is None:
+        if query.group is None or not query.needs_lookup:
             return ()
         found: set[int] = set()
         for name, version in query.candidates:
