@@ -66,9 +66,27 @@ PUBLIC_FEATURES: Mapping[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/packages/maven/*path/:file_name"): ("package_registry",),
     ("GET", "/groups/:id/-/packages/maven/*path/:file_name"): ("package_registry",),
     ("GET", "/projects/:id/packages/maven/*path/:file_name"): ("package_registry",),
-    # lib/api/package_files.rb, per spec/requests/api/package_files_spec.rb
-    # ("enforcing job token policies", :read_packages, allow_public_access_…: :package_registry)
+    # lib/api/ci/runner.rb (`get '/:id/artifacts'`: a dependency's artifacts)
+    ("GET", "/jobs/:id/artifacts"): ("repository", "builds"),
+    # lib/api/ci/pipelines.rb (`get ':id/pipelines'`)
+    ("GET", "/projects/:id/pipelines"): ("repository", "builds"),
+    # lib/api/package_files.rb (list, and download)
     ("GET", "/projects/:id/packages/:package_id/package_files"): ("package_registry",),
+    (
+        "GET",
+        "/projects/:id/packages/:package_id/package_files/:package_file_id/download",
+    ): ("package_registry",),
+    # lib/api/concerns/packages/npm_endpoints.rb (mounted at project, group and instance level)
+    ("GET", "/projects/:id/packages/npm/-/package/*package_name/dist-tags"): ("package_registry",),
+    ("GET", "/groups/:id/-/packages/npm/-/package/*package_name/dist-tags"): ("package_registry",),
+    ("GET", "/packages/npm/-/package/*package_name/dist-tags"): ("package_registry",),
+    ("POST", "/projects/:id/packages/npm/-/npm/v1/security/advisories/bulk"): ("package_registry",),
+    ("POST", "/projects/:id/packages/npm/-/npm/v1/security/audits/quick"): ("package_registry",),
+    # lib/api/commits.rb (`get ':id/repository/commits/:sha'`), lib/api/badges.rb
+    ("GET", "/projects/:id/repository/commits/:sha"): ("repository",),
+    ("GET", "/projects/:id/badges"): ("repository",),
+    # lib/api/issues.rb (`get ":id/issues"`)
+    ("GET", "/projects/:id/issues"): ("issues",),
 }
 
 

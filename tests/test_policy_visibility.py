@@ -5,9 +5,19 @@ from __future__ import annotations
 
 import pytest
 
-from gateway import policy
+from gateway import policy, visibility
 from gateway.decision import Audit, Reason
-from gateway.grants import Allowlist, AllowlistEntry, EntryKind, Job, Project, Visibility
+from gateway.grants import (
+    FEATURES,
+    Allowlist,
+    AllowlistEntry,
+    EntryKind,
+    Job,
+    Project,
+    Visibility,
+)
+from gateway.routes import RouteTable
+from gateway.settings import DEFAULT_ROUTES
 
 SOURCE = Project(1, "src/group/app")
 JOB = Job("d" * 64, 9, SOURCE)
@@ -134,3 +144,15 @@ def test_an_allowlist_that_is_off() -> None:
 def test_the_source_is_named_by_its_own_path_segment() -> None:
     assert Project(5, "a/b/c-d").slug == "c-d"
     assert Project(5, "top").slug == "top"
+
+
+def test_the_public_feature_rows_name_known_features_and_real_routes() -> None:
+    shipped = RouteTable.load(DEFAULT_ROUTES, api_prefix="/api/v4", relative_url_root="")
+    names = {(route.method, route.path) for route in shipped.routes}
+    for (method, template), features in visibility.PUBLIC_FEATURES.items():
+        assert set(features) <= FEATURES, (method, template)
+        assert template.startswith("/"), template
+    # the seed table's routes among them (the others belong to newer pages)
+    assert ("GET", "/projects/:id/packages/maven/*path/:file_name") in names
+    assert ("GET", "/projects/:id/jobs/artifacts/:ref_name/raw/*artifact_path") in names
+    assert visibility.public_features("HEAD", "/jobs/:id/artifacts") == ("repository", "builds")
