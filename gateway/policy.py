@@ -166,6 +166,11 @@ def decide(
         return allow(Reason.GIT_HTTP if access.git else Reason.UNCONTROLLED_ENDPOINT, audit)
     if entry.default_permissions:
         return allow(Reason.GIT_HTTP if access.git else Reason.DEFAULT_PERMISSIONS, audit)
+    project = accessed.project
+    if project is not None and visibility.publicly_accessible(project, access.public_features):
+        # `job_token_policies_authorized?` asks `publicly_accessible_feature?` before the
+        # entry's policies: an admitted source without them is allowed there too.
+        return allow(Reason.PUBLIC_ACCESS, audit)
     return _policies(access, accessed, entry.granted, audit)
 
 

@@ -118,6 +118,11 @@ def test_an_admitting_entry_wins_over_visibility() -> None:
     allowlist = Allowlist(2, True, (entry,))
     assert decide(target(PUBLIC), RELEASES, allowlist)[0] is Reason.POLICIES_GRANTED
     assert decide(target(PUBLIC), MAVEN, allowlist)[0] is Reason.INSUFFICIENT_PERMISSIONS
+    # publicly_accessible_feature? comes before the entry's policies
+    open_registry = target(PUBLIC, package_registry=ENABLED)
+    assert decide(open_registry, MAVEN, allowlist)[0] is Reason.PUBLIC_ACCESS
+    private_registry = target(Visibility.PRIVATE, package_registry=ENABLED)
+    assert decide(private_registry, MAVEN, allowlist)[0] is Reason.INSUFFICIENT_PERMISSIONS
 
 
 def test_an_allowlist_that_is_off() -> None:
