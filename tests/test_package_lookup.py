@@ -189,11 +189,25 @@ async def test_no_such_package_is_gitlabs_answer(
     for target in (
         "/api/v4/groups/acme/-/packages/maven/org/other/x/2.0/x-2.0.jar",
         "/api/v4/packages/npm/@acme%2Fnothing",
-        "/api/v4/packages/npm/leftpad",  # no scope: GitLab finds no namespace
     ):
         answer = await call("GET", gateway.url + target, headers={"JOB-TOKEN": TOOL})
         assert answer.status == 200, (target, answer.body)
-    assert len(a_gitlab.received) == 3
+    assert len(a_gitlab.received) == 2
+
+
+@pytest.mark.parametrize("lookup", [LOOKUP_TOKEN, None])
+async def test_an_unscoped_instance_npm_name_stays_unresolved(
+    a_gateway: Any, a_gitlab: GitLabLike, a_grants_file: str, lookup: str | None
+) -> None:
+    """Current GitLab finds no namespace for it; older GitLab looked the name up across the
+    instance. The gateway cannot tell which GitLab it fronts."""
+    gateway = await start(a_gateway, a_gitlab, a_grants_file, package_lookup_token=lookup)
+    answer = await call(
+        "GET", gateway.url + "/api/v4/packages/npm/leftpad", headers={"JOB-TOKEN": APP}
+    )
+    assert answer.status == 403
+    assert answer.headers["X-Gateway-Reason"] == "target_unresolved"
+    assert a_gitlab.received == []
 
 
 async def test_a_package_in_several_projects_stays_unresolved(
@@ -259,7 +273,6 @@ async def test_without_a_lookup_token_they_stay_unresolved(
     [
         ("POST", "/api/v4/packages/npm/-/npm/v1/security/advisories/bulk"),
         ("POST", "/api/v4/groups/acme/-/packages/npm/-/npm/v1/security/audits/quick"),
-        ("GET", "/api/v4/packages/npm/leftpad"),
     ],
 )
 async def test_routes_where_gitlab_finds_no_project_need_no_lookup(
@@ -270,8 +283,8 @@ async def test_routes_where_gitlab_finds_no_project_need_no_lookup(
     method: str,
     target: str,
 ) -> None:
-    """npm audits carry no package name and an unscoped name names no namespace: GitLab
-    checks no project (it forwards to the public registry or answers 404); so does the gateway."""
+    """npm audits carry no package name: GitLab checks no project (it forwards to the public
+    registry or answers 404); so does the gateway."""
     gateway = await start(a_gateway, a_gitlab, a_grants_file, package_lookup_token=lookup)
     answer = await call(
         method, gateway.url + target, headers={"JOB-TOKEN": TOOL}, json={"leftpad": ["1.0.0"]}

@@ -64,9 +64,8 @@ _NPM_INSTANCE = (
 class PackageQuery:
     """A package to find in a group: (name, version or None for any) alternatives.
 
-    `kind`/`ref` make it usable where the gate expects a `Target`. `group` None (an unscoped
-    name at instance level: GitLab finds no namespace) or no candidates (the audit routes) means
-    GitLab finds no package and checks no project: `needs_lookup` is then False."""
+    `kind`/`ref` make it usable where the gate expects a `Target`. No candidates (the audit
+    routes) means GitLab finds no package and checks no project: `needs_lookup` is then False."""
 
     group: str | None
     package_type: str
@@ -101,8 +100,13 @@ def query_for(
         return PackageQuery(None, "npm", ())
     if template in _NPM_INSTANCE:
         name = params["package_name"]
-        scope = name[1:].partition("/")[0] if name.startswith("@") and "/" in name else None
-        return PackageQuery(scope or None, "npm", ((name, None),))
+        scope = name[1:].partition("/")[0] if name.startswith("@") and "/" in name else ""
+        if not scope:
+            # Current GitLab finds no namespace for an unscoped name (404 or the public
+            # registry), but older GitLab looked the name up across the instance
+            # (`::Packages::Package.npm.with_name(name)`): which one is upstream is unknown.
+            return None
+        return PackageQuery(scope, "npm", ((name, None),))
     return None
 
 
