@@ -352,8 +352,14 @@ class Gate:
         if target.kind is TargetKind.JOB and isinstance(job_id, int):
             owner = await self._lookup("job_id", job_id)
             if isinstance(owner, Job) and owner.project.id:
-                return policy.Accessed(str(owner.project.id), owner.project)
+                return policy.Accessed(str(owner.project.id), await self._full(owner.project))
         return None  # GROUP, UNRESOLVED, an unknown job: never more permissive than GitLab
+
+    async def _full(self, project: Project) -> Project:
+        """The store's record of a job's project, with its visibility (a job record carries
+        only id and path); the job's copy when the store has no project record."""
+        known = await self._lookup("project", str(project.id))
+        return known if isinstance(known, Project) else project
 
     # ---- group and instance package routes (issue 10, point 5)
 

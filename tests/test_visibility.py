@@ -279,3 +279,28 @@ async def test_a_push_refused_with_the_allowlist_off_says_so(
     answer = await through(gateway, "GET", target, basic("gitlab-ci-token", APP))
     assert answer.json() == {"message": F + "You are not allowed to push code to this project."}
     assert answer.headers["X-Gateway-Reason"] == "insufficient_permissions"
+
+
+async def test_a_dependency_job_of_a_public_project(
+    a_gateway: Any, an_upstream: Any, tmp_path: Path
+) -> None:
+    """`GET /jobs/:id/artifacts` opens `repository` and `builds` to public projects
+    (lib/api/ci/runner.rb): the job's project is read with its visibility."""
+    path = tmp_path / "grants.yaml"
+    finished = (
+        "jobs:\n"
+        "  - {token: glcbt-vis-public-job, job_id: 7021, project: acme/public-lib,"
+        ' expires_at: "2020-01-01T00:00:00Z"}\n'
+        "  - {token: glcbt-vis-private-job, job_id: 7020, project: acme/private-lib,"
+        ' expires_at: "2020-01-01T00:00:00Z"}\n'
+    )
+    path.write_text(GRANTS.replace("jobs:\n", finished, 1))
+    gateway = await a_gateway(an_upstream.url, store=f"file://{path}")
+    public = await through(gateway, "GET", "/api/v4/jobs/7021/artifacts", {"JOB-TOKEN": TOOL})
+    assert public.status == 200
+    assert an_upstream.last.raw_path == "/api/v4/jobs/7021/artifacts"
+    private = await through(gateway, "GET", "/api/v4/jobs/7020/artifacts", {"JOB-TOKEN": TOOL})
+    assert private.status == 403
+    assert private.json() == {
+        "message": F + "Authentication by CI/CD job token not allowed from tool to project #20."
+    }
