@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from gateway.errors import ConfigError
@@ -124,6 +124,24 @@ class Settings(BaseSettings):
     upstream_validation: bool = Field(
         False,
         description="Validate tokens the store does not know with the upstream's GET /api/v4/job.",
+    )
+    enforce_allowlist: bool = Field(
+        False,
+        description=(
+            "Mirror GitLab's instance setting enforce_ci_inbound_job_token_scope_enabled (on by "
+            "default since GitLab 18.0): an allowlist that is off counts as on, with its entries."
+        ),
+    )
+    package_lookup_token: SecretStr | None = Field(
+        None,
+        description=(
+            "Read token (read_api, sees every group's packages) with which the gateway asks the "
+            "upstream which project owns a package on group/instance Maven and npm routes; "
+            "unset = those routes stay target_unresolved."
+        ),
+    )
+    package_lookup_ttl: float = Field(
+        60.0, ge=0, description="Seconds a package lookup's answer (its project) stays cached."
     )
     cache_size: int = Field(10_000, ge=0, description="Token resolutions kept in the LRU cache.")
     cache_ttl: float = Field(
