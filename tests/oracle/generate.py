@@ -321,4 +321,4 @@ def credential_query(draw: st.DrawFn, values: Values) -> tuple[str, list[str]]:
     return out.replace(" ", space), [value.replace(" ", space) for value in wire]
 
 
-__all__ = ["KNOWN", "TOKENS", "credential_query", "requests", "secrets"]
+__all__ = ["KNOWN", "POOL", "TOKENS", "credential_query", "requests", "secrets", "urlencoded"]
