@@ -39,6 +39,7 @@ from .reader import (
 OVER_STRICT: Counter[str] = Counter()
 SEEN: Counter[str] = Counter()
 EXAMPLES: dict[str, str] = {}
+VERSIONS: dict[str, str] = {}
 
 pytestmark = pytest.mark.oracle
 
@@ -64,6 +65,7 @@ def _report() -> Iterator[None]:
     path = os.environ.get("ORACLE_REPORT")
     if path:
         report = {
+            "versions": VERSIONS,
             "seen": dict(SEEN),
             "over_strict": dict(OVER_STRICT.most_common()),
             "examples": EXAMPLES,
@@ -75,6 +77,7 @@ def _report() -> Iterator[None]:
 def check(gitlab: GitLabReader, request: Raw) -> str:
     """The property, for one request (raises AssertionError with both readings); returns what
     happened, for hypothesis' statistics."""
+    VERSIONS.update(gitlab.versions)
     reading = gitlab.read(request)
     found = job_tokens(reading, KNOWN)
     verdict = gateway_reads(request)
