@@ -225,6 +225,22 @@ def job_tokens(
     return found
 
 
+# Every carrier GitLab authenticates a job (or a Doorkeeper token) with, whatever its value.
+JOB_CARRIERS = (*ANY_VALUE, "access_token_param", "bearer_authorization", "bearer_token_param")
+
+
+def tries_a_job_carrier(reading: Reading) -> bool:
+    """Does GitLab try to authenticate with some value on a job-token carrier (then it answers
+    401 or authenticates: a refusal by the gateway is not over-strict there)?"""
+    for stack in reading.stacks:
+        got = stack.carriers
+        if any(got.get(carrier) for carrier in JOB_CARRIERS):
+            return True
+        if got.get("basic_user") == CI_JOB_USER and got.get("basic_password"):
+            return True
+    return False
+
+
 def overridden_method(reading: Reading, request: Raw) -> str | None:
     """The method Rack::MethodOverride makes of this request, when it differs."""
     method = reading.rails.method

@@ -2,7 +2,8 @@
 store, `require_job_token` on) in front of the real recording upstream. For every generated
 request the upstream receives, GitLab's parsers (tests/oracle/gitlab_reader.rb) read no job
 token but the one the gateway judged and permitted (APP, the only token allowed on these
-routes): the upstream never receives an unjudged token.
+routes): the upstream never receives an unjudged token. And GitLab routes it as the method the
+gateway authorized.
 """
 
 from __future__ import annotations
@@ -63,8 +64,11 @@ async def test_the_upstream_never_receives_a_job_token_the_gateway_did_not_judge
         # The body is forwarded byte for byte (the upstream records its digest): read the sent one.
         assert received.body_sha256 == hashlib.sha256(raw.body).hexdigest(), answer.describe()
         forwarded = Raw(received.method, received.raw_path, tuple(received.headers), raw.body)
-        found = job_tokens(gitlab.read(forwarded), KNOWN)
+        reading = gitlab.read(forwarded)
+        found = job_tokens(reading, KNOWN)
         assert set(found) <= {APP.encode()}, f"{raw!r}\n{found}\n{answer.describe()}"
+        # ... and GitLab routes it as the method the gateway authorized (Rack::MethodOverride).
+        assert reading.rails.method == received.method, f"{raw!r}\n{reading}"
 
 
 _GATEWAYS: dict[int, object] = {}

@@ -16,7 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from security.conftest import exchange, http, parse_answer
 
-from .generate import credential_query, requests, secrets
+from gateway import log, tokens
+
+from .generate import POOL, credential_query, requests, secrets, urlencoded
 from .test_oracle_e2e import PATHS
 
 DRAWN: list[str] = []  # the secrets drawn for the current example (strategies run before it)
@@ -83,3 +85,15 @@ async def _log_after(gateway) -> str:  # type: ignore[no-untyped-def]
             return log
         await asyncio.sleep(0.02)
     raise AssertionError(f"no log line for {marker}")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(query=urlencoded(POOL))
+def test_the_log_redacts_every_parameter_the_extractor_reads(query):
+    """The function-level form: every pair `extract` reads as a credential (`parse_form` +
+    `credential_param`) has its value replaced in the logged target."""
+    query = query.replace(" ", "%20")
+    logged = log.redact_target("/x?" + query).partition("?")[2]
+    for key, value in tokens.parse_form(logged):
+        if tokens.credential_param(key) is not None:
+            assert value in ("", log.REDACTED), (query, logged)
