@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -316,3 +318,17 @@ def test_auto_resolves_with_upstream_validation() -> None:
     assert unknown_credential_mode(on) is UnknownCredential.UPSTREAM
     forced = Settings(upstream_validation=True, unknown_credential="forward")
     assert unknown_credential_mode(forced) is UnknownCredential.FORWARD
+
+
+def test_check_reads_the_instance_prefix() -> None:
+    # `check --header` decides a request as the proxy would, with the same prefix setting.
+    args = [sys.executable, "-m", "gateway", "check", "GET", f"{PLAIN}", "--store", "memory://"]
+    args += ["--header", "Authorization: Bearer mycorp-glcbt-x"]
+    plain = subprocess.run(args, capture_output=True, text=True, check=False)
+    assert plain.returncode == 0
+    assert "no_token" in plain.stdout
+    prefixed = subprocess.run(
+        [*args, "--job-token-prefix", "mycorp-"], capture_output=True, text=True, check=False
+    )
+    assert prefixed.returncode == 1
+    assert "token_invalid" in prefixed.stdout
