@@ -130,6 +130,7 @@ FAMILIES: tuple[Family, ...] = (
 
 
 _ESCAPE = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+_SLASHES = re.compile(r"/{2,}")
 
 
 def _unescape(match: re.Match[str]) -> str:
@@ -172,12 +173,21 @@ class CarrierMap:
         self.headers = frozenset(name.upper() for family in families for name in family.headers)
 
     def family_for(self, target: str) -> Family:
-        """The family of a request-target (its path, percent-decoded: read at least what Rails
-        routes), DEFAULT when none matches."""
+        """The family of a request-target (its path, percent-decoded and with repeated slashes
+        squeezed: read at least what Rails routes), DEFAULT when none matches."""
         path = target.partition("?")[0]
-        if "%" in path:
-            # Decode every escape but an encoded slash: `acme%2Fapp` stays one `:id` segment.
-            path = _ESCAPE.sub(_unescape, path)
+        if "%" not in path:
+            return self._match(path)
+        # Decode every escape but an encoded slash (`acme%2Fapp` stays one `:id` segment); then,
+        # should a router also read `%2F` as `/` elsewhere in the path, every escape.
+        found = self._match(_ESCAPE.sub(_unescape, path))
+        if found is DEFAULT:
+            found = self._match(unquote(path, errors="surrogateescape"))
+        return found
+
+    def _match(self, path: str) -> Family:
+        if "//" in path:  # Rails' router squeezes repeated slashes (Journey normalize_path)
+            path = _SLASHES.sub("/", path)
         found = self._regex.match(path)
         if found is None:
             return DEFAULT

@@ -66,6 +66,8 @@ FAMILIES = {
     "/api/v4/groups/7/-/packages/nuget/index.json": "nuget",
     "/api/v4/projects/1/packages/pypi/simple": "packages",
     "/api/v4/projects/1/packages/%72ubygems/gems/x.gem": "rubygems",  # decoded, as Rails routes
+    "/api/v4//projects/1/packages//rubygems/gems/x.gem": "rubygems",  # squeezed, as Rails does
+    "/api/v4/projects/1/packages%2Fnuget/v2": "nuget",  # should %2F be read as a slash
     "/api/v4/projects/1/releases": "api",
     "/api/v4/projects/1/packages": "packages",
     "/gitlab/api/v4/projects/1/packages/pypi": "api",  # another root: not this map's
