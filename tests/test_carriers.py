@@ -334,3 +334,17 @@ def test_check_reads_the_instance_prefix() -> None:
     )
     assert prefixed.returncode == 1
     assert "token_invalid" in prefixed.stdout
+
+
+def test_serve_refuses_upstream_mode_without_upstream_validation() -> None:
+    args = [sys.executable, "-m", "gateway", "serve", "--upstream", "http://127.0.0.1:9"]
+    args += ["--store", "memory://", "--port", "0", "--admin-port", "0"]
+    answer = subprocess.run(
+        [*args, "--unknown-credential", "upstream"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert answer.returncode == 2
+    assert "--unknown-credential upstream needs --upstream-validation" in answer.stderr
