@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,8 +19,9 @@ from multidict import CIMultiDict
 
 from gateway import conan_jwt, tokens
 from gateway.carriers import DEFAULT, CarrierMap, Reading
+from gateway.decision import Reason
 from gateway.errors import ConfigError
-from gateway.gate import unknown_credential_mode
+from gateway.gate import Gate, unknown_credential_mode
 from gateway.request import RequestView
 from gateway.settings import Settings, UnknownCredential
 from gateway.tokens import Candidate, Carrier, Conflict, Credential
@@ -348,3 +350,17 @@ def test_serve_refuses_upstream_mode_without_upstream_validation() -> None:
     )
     assert answer.returncode == 2
     assert "--unknown-credential upstream needs --upstream-validation" in answer.stderr
+
+
+async def test_a_candidate_is_never_forwarded_when_the_store_cannot_answer() -> None:
+    # Fail closed: an unrecognised value may be a job token the store would know.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = Settings(store=f"redis://127.0.0.1:{port}/0", store_timeout=0.5)
+    gate = await Gate.open(settings)
+    try:
+        decision = await gate.evaluate(view(PLAIN, [("Authorization", f"Bearer {LEGACY}")]))
+    finally:
+        await gate.close()
+    assert (decision.reason, decision.status) == (Reason.STORE_UNAVAILABLE, 503)
