@@ -3,8 +3,9 @@
 Log line fields (event `request`): request_id, method, path (token query parameters
 redacted), route, decision (allow|deny, absent when refused before the gate), reason, status,
 bytes_in, bytes_out, decision_ms, upstream_ms, total_ms, remote, the decision's audit fields
-(fingerprint, job_id, source_project, target_project, required, granted), `would_deny` in
-dry-run mode and `error` when something failed. Never a header, never a raw token.
+(fingerprint, job_id, source_project, source_project_id, target_project, target_project_id,
+required, granted), `would_deny` in dry-run mode and `error` when something failed. Never a
+header, never a raw token.
 """
 
 from __future__ import annotations
@@ -158,8 +159,12 @@ def _add_audit(fields: dict[str, Any], decision: Decision) -> None:
         fields["job_id"] = audit.job_id
     if audit.source_project is not None:
         fields["source_project"] = audit.source_project
+    if audit.source_project_id is not None:
+        fields["source_project_id"] = audit.source_project_id
     if audit.target is not None:
         fields["target_project"] = audit.target
+    if audit.target_project_id is not None:
+        fields["target_project_id"] = audit.target_project_id
     if audit.required:
         fields["required"] = list(audit.required)
     if audit.granted:
