@@ -47,6 +47,13 @@ LINES = [
         timestamp="2026-12-06T05:00:05.000000Z",
     ),
     a_decided_line("token_invalid", source=None, target=None, route="GET /projects/:id/releases"),
+    a_decided_line(
+        "route_not_available",
+        source=None,
+        target=None,
+        route=None,
+        path="/api/v4/projects/20/variables?job_token=[REDACTED]",
+    ),
     a_line(reason="no_token", decision="allow", status=200),
     "{not json",
 ]
@@ -72,16 +79,23 @@ def test_rows_per_source_target_and_route_with_verdicts_and_times() -> None:
     assert rows[("acme/app", "acme", "GET /groups/:id/packages")]["reasons"] == {
         "target_unresolved": 1
     }
-    assert rows[("?", "-", "GET /projects/:id/releases")]["reasons"] == {"token_invalid": 1}
-    assert len(rows) == 4
+    unresolved = ("(token not resolved)", "(no project)", "GET /projects/:id/releases")
+    assert rows[unresolved]["reasons"] == {"token_invalid": 1}
+    nothing = (
+        "(token not resolved)",
+        "(no project)",
+        "(no route) GET /api/v4/projects/20/variables",
+    )
+    assert rows[nothing]["reasons"] == {"route_not_available": 1}
+    assert len(rows) == 5
 
 
 def test_csv_has_a_header_and_one_row_per_route() -> None:
     reading = read_lines(LINES, "gw.log")
     table = list(csv.reader(io.StringIO(csv_text(audit(reading.observations)))))
     assert tuple(table[0]) == COLUMNS
-    assert len(table) == 5
-    releases = table[2]  # sorted by source (`?`, a token that resolved to no job, first)
+    assert len(table) == 6
+    releases = table[3]  # sorted by source ("(token not resolved)" first)
     assert releases[:7] == [
         "acme/app",
         "#20 acme/deployer",
@@ -99,13 +113,13 @@ def test_json_counts_what_was_read_including_malformed_lines() -> None:
     reading = read_lines(LINES, "gw.log")
     document = json.loads(json_text(audit(reading.observations), reading))
     assert document["read"] == {
-        "job_token_requests": 6,
+        "job_token_requests": 7,
         "other_requests": 1,
         "ignored_lines": 0,
         "malformed_lines": 1,
-        "malformed": [{"file": "gw.log", "line": 8, "problem": "not valid JSON"}],
+        "malformed": [{"file": "gw.log", "line": 9, "problem": "not valid JSON"}],
     }
-    assert len(document["rows"]) == 4
+    assert len(document["rows"]) == 5
 
 
 def test_the_report_groups_by_source_and_target() -> None:
@@ -132,5 +146,5 @@ def test_the_command_reads_files_and_stdin(tmp_path: Path) -> None:
         check=False,
     )
     assert answer.returncode == 0
-    assert len(answer.stdout.splitlines()) == 5  # header + 4 rows: both sources were read
-    assert "1 malformed lines (first: -:5 (not valid JSON))" in answer.stderr
+    assert len(answer.stdout.splitlines()) == 6  # header + 5 rows: both sources were read
+    assert "1 malformed lines (first: -:6 (not valid JSON))" in answer.stderr

@@ -224,8 +224,8 @@ def test_the_plan_adds_what_was_denied_and_lists_what_went_unused() -> None:
     }
     removals = {(r.target.id, r.source): (r.used, r.keep, r.unused) for r in result.removals}
     assert removals == {
-        (20, "acme/app"): (2, ("read_deployments",), ("admin_jobs",)),
-        (20, "acme/platform"): (1, (), ("read_releases",)),
+        (20, "acme/app"): (2, ("admin_packages", "read_deployments"), ("admin_jobs",)),
+        (20, "acme/platform"): (1, ("read_environments",), ("read_releases",)),
         (40, "acme"): (1, ("read_packages",), ("default_permissions",)),
         (40, "other/tool"): (0, (), ("read_packages",)),
     }

@@ -2,9 +2,10 @@
 
 `audit(observations)` returns one `Row` per (source, target, route), with the request count,
 the verdicts (allowed, denied; `would_deny` counts those dry-run forwarded anyway), the reason
-codes and the first and last time seen. A source is the token's project path (`?` when the token
-resolved to no job); a target is the project as logged (`#<id> <path>` when the store knows it,
-else the reference the URL named; `-` for a route that names none).
+codes and the first and last time seen. A source is the token's project path (`UNRESOLVED`
+when the token resolved to no job, or was refused before the lookup); a target is the project as
+logged (`#<id> <path>` when the store knows it, else the reference the URL named; `NO_TARGET`
+when there is none); a request no route matched is named by its method and path.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from typing import Any
 
 from gateway.tools.observations import Observation, Reading
 
-__all__ = ["COLUMNS", "Row", "audit", "csv_text", "json_text", "report"]
+__all__ = ["COLUMNS", "NO_TARGET", "UNRESOLVED", "Row", "audit", "csv_text", "json_text", "report"]
+
+UNRESOLVED = "(token not resolved)"  # decided before the token's job was looked up, or unknown
+NO_TARGET = "(no project)"  # a route that names no project, or decided before resolving it
 
 COLUMNS = (
     "source_project",
@@ -76,14 +80,19 @@ class Row:
         }
 
 
+def _no_route(observation: Observation) -> str:
+    """A request no route matched: its method and path, without the query."""
+    return f"(no route) {observation.method} {observation.path.partition('?')[0]}".rstrip()
+
+
 def audit(observations: Iterable[Observation]) -> list[Row]:
     """One row per (source, target, route), sorted by source, target, route."""
     rows: dict[tuple[str, str, str], Row] = {}
     for observation in observations:
         key = (
-            observation.source_path or "?",
-            observation.target or "-",
-            observation.route or "-",
+            observation.source_path or UNRESOLVED,
+            observation.target or NO_TARGET,
+            observation.route or _no_route(observation),
         )
         row = rows.get(key)
         if row is None:

@@ -78,7 +78,7 @@ def _allowlist(allowlist: Allowlist, paths: dict[int, str]) -> dict[str, Any]:
 def yaml_text(grants: Grants, *, header: str, complete: bool) -> str:
     """The grants file text: a comment header, then the document (leaf lists in flow style)."""
     body = yaml.safe_dump(
-        grants_document(grants), sort_keys=False, default_flow_style=None, width=100
+        grants_document(grants), sort_keys=False, default_flow_style=None, width=4096
     )
     lines = [f"# {line}" if line else "#" for line in header.splitlines()]
     intro = "\n".join(lines) + "\n"

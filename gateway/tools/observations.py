@@ -78,6 +78,7 @@ class Observation:
 
     time: str | None
     method: str
+    path: str  # the request-target as logged (token parameters already redacted)
     route: str | None
     reason: Reason
     denied: bool
@@ -234,6 +235,7 @@ def _observation(record: Mapping[str, Any]) -> Observation | None:
     return Observation(
         time=_text(record, "timestamp"),
         method=_text(record, "method") or "",
+        path=_text(record, "path") or "",
         route=_text(record, "route"),
         reason=reason,
         denied=decision == "deny",

@@ -312,8 +312,9 @@ def _removal(target: Project, entry: AllowlistEntry, users: list[Use]) -> Remova
     if entry.default_permissions:
         keep = least(needed)
         return Removal(target, entry.kind, entry.source, used, keep, ("default_permissions",))
-    keep = least(needed & entry.granted)
-    unused = tuple(p for p in entry.policies if p not in keep)
+    keep = least(needed)
+    covered = expand(keep)  # `admin_X` kept where only `read_X` was needed is unused too
+    unused = tuple(p for p in entry.policies if p not in covered)
     if users and not unused:
         return None
     return Removal(target, entry.kind, entry.source, used, keep, unused)
