@@ -79,10 +79,14 @@ def test_rows_per_source_target_and_route_with_verdicts_and_times() -> None:
     assert rows[("acme/app", "acme", "GET /groups/:id/packages")]["reasons"] == {
         "target_unresolved": 1
     }
-    unresolved = ("(token not resolved)", "(no project)", "GET /projects/:id/releases")
+    unresolved = (
+        "(token not resolved) sha256:0123456789ab",
+        "(no project)",
+        "GET /projects/:id/releases",
+    )
     assert rows[unresolved]["reasons"] == {"token_invalid": 1}
     nothing = (
-        "(token not resolved)",
+        "(token not resolved) sha256:0123456789ab",
         "(no project)",
         "(no route) GET /api/v4/projects/20/variables",
     )

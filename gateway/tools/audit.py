@@ -3,9 +3,10 @@
 `audit(observations)` returns one `Row` per (source, target, route), with the request count,
 the verdicts (allowed, denied; `would_deny` counts those dry-run forwarded anyway), the reason
 codes and the first and last time seen. A source is the token's project path (`UNRESOLVED`
-when the token resolved to no job, or was refused before the lookup); a target is the project as
-logged (`#<id> <path>` when the store knows it, else the reference the URL named; `NO_TARGET`
-when there is none); a request no route matched is named by its method and path.
+and the token's fingerprint when it resolved to no job, or was refused before the lookup); a
+target is the project as logged (`#<id> <path>` when the store knows it, else the reference the
+URL named; `NO_TARGET` when there is none); a request no route matched is named by its method
+and path.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from gateway.tools.observations import Observation, Reading
 
 __all__ = ["COLUMNS", "NO_TARGET", "UNRESOLVED", "Row", "audit", "csv_text", "json_text", "report"]
 
-UNRESOLVED = "(token not resolved)"  # decided before the token's job was looked up, or unknown
+# A token decided before its job was looked up, or that named no job: by its fingerprint.
+UNRESOLVED = "(token not resolved)"
 NO_TARGET = "(no project)"  # a route that names no project, or decided before resolving it
 
 COLUMNS = (
@@ -90,7 +92,7 @@ def audit(observations: Iterable[Observation]) -> list[Row]:
     rows: dict[tuple[str, str, str], Row] = {}
     for observation in observations:
         key = (
-            observation.source_path or UNRESOLVED,
+            observation.source_path or f"{UNRESOLVED} {observation.fingerprint}".rstrip(),
             observation.target or NO_TARGET,
             observation.route or _no_route(observation),
         )

@@ -84,6 +84,7 @@ class Observation:
     denied: bool
     dry_run: bool
     status: int | None
+    fingerprint: str
     job_id: int | None
     source_path: str | None
     source_id: int | None
@@ -241,6 +242,7 @@ def _observation(record: Mapping[str, Any]) -> Observation | None:
         denied=decision == "deny",
         dry_run=record.get("would_deny") is True,
         status=_int(record, "status"),
+        fingerprint=_text(record, "fingerprint") or "",
         job_id=_id(record, "job_id"),
         source_path=source_path,
         source_id=source_id,
