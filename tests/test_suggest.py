@@ -585,12 +585,14 @@ def test_the_report_names_what_was_not_suggested() -> None:
     lines = [
         a_decided_line("token_invalid", source=None, target=None),
         a_decided_line("not_allowlisted", target=None, target_project="acme%2Fghost"),
+        a_decided_line("not_allowlisted", source=None, job_id=77, required=["read_releases"]),
         a_decided_line("insufficient_permissions", required=["read_releases"]),
     ]
     reading = read_lines(lines, "-")
     text = formats.report(reading, suggest(reading.observations), None, None)
     assert "Refused for other reasons (nothing suggested): token_invalid 1." in text
     assert "acme%2Fghost (1)" in text
+    assert "Denied for jobs whose project the log does not name: job 77 (1)." in text
     assert "acme/app (#10): read_releases" in text
 
 

@@ -163,6 +163,9 @@ def report(reading: Reading, suggestion: Suggestion, result: Plan | None, store:
         out.append(
             f"Denied on projects the store does not know (add them to the store first): {names}."
         )
+    if suggestion.unknown_sources:
+        names = ", ".join(f"{t} ({n})" for t, n in sorted(suggestion.unknown_sources.items()))
+        out.append(f"Denied for jobs whose project the log does not name: {names}.")
     out += ["", "Suggested allowlists (project entries, default_permissions: false):"]
     targets = suggestion.targets()
     if not targets:

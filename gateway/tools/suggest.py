@@ -92,6 +92,8 @@ class Suggestion:
     refused_otherwise: Counter[str] = field(default_factory=Counter)
     # Denied for want of a grant on a project the store did not know (no id to grant on).
     unknown_targets: Counter[str] = field(default_factory=Counter)
+    # Denied for want of a grant from a job whose project the log does not name.
+    unknown_sources: Counter[str] = field(default_factory=Counter)
     wanting: int = 0
 
     def targets(self) -> dict[int, list[Use]]:
@@ -133,6 +135,12 @@ def suggest(observations: Iterable[Observation]) -> Suggestion:
             suggestion.wanting += 1
             if observation.target_id is None:
                 suggestion.unknown_targets[observation.target or "?"] += 1
+                continue
+            if observation.source_id is None or observation.source_path is None:
+                # A job the upstream validated without naming its project's path.
+                job = observation.job_id
+                label = f"job {job}" if job is not None else observation.fingerprint
+                suggestion.unknown_sources[label] += 1
                 continue
         if not observation.uses_allowlist:
             continue
