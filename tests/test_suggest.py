@@ -151,6 +151,10 @@ def test_the_suggestion_grants_what_was_required_and_nothing_for_other_refusals(
         a_decided_line("registry_other_project", required=["admin_containers"]),
         a_decided_line("target_unresolved", target=None, target_project="acme"),
         a_decided_line("no_permissions_granted"),
+        a_decided_line("bad_target", source=None, target=None, route=None),
+        a_decided_line("credential_conflict", source=None, target=None, route=None),
+        a_decided_line("token_expired", target=None, required=["read_releases"]),
+        a_decided_line("store_unavailable", source=None, target=None, required=["read_jobs"]),
         a_decided_line("own_project", "allow", target=(10, "acme/app"), required=["admin_jobs"]),
     ]
     result = suggest(read_lines(lines, "-").observations)
@@ -167,6 +171,10 @@ def test_the_suggestion_grants_what_was_required_and_nothing_for_other_refusals(
         "registry_other_project": 1,
         "target_unresolved": 1,
         "no_permissions_granted": 1,
+        "bad_target": 1,
+        "credential_conflict": 1,
+        "token_expired": 1,
+        "store_unavailable": 1,
     }
     grants = result.grants()
     text = formats.yaml_text(grants, header="test", complete=False)

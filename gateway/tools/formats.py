@@ -94,54 +94,38 @@ def _mutation(alias: str, name: str, target: str, source: str, policies: tuple[s
     return f"  {alias}: {name}(input: {{{arguments}}}) {{\n    errors\n  }}"
 
 
+_ADD = "ciJobTokenScopeAddGroupOrProject"
+_UPDATE = "ciJobTokenScopeUpdatePolicies"
+
+
 def graphql(suggestion: Suggestion, result: Plan | None, *, header: str) -> str:
     """One GraphQL document applying the suggestion on GitLab (aliases `add1`, `update1`...).
 
-    Without a plan every suggested entry is an `AddGroupOrProject`; for a source already on the
-    allowlist GitLab answers with an error in `errors`, and the `UpdatePolicies` line given in
-    the comment beside it applies instead. With a plan, existing entries are updated.
+    With a plan, new entries are added and existing ones updated. Without one every suggested
+    entry is an add; for a source already on the allowlist GitLab then answers in `errors`
+    ("Target project is already in the job token scope": `AddProjectService#execute` rescues
+    `ActiveRecord::RecordNotUnique`, app/services/ci/job_token_scope/add_project_service.rb),
+    and the same arguments to `ciJobTokenScopeUpdatePolicies` apply instead (a comment says so).
     """
     lines = [f"# {line}" for line in header.splitlines()]
-    body: list[str] = []
+    changes: list[tuple[bool, str, str, tuple[str, ...]]] = []  # (update?, target, source, ...)
     if result is None:
         for uses in suggestion.targets().values():
-            for use in uses:
-                alias = f"add{len(body) + 1}"
-                body.append(
-                    _mutation(
-                        alias,
-                        "ciJobTokenScopeAddGroupOrProject",
-                        use.target.path,
-                        use.source.path,
-                        use.policies,
-                    )
-                )
+            changes += [(False, u.target.path, u.source.path, u.policies) for u in uses]
+        if changes:
+            lines.append(f"# A source already on a project's allowlist: use {_UPDATE} with")
+            lines.append("# the same arguments (it replaces the entry's policies).")
     else:
-        counts = {"add": 0, "update": 0}
-        for addition in result.additions:
-            kind = "update" if addition.existing else "add"
-            counts[kind] += 1
-            name = (
-                "ciJobTokenScopeUpdatePolicies"
-                if addition.existing
-                else "ciJobTokenScopeAddGroupOrProject"
-            )
-            body.append(
-                _mutation(
-                    f"{kind}{counts[kind]}",
-                    name,
-                    addition.target.path,
-                    addition.source.path,
-                    addition.policies,
-                )
-            )
-    if not body:
+        changes = [(a.existing, a.target.path, a.source.path, a.policies) for a in result.additions]
+    if not changes:
         return "\n".join([*lines, "# nothing to change"]) + "\n"
-    if result is None:
-        lines.append(
-            "# A source already on a project's allowlist: use ciJobTokenScopeUpdatePolicies with"
-        )
-        lines.append("# the same arguments (it replaces the entry's policies).")
+    counts = {_ADD: 0, _UPDATE: 0}
+    body = []
+    for update, target, source, policies in changes:
+        name = _UPDATE if update else _ADD
+        counts[name] += 1
+        alias = f"{'update' if update else 'add'}{counts[name]}"
+        body.append(_mutation(alias, name, target, source, policies))
     return "\n".join([*lines, "mutation SuggestedJobTokenGrants {", *body, "}"]) + "\n"
 
 
