@@ -16,7 +16,7 @@ Requests refused for any other reason contribute nothing (`observations.WANTS_GR
 `plan(suggestion, current)` compares with a store's content: what must be added so that every
 request denied for want of a grant is admitted (never taking anything away: a source on a group
 entry gets a project entry with the group's policies plus what it lacked, because a project entry
-replaces the group's for it), and the removal candidates (entries never used in the observed
+replaces the group's for it; an allowlist that is off stays off), and the removal candidates (entries never used in the observed
 period, permissions none of their users needed, `default_permissions` that policies could
 replace). Removal is left to a person: an observed period may miss a quarterly job.
 """
