@@ -24,6 +24,7 @@ from gateway.log import LineLogger, redact_target
 
 if TYPE_CHECKING:
     from gateway.handler import Verdict
+    from gateway.observe import Observer
 
 __all__ = ["Exchange", "Recorder", "RequestIds"]
 
@@ -80,7 +81,8 @@ def _ms(seconds: float | None) -> float | None:
 class Recorder:
     """Writes the request line and updates the request metrics."""
 
-    def __init__(self) -> None:
+    def __init__(self, observer: Observer | None = None) -> None:
+        self._observer = observer  # the optional aggregate for `suggest` (gateway/observe.py)
         self._log = LineLogger("gateway.request")
         self._info = self._log.enabled(logging.INFO)
         # Labelled children, built once each: `.labels()` costs ~0.7 us per call.
@@ -96,6 +98,8 @@ class Recorder:
     def finish(self, exchange: Exchange) -> None:
         reason = exchange.final_reason
         self._count(exchange, reason)
+        if self._observer is not None and exchange.decision is not None:
+            self._observer.add(exchange.decision, exchange.would_deny)
         if exchange.status >= 500 or exchange.transfer.error:
             self._log.log(logging.WARNING, "request", self._fields(exchange, reason))
         elif self._info:  # `--log-level warning` skips building the line at all

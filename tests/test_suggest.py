@@ -10,6 +10,7 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from job_grants import a_request
 
-from gateway.decision import Decision, Reason
+from gateway.decision import Decision, Reason, make_audit
+from gateway.errors import ConfigError
 from gateway.exchange import _add_audit
 from gateway.gate import Gate
 from gateway.grants import (
@@ -32,10 +34,11 @@ from gateway.grants import (
     expand,
     parse_grants,
 )
+from gateway.observe import Observer, RedisSink
 from gateway.settings import Settings
 from gateway.stores.memory import MemoryStore
 from gateway.tools import formats
-from gateway.tools.observations import read_lines
+from gateway.tools.observations import read_lines, read_store
 from gateway.tools.suggest import least, plan, suggest
 
 # --------------------------------------------------------------------------- log lines
@@ -607,3 +610,103 @@ def test_the_report_names_what_was_not_suggested() -> None:
 def test_stdin_is_read_with_dash() -> None:
     reading = read_lines(io.StringIO(a_decided_line("not_allowlisted") + "\n"), "-")
     assert len(reading.observations) == 1
+
+
+# --------------------------------------------------------------------------- the store aggregate
+
+
+@pytest.fixture
+def an_observations_db(redis_url: str) -> Iterator[str]:
+    """A Redis database of its own (13), empty before and after."""
+    import redis
+
+    url = redis_url.rpartition("/")[0] + "/13"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+def a_decision(reason: Reason, allowed: bool, route: str, required: tuple[str, ...]) -> Decision:
+    audit = make_audit(
+        "sha256:0123456789ab", 5001, "acme/app", "#20 acme/deployer", route, required, (), 10, 20
+    )
+    return Decision(allowed, reason, "", audit)
+
+
+def test_the_observer_counts_known_keys_and_drops_new_ones_beyond_its_bound() -> None:
+    observer = Observer(limit=2)
+    releases = a_decision(Reason.INSUFFICIENT_PERMISSIONS, False, "GET r", ("read_releases",))
+    for _ in range(3):
+        observer.add(releases, True)
+    observer.add(a_decision(Reason.POLICIES_GRANTED, True, "GET d", ("read_deployments",)), False)
+    observer.add(a_decision(Reason.POLICIES_GRANTED, True, "GET p", ("read_packages",)), False)
+    observer.add(Decision(True, Reason.NO_TOKEN), False)  # no job token: not an observation
+    counts = observer.take()
+    assert sorted(counts.values()) == [1, 3]
+    assert observer.dropped == 1
+    assert observer.take() == {}
+
+
+@pytest.mark.redis
+async def test_the_redis_aggregate_is_bounded_and_reads_back_as_observations(
+    an_observations_db: str,
+) -> None:
+    sink = RedisSink(an_observations_db, limit=2, timeout=2.0)
+    observer = Observer(limit=10)
+    releases = a_decision(Reason.INSUFFICIENT_PERMISSIONS, False, "GET r", ("read_releases",))
+    deployments = a_decision(Reason.POLICIES_GRANTED, True, "GET d", ("read_deployments",))
+    packages = a_decision(Reason.NOT_ALLOWLISTED, False, "GET p", ("read_packages",))
+    try:
+        observer.add(releases, True)
+        observer.add(deployments, False)
+        assert await sink.add(observer.take()) == 0
+        for _ in range(2):
+            observer.add(releases, True)
+        observer.add(packages, False)  # a third key: the hash holds two already
+        assert await sink.add(observer.take()) == 1
+    finally:
+        await sink.close()
+    reading = await asyncio.to_thread(read_store, an_observations_db)
+    counts = {o.route: (o.count, o.denied, o.dry_run) for o in reading.observations}
+    assert counts == {"GET r": (3, True, True), "GET d": (1, False, False)}
+    assert all(o.since and o.time for o in reading.observations)
+    assert suggest(reading.observations).uses[(20, 10)].policies == (
+        "read_deployments",
+        "read_releases",
+    )
+
+
+def test_observations_need_a_redis_store() -> None:
+    with pytest.raises(ConfigError, match="needs a redis:// store"):
+        RedisSink("sqlite:///x.db", limit=5, timeout=1.0)
+    answer = gateway("suggest", "--from-store", "sqlite:///x.db")
+    assert answer.returncode == 2
+    assert "redis://" in answer.stderr
+
+
+@pytest.mark.redis
+async def test_replicas_meet_in_the_redis_aggregate(
+    an_upstream: Any, a_gateway_process: Any, an_observations_db: str, tmp_path: Path
+) -> None:
+    """Two replicas share the store; `suggest --from-store` sees both's traffic, as the logs do."""
+    store = an_observations_db
+    (tmp_path / "grants.yaml").write_text(E2E_GRANTS)
+    assert gateway("store", "load", str(tmp_path / "grants.yaml"), "--store", store).returncode == 0
+    args = ("--mode", "dry-run", "--upstream", an_upstream.url, "--observations", "100")
+    one = a_gateway_process(*args, env={"GATEWAY_STORE": store})
+    two = a_gateway_process(*args, env={"GATEWAY_STORE": store})
+    half = len(E2E_TRAFFIC) // 2
+    await send(one.url, E2E_TRAFFIC[:half])
+    await send(two.url, E2E_TRAFFIC[half:])
+    assert one.stop() == 0
+    assert two.stop() == 0  # a clean stop flushes what is left
+    from_logs = gateway("suggest", "--from-log", str(one.log_path), str(two.log_path))
+    from_store = gateway("suggest", "--from-store", store)
+    assert from_store.returncode == 0, from_store.stderr
+    body = [line for line in from_store.stdout.splitlines() if not line.startswith("#")]
+    assert body == [line for line in from_logs.stdout.splitlines() if not line.startswith("#")]
+    assert "10 job-token requests" in from_store.stdout
+    audit = gateway("audit", "--from-store", store, "--format", "json")
+    assert json.loads(audit.stdout)["read"]["job_token_requests"] == 10

@@ -1,6 +1,6 @@
 """`audit`: who called what, from the gateway's own request log lines.
 
-    python -m gateway audit --from-log FILE... [--format csv|json|report]
+    python -m gateway audit --from-log FILE... [--from-store URL] [--format csv|json|report]
 
 Per source project -> target project and route: request count, verdicts, reason codes, first
 and last seen. `FILE` `-` is stdin; malformed lines are counted and reported on stderr.

@@ -1,8 +1,9 @@
 """`suggest`: least-privilege allowlists from the gateway's own request log lines.
 
-    python -m gateway suggest --from-log FILE... [--store URL] [--format yaml|graphql|report]
+    python -m gateway suggest --from-log FILE... [--from-store URL] [--store URL]
+                              [--format yaml|graphql|report]
 
-`FILE` `-` is stdin. Without `--store`: the suggested allowlists and the projects they name.
+`FILE` `-` is stdin; `--from-store` adds the aggregate `serve --observations N` keeps in Redis. Without `--store`: the suggested allowlists and the projects they name.
 With `--store`: the store's content with the suggestion added (a complete file for `store load`),
 the GraphQL to apply the same change on GitLab, or the report of additions and removal
 candidates. Malformed log lines are counted and reported on stderr (and in the report).
@@ -15,12 +16,14 @@ import asyncio
 import sys
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.grants import Grants
 from gateway.settings import Settings
 from gateway.stores import open_store
 from gateway.tools import formats
-from gateway.tools.observations import Reading, read_sources
+from gateway.tools.observations import Reading, read_sources, read_store
 from gateway.tools.suggest import Plan, plan, suggest
 
 __all__ = ["add_log_arguments", "read_logs", "register"]
@@ -57,18 +60,27 @@ def add_log_arguments(parser: argparse.ArgumentParser) -> None:
         dest="logs",
         metavar="FILE",
         nargs="+",
-        required=True,
+        default=[],
         help="gateway log files with JSON request lines (`-` for stdin)",
+    )
+    parser.add_argument(
+        "--from-store",
+        metavar="URL",
+        help="also read the aggregate `serve --observations N` keeps in this redis:// store",
     )
 
 
 def read_logs(args: argparse.Namespace, command: str) -> Reading:
-    """The observations in `--from-log`; ConfigError for a file that cannot be read. Malformed
-    lines are announced on stderr (never silently skipped)."""
+    """The observations in `--from-log` and `--from-store`; ConfigError for a file or store that
+    cannot be read. Malformed lines are announced on stderr (never silently skipped)."""
+    if not args.logs and not args.from_store:
+        raise ConfigError("give --from-log FILE... and/or --from-store URL")
     try:
         reading = read_sources(args.logs, sys.stdin)
     except OSError as exc:
         raise ConfigError(f"--from-log: {exc}") from None
+    if args.from_store:
+        reading = _read_store(args.from_store, reading)
     if reading.malformed:
         print(f"{command}: warning: {reading.summary()}", file=sys.stderr)
     if not reading.observations and reading.ignored:
@@ -78,6 +90,15 @@ def read_logs(args: argparse.Namespace, command: str) -> Reading:
             file=sys.stderr,
         )
     return reading
+
+
+def _read_store(url: str, reading: Reading) -> Reading:
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"--from-store: the aggregate lives in a redis:// store, not {url!r}")
+    try:
+        return read_store(url, reading, timeout=Settings.model_fields["store_timeout"].default)
+    except (OSError, RedisError) as exc:
+        raise ConfigError(f"--from-store: {url}: {exc}") from None
 
 
 def _current(url: str) -> Grants:
@@ -102,7 +123,7 @@ def _suggest(args: argparse.Namespace) -> int:
     result: Plan | None = plan(suggestion, _current(args.store)) if args.store else None
     header = (
         "Suggested by `python -m gateway suggest` from "
-        + ", ".join(args.logs)
+        + ", ".join([*args.logs, *([args.from_store] if args.from_store else [])])
         + (f" against {args.store}" if args.store else "")
         + f".\nRead: {reading.summary()}."
     )

@@ -55,17 +55,18 @@ class Row:
     last_seen: str | None = None
 
     def add(self, observation: Observation) -> None:
-        self.requests += 1
+        count = observation.count
+        self.requests += count
         if observation.denied:
-            self.denied += 1
-            self.would_deny += observation.dry_run
+            self.denied += count
+            self.would_deny += count if observation.dry_run else 0
         else:
-            self.allowed += 1
-        self.reasons[observation.reason.value] += 1
-        when = observation.time
-        if when is not None:
-            self.first_seen = when if self.first_seen is None else min(self.first_seen, when)
-            self.last_seen = when if self.last_seen is None else max(self.last_seen, when)
+            self.allowed += count
+        self.reasons[observation.reason.value] += count
+        first, last = observation.since or observation.time, observation.time
+        if first is not None and last is not None:
+            self.first_seen = first if self.first_seen is None else min(self.first_seen, first)
+            self.last_seen = last if self.last_seen is None else max(self.last_seen, last)
 
     def as_dict(self) -> dict[str, Any]:
         return {

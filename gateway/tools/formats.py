@@ -134,7 +134,7 @@ def report(reading: Reading, suggestion: Suggestion, result: Plan | None, store:
     out = [f"Read: {reading.summary()}."]
     if reading.first_seen:
         out.append(f"Period: {reading.first_seen} .. {reading.last_seen}.")
-    dry = sum(1 for o in reading.observations if o.wants_grant and o.dry_run)
+    dry = sum(o.count for o in reading.observations if o.wants_grant and o.dry_run)
     out.append(
         f"Denied only for want of a grant: {suggestion.wanting} "
         f"({dry} in dry-run, forwarded anyway)."

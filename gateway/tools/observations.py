@@ -17,6 +17,7 @@ No raw token is ever read: the log line carries only a fingerprint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -35,6 +36,7 @@ __all__ = [
     "Reading",
     "read_lines",
     "read_sources",
+    "read_store",
 ]
 
 # Denials a grant would lift (gateway/policy.py `decide`, after GitLab's
@@ -93,6 +95,9 @@ class Observation:
     target_path: str | None
     required: tuple[str, ...]
     granted: tuple[str, ...]
+    # From the store's aggregate (gateway/observe.py): how many requests, and since when.
+    count: int = 1
+    since: str | None = None
 
     @property
     def cross_project(self) -> bool:
@@ -137,7 +142,7 @@ class Reading:
 
     @property
     def first_seen(self) -> str | None:
-        times = [o.time for o in self.observations if o.time]
+        times = [t for o in self.observations if (t := o.since or o.time) is not None]
         return min(times) if times else None
 
     @property
@@ -148,7 +153,8 @@ class Reading:
     def summary(self) -> str:
         """One line for reports: what was read, and what was not."""
         text = (
-            f"{len(self.observations)} job-token requests, {self.without_token} other requests, "
+            f"{sum(o.count for o in self.observations)} job-token requests, "
+            f"{self.without_token} other requests, "
             f"{self.ignored} other lines ignored, {self.malformed} malformed lines"
         )
         if self.malformed_examples:
@@ -176,6 +182,52 @@ def read_sources(names: Iterable[str], stdin: TextIO) -> Reading:
             continue
         with Path(name).open(encoding="utf-8", errors="replace") as handle:
             read_lines(handle, name, reading)
+    return reading
+
+
+def read_store(url: str, reading: Reading | None = None, *, timeout: float = 2.0) -> Reading:
+    """Add the aggregate `serve --observations N` keeps in a Redis store (gateway/observe.py).
+
+    A field that does not read back is malformed (origin `url`, line = its index). Raises
+    OSError (or redis' errors) when the store cannot answer.
+    """
+    import asyncio
+
+    from gateway import observe
+
+    reading = reading if reading is not None else Reading()
+
+    async def fetch() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
+        )
+        try:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(observe.COUNTS)
+                pipe.hgetall(observe.FIRST)
+                pipe.hgetall(observe.LAST)
+                counts, first, last = await pipe.execute()
+        finally:
+            await client.aclose()
+        return counts, first, last
+
+    counts, first, last = asyncio.run(fetch())
+    for number, (key, count) in enumerate(sorted(counts.items()), start=1):
+        try:
+            record = {**observe.key_fields(key), "timestamp": last.get(key)}
+            observation = _observation(record)
+            if observation is None or not count.isdigit():
+                raise _Bad("not an observation")
+        except (ValueError, TypeError, _Bad) as exc:
+            reading.malformed += 1
+            if len(reading.malformed_examples) < _KEEP_MALFORMED:
+                reading.malformed_examples.append(Malformed(url, number, str(exc)))
+            continue
+        reading.observations.append(
+            dataclasses.replace(observation, count=int(count), since=first.get(key))
+        )
     return reading
 
 

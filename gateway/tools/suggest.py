@@ -73,14 +73,15 @@ class Use:
         return least(self.needed)
 
     def add(self, observation: Observation) -> None:
+        count = observation.count
         self.needed.update(observation.required)
-        self.requests += 1
-        self.wanting += observation.wants_grant
-        self.routes[observation.route or "?"] += 1
-        when = observation.time
-        if when is not None:
-            self.first_seen = when if self.first_seen is None else min(self.first_seen, when)
-            self.last_seen = when if self.last_seen is None else max(self.last_seen, when)
+        self.requests += count
+        self.wanting += count if observation.wants_grant else 0
+        self.routes[observation.route or "?"] += count
+        first, last = observation.since or observation.time, observation.time
+        if first is not None and last is not None:
+            self.first_seen = first if self.first_seen is None else min(self.first_seen, first)
+            self.last_seen = last if self.last_seen is None else max(self.last_seen, last)
 
 
 @dataclass(slots=True)
@@ -128,19 +129,20 @@ def suggest(observations: Iterable[Observation]) -> Suggestion:
     """The suggestion for `observations` (see the module docstring)."""
     suggestion = Suggestion()
     for observation in observations:
+        count = observation.count
         if observation.denied and not observation.wants_grant:
-            suggestion.refused_otherwise[observation.reason.value] += 1
+            suggestion.refused_otherwise[observation.reason.value] += count
             continue
         if observation.wants_grant:
-            suggestion.wanting += 1
+            suggestion.wanting += count
             if observation.target_id is None:
-                suggestion.unknown_targets[observation.target or "?"] += 1
+                suggestion.unknown_targets[observation.target or "?"] += count
                 continue
             if observation.source_id is None or observation.source_path is None:
                 # A job the upstream validated without naming its project's path.
                 job = observation.job_id
                 label = f"job {job}" if job is not None else observation.fingerprint
-                suggestion.unknown_sources[label] += 1
+                suggestion.unknown_sources[label] += count
                 continue
         if not observation.uses_allowlist:
             continue
