@@ -79,7 +79,8 @@ def _ms(seconds: float | None) -> float | None:
 
 
 class Recorder:
-    """Writes the request line and updates the request metrics."""
+    """Writes the request line, updates the request metrics and, with `--observations`, counts
+    the decision in the observations aggregate (gateway/observe.py)."""
 
     def __init__(self, observer: Observer | None = None) -> None:
         self._observer = observer  # the optional aggregate for `suggest` (gateway/observe.py)
