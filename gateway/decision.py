@@ -96,6 +96,10 @@ class Audit:
     route: str | None = None
     required: tuple[str, ...] = ()
     granted: tuple[str, ...] = ()
+    # The ids behind `source_project` and `target_project` (the target's only when the store
+    # knows it), so offline tools (`suggest`, `audit`) never have to parse a label.
+    source_project_id: int | None = None
+    target_project_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +133,9 @@ class _AuditDraft:
         "required",
         "route",
         "source_project",
+        "source_project_id",
         "target",
+        "target_project_id",
     )
 
 
@@ -145,6 +151,8 @@ def make_audit(
     route: str | None,
     required: tuple[str, ...],
     granted: tuple[str, ...],
+    source_project_id: int | None = None,
+    target_project_id: int | None = None,
 ) -> Audit:
     """`Audit(...)` with every field given, for the hot path."""
     draft: Any = _AuditDraft()
@@ -155,6 +163,8 @@ def make_audit(
     draft.route = route
     draft.required = required
     draft.granted = granted
+    draft.source_project_id = source_project_id
+    draft.target_project_id = target_project_id
     draft.__class__ = Audit
     audit: Audit = draft
     return audit

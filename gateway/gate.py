@@ -321,7 +321,7 @@ class Gate:
             return policy.deny(Reason.TOKEN_EXPIRED, UNAUTHORIZED, audit)
         kind = target.kind
         if kind is TargetKind.OWN:
-            audit = _audit(credential, job, _label(job.project), access)
+            audit = _audit(credential, job, _label(job.project), access, job.project.id)
             return policy.allow(Reason.OWN_PROJECT, audit)
         if kind is TargetKind.NONE and not access.permissions:
             audit = _audit(credential, job, None, access)
@@ -339,7 +339,10 @@ class Gate:
             audit = _audit(credential, job, target.ref, access)
             return policy.deny(Reason.TARGET_UNRESOLVED, UNRESOLVED, audit)
         project = accessed.project
-        audit = _audit(credential, job, _label(project) if project else accessed.ref, access)
+        if project is not None:
+            audit = _audit(credential, job, _label(project), access, project.id)
+        else:
+            audit = _audit(credential, job, accessed.ref, access)
         if project is not None and not accessed.is_project(job.project):
             if allowlist is MISS:
                 allowlist = store.peek(("allowlist", project.id))
@@ -450,13 +453,20 @@ class _Lookup:
 
 
 def _audit(
-    credential: tokens.Credential, job: Job | None, target: str | None, access: policy.Access
+    credential: tokens.Credential,
+    job: Job | None,
+    target: str | None,
+    access: policy.Access,
+    target_id: int | None = None,
 ) -> Audit:
     fingerprint, route, required = credential.fingerprint, access.name, access.permissions
     if job is None:
         return make_audit(fingerprint, None, None, target, route, required, ())
     source = job.project.path or None
-    return make_audit(fingerprint, job.job_id, source, target, route, required, ())
+    source_id = job.project.id or None
+    return make_audit(
+        fingerprint, job.job_id, source, target, route, required, (), source_id, target_id
+    )
 
 
 def _access(route: Route) -> policy.Access:

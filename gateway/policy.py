@@ -160,7 +160,15 @@ def decide(
     # Built directly: dataclasses.replace costs several microseconds on the hot path.
     a = audit
     audit = make_audit(
-        a.fingerprint, a.job_id, a.source_project, a.target, a.route, a.required, granted
+        a.fingerprint,
+        a.job_id,
+        a.source_project,
+        a.target,
+        a.route,
+        a.required,
+        granted,
+        a.source_project_id,
+        a.target_project_id,
     )
     if not access.controllable:
         return allow(Reason.GIT_HTTP if access.git else Reason.UNCONTROLLED_ENDPOINT, audit)

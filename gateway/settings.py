@@ -184,6 +184,13 @@ class Settings(BaseSettings):
     store_timeout: float = Field(
         2.0, gt=0, description="Seconds a store lookup may take before the request fails with 503."
     )
+    observations: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="With a redis:// store: keep a bounded aggregate of job-token observations "
+        "(at most this many distinct ones) for `suggest`/`audit --from-store`; 0 = off.",
+    )
 
     # --- forwarding
     host_policy: HostPolicy = Field(
