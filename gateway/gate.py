@@ -24,9 +24,10 @@ from gateway import gitpath, policy, routes, tokens
 from gateway.decision import Audit, Decision, Reason, make_audit
 from gateway.errors import PolicyFileError, StoreUnavailable
 from gateway.grants import Job, Project, project_key
+from gateway.job_projects import JobProjects
 from gateway.request import RequestView
 from gateway.route_facts import TOKEN_EXCHANGE_PATHS
-from gateway.routes import Refusal, Route, RouteTable, Target, TargetKind
+from gateway.routes import Refusal, Route, RouteMatch, RouteRule, RouteTable, Target, TargetKind
 from gateway.settings import Settings
 from gateway.stores import Store, open_store
 from gateway.stores.cache import MISS, CachedStore
@@ -50,6 +51,12 @@ UNRESOLVED = (
     "so CI/CD job tokens cannot use it."
 )
 STORE_DOWN = "503 Service Unavailable - The token store cannot answer; try again later."
+# `forbidden!` without a reason (lib/api/ci/helpers/runner.rb `authenticate_job!`).
+JOB_FORBIDDEN = "403 Forbidden"
+NOT_PROCESSING = "403 Forbidden - Job is not processing on runner"
+# The carriers GitLab's runner routes read a job token from: `params[:token] ||
+# env['HTTP_JOB_TOKEN']` (lib/api/ci/helpers/runner.rb `job_token`).
+_RUNNER_CARRIERS = frozenset({tokens.Carrier.TOKEN_PARAM, tokens.Carrier.JOB_TOKEN_HEADER})
 # CONNECT never reaches the gate (the handler refuses it); a TRACE body is read like any other:
 # Rack would parse a form body whatever the method.
 _METHODS_WITHOUT_BODY = frozenset({"CONNECT"})
@@ -64,11 +71,13 @@ class Gate:
         table: RouteTable,
         store: CachedStore,
         validator: UpstreamValidator | None = None,
+        job_projects: JobProjects | None = None,
     ) -> None:
         self.settings = settings
         self.table = table
         self.store = store
         self.validator = validator
+        self.job_projects = job_projects
         self._root = settings.relative_url_root
         # What each route of `table` requires, built once per route (by id, checked by identity).
         self._access: dict[int, tuple[Route, policy.Access]] = {}
@@ -80,11 +89,7 @@ class Gate:
         Raises ConfigError for a bad route table, store URL or grants file. A store that is
         down does not stop start-up: the gate answers 503 and `ready()` says why until it is back.
         """
-        table = RouteTable.load(
-            settings.routes,
-            api_prefix=settings.api_prefix,
-            relative_url_root=settings.relative_url_root,
-        )
+        table = _load_table(settings)
         backend = store or open_store(settings.store, timeout=settings.store_timeout)
         if isinstance(backend, FileStore):
             await backend.check()
@@ -99,7 +104,7 @@ class Gate:
             await cached.poll()
         except StoreUnavailable as exc:
             log.warning("token store unavailable at start-up: %s", exc)
-        return cls(settings, table, cached, _validator(settings))
+        return cls(settings, table, cached, _validator(settings), _job_projects(settings))
 
     # ---- the contract
 
@@ -111,7 +116,7 @@ class Gate:
         The caller then evaluates a view with the body buffered, or, for a multipart/form-data
         body too large to buffer, evaluates the headers alone and checks the parts as they
         stream with `gateway.bodyguard.Guard` (the proxy does; see gateway/handler.py)."""
-        if view.method in _METHODS_WITHOUT_BODY:
+        if view.method in _METHODS_WITHOUT_BODY or self._body_is_file(view):
             return False
         if tokens.body_kind(view.headers, view.method) is None:
             return False
@@ -157,12 +162,7 @@ class Gate:
     async def reload(self) -> None:
         """Re-read the route table and a file store; drop caches. Each part is replaced only
         when its new version is valid; a ConfigError says what was kept, for the caller to log."""
-        settings = self.settings
-        self.table = RouteTable.load(
-            settings.routes,
-            api_prefix=settings.api_prefix,
-            relative_url_root=settings.relative_url_root,
-        )
+        self.table = _load_table(self.settings)
         self._access = {}
         backend = self.store.store
         if isinstance(backend, FileStore):
@@ -170,6 +170,8 @@ class Gate:
         self.store.invalidate()
         if self.validator is not None:
             self.validator.invalidate()
+        if self.job_projects is not None:
+            self.job_projects.invalidate()
         if isinstance(backend, FileStore) and backend.error is not None:
             raise PolicyFileError(f"{backend.error} (the previous grants stay in force)")
 
@@ -177,6 +179,8 @@ class Gate:
         await self.store.close()
         if self.validator is not None:
             await self.validator.close()
+        if self.job_projects is not None:
+            await self.job_projects.close()
 
     # ---- the stages
 
@@ -205,7 +209,7 @@ class Gate:
         if lookup.what == "job":
             return await self._job(credential, lookup.cached)
         if lookup.what == "accessed":
-            return await self._accessed(target)
+            return await self._accessed(target, lookup.cached)
         return await self.store.fetch(lookup.cached)
 
     def _plan(
@@ -222,6 +226,9 @@ class Gate:
                     CONAN_EXCHANGE_REFUSED,
                     Audit(credential.fingerprint),
                 )
+            ruled = _route_rule(route, credential)
+            if ruled is not None:
+                return ruled
             cached = self._access.get(id(route))  # what the route requires, built once
             if cached is None or cached[0] is not route:
                 cached = self._access[id(route)] = (route, _access(route))
@@ -264,6 +271,10 @@ class Gate:
             job = store.peek_job(credential.digest)
             if not isinstance(job, Job) and (job is not None or self.validator is not None):
                 return _Lookup("job", job)
+        if access.rule != "page":
+            ruled = _job_rule(credential, job, target, access, store.wall())
+            if ruled is not None:
+                return ruled
         if not isinstance(job, Job) or job.revoked:
             audit = _audit(credential, None, None, access)
             return policy.deny(Reason.TOKEN_INVALID, UNAUTHORIZED, audit)
@@ -280,7 +291,7 @@ class Gate:
         if accessed is MISS:
             accessed = self._peek_accessed(target)
             if accessed is MISS:
-                return _Lookup("accessed")
+                return _Lookup("accessed", job)
         if not isinstance(accessed, policy.Accessed):
             audit = _audit(credential, job, target.ref, access)
             return policy.deny(Reason.TARGET_UNRESOLVED, UNRESOLVED, audit)
@@ -316,7 +327,7 @@ class Gate:
                 return policy.accessed(target.ref, project)
         return MISS
 
-    async def _accessed(self, target: Target) -> policy.Accessed | None:
+    async def _accessed(self, target: Target, job: Job | None = None) -> policy.Accessed | None:
         ref = target.ref
         if ref is None:
             return None
@@ -328,7 +339,23 @@ class Gate:
             owner = await self._lookup("job_id", job_id)
             if isinstance(owner, Job) and owner.project.id:
                 return policy.Accessed(str(owner.project.id), owner.project)
+            return await self._dependency(job_id, job)
         return None  # GROUP, UNRESOLVED, an unknown job: never more permissive than GitLab
+
+    async def _dependency(self, job_id: int, job: Job | None) -> policy.Accessed | None:
+        """The project of a job the store does not hold, when the upstream places it in the
+        token's own project (gateway/job_projects.py); else None (unresolved: refused)."""
+        if self.job_projects is None or job is None or not job.project.id:
+            return None
+        if await self.job_projects.job_in_project(job_id, job.project.id):
+            return policy.Accessed(str(job.project.id), job.project)
+        return None
+
+    def _body_is_file(self, view: RequestView) -> bool:
+        """Workhorse takes this route's body as an uploaded file (route_facts
+        WORKHORSE_BODY_FILES): Rails never reads parameters from it, so neither do we."""
+        found = self.table.match(view.method, view.target)
+        return isinstance(found, RouteMatch) and found.route.body_file
 
     async def _lookup(self, kind: str, arg: object) -> object:
         key = (kind, arg)
@@ -357,7 +384,76 @@ def _audit(
 
 
 def _access(route: Route) -> policy.Access:
-    return policy.Access(route.name, route.permissions, route.controllable, route.own_project_only)
+    return policy.Access(
+        route.name,
+        route.permissions,
+        route.controllable,
+        route.own_project_only,
+        rule=route.rule.value,
+    )
+
+
+def _load_table(settings: Settings) -> RouteTable:
+    return RouteTable.load(
+        settings.routes,
+        api_prefix=settings.api_prefix,
+        relative_url_root=settings.relative_url_root,
+        supplementary=settings.routes_supplementary,
+    )
+
+
+# ---- the supplementary routes' rules (RouteRule; policies/routes-supplementary.yaml)
+
+
+def _route_rule(route: Route, credential: tokens.Credential) -> Decision | None:
+    """A decision the route's rule makes before any lookup, else None."""
+    rule = route.rule
+    if rule is RouteRule.RUNNER_TOKEN:
+        # GitLab reads no job token on these routes: `token` is the runner's own credential
+        # (lib/api/ci/helpers/runner.rb `current_runner` = Ci::Runner.find_by_token(params[:token]))
+        audit = Audit(credential.fingerprint, route=route.name)
+        return policy.allow(Reason.RUNNER_TOKEN, audit)
+    if rule is RouteRule.OWN_JOB and credential.carrier not in _RUNNER_CARRIERS:
+        # `job_token` is `params[:token] || env['HTTP_JOB_TOKEN']`: a token anywhere else leaves
+        # it empty, and `job.valid_token?("")` fails: `forbidden!` (authenticate_job!).
+        audit = Audit(credential.fingerprint, route=route.name)
+        return policy.deny(Reason.JOB_TOKEN_MISMATCH, JOB_FORBIDDEN, audit)
+    return None
+
+
+def _job_rule(
+    credential: tokens.Credential,
+    job: Job | object | None,
+    target: Target,
+    access: policy.Access,
+    now: float,
+) -> Decision | None:
+    """The trigger and own-job rules once the job is resolved (None: decide as usual)."""
+    known = isinstance(job, Job) and not job.revoked
+    if access.rule == RouteRule.TRIGGER.value:
+        if known or credential.carrier is not tokens.Carrier.TOKEN_PARAM:
+            return None
+        if credential.secret.startswith(tokens.JOB_TOKEN_PREFIX):
+            return None  # a job token GitLab does not know: 401 as anywhere else
+        # Ci::PipelineTriggerService#execute tries `trigger_from_token` first: a `token` that
+        # is no job token is a pipeline trigger token, GitLab's own credential to judge.
+        return policy.allow(Reason.TRIGGER_TOKEN, _audit(credential, None, target.ref, access))
+    if access.rule != RouteRule.OWN_JOB.value:
+        return None
+    if not isinstance(job, Job) or job.revoked:
+        # authenticate_job!: `forbidden! unless job.valid_token?(job_token)`: 403, not 401.
+        audit = _audit(credential, None, target.ref, access)
+        return policy.deny(Reason.JOB_TOKEN_MISMATCH, JOB_FORBIDDEN, audit)
+    audit = _audit(credential, job, target.ref, access)
+    if target.ref != str(job.job_id):
+        # The token belongs to another job than params[:id] (authenticate_job! /
+        # job_from_token: `current_job == Ci::AuthJobFinder.new(token: job_token).execute!`).
+        return policy.deny(Reason.JOB_TOKEN_MISMATCH, JOB_FORBIDDEN, audit)
+    if job.expired(now):
+        # Its own job, no longer running: Ci::AuthJobFinder::NotRunningJobError ->
+        # job_forbidden!(job, 'Job is not processing on runner').
+        return policy.deny(Reason.JOB_TOKEN_MISMATCH, NOT_PROCESSING, audit)
+    return policy.allow(Reason.OWN_JOB, audit)
 
 
 def _label(project: Project) -> str:
@@ -366,6 +462,20 @@ def _label(project: Project) -> str:
 
 def _bad_target(refusal: Refusal, audit: Audit | None = None) -> Decision:
     return policy.deny(Reason.BAD_TARGET, f"400 Bad request - {refusal.detail}", audit or Audit())
+
+
+def _job_projects(settings: Settings) -> JobProjects | None:
+    if settings.upstream is None or settings.upstream_read_token is None:
+        return None
+    return JobProjects(
+        settings.upstream,
+        settings.upstream_read_token.get_secret_value(),
+        api_prefix=settings.api_prefix,
+        relative_url_root=settings.relative_url_root,
+        timeout=settings.store_timeout,
+        ttl=settings.cache_ttl,
+        size=settings.cache_size,
+    )
 
 
 def _validator(settings: Settings) -> UpstreamValidator | None:

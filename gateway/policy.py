@@ -46,6 +46,8 @@ class Access:
     controllable: bool = True
     own_project_only: bool = False
     git: bool = False
+    # How the route is decided beyond policies (RouteRule value; "page" for the page's rows).
+    rule: str = "page"
 
 
 @dataclass(frozen=True, slots=True)
