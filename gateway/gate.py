@@ -116,11 +116,13 @@ class Gate:
         The caller then evaluates a view with the body buffered, or, for a multipart/form-data
         body too large to buffer, evaluates the headers alone and checks the parts as they
         stream with `gateway.bodyguard.Guard` (the proxy does; see gateway/handler.py)."""
-        if view.method in _METHODS_WITHOUT_BODY or self._body_is_file(view):
+        if view.method in _METHODS_WITHOUT_BODY:
             return False
         if tokens.body_kind(view.headers, view.method) is None:
             return False
-        return view.headers.get("Content-Length", "").strip() != "0"
+        if view.headers.get("Content-Length", "").strip() == "0":
+            return False
+        return not self._body_is_file(view)  # one route match, only for a body to parse
 
     async def evaluate(self, view: RequestView) -> Decision:
         """The verdict for one request; never raises for a request (store faults -> 503)."""

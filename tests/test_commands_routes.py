@@ -58,7 +58,7 @@ def test_routes_prints_the_table() -> None:
 
 
 def test_routes_json_shape() -> None:
-    document = json_of(run("routes", "--json"))
+    document = json_of(run("routes", "--json", "--routes-supplementary", ""))
     assert document["prefix"] == "/api/v4"
     assert len(document["routes"]) == 150
     first = document["routes"][0]
@@ -69,6 +69,8 @@ def test_routes_json_shape() -> None:
         "controllable": True,
         "target": "project",
         "own_project_only": False,
+        "rule": "page",
+        "body_file": False,
         "description": "Delete a specific deployment",
     }
     registry = [r for r in document["routes"] if r["own_project_only"]]
@@ -84,11 +86,11 @@ def test_routes_json_shape() -> None:
 
 
 def test_routes_overlaps() -> None:
-    document = json_of(run("routes", "--overlaps", "--json"))
+    document = json_of(run("routes", "--overlaps", "--json", "--routes-supplementary", ""))
     assert len(document["overlaps"]) == 16
     assert set(document["overlaps"][0]) == {"first", "second", "witness", "winner", "significant"}
     assert not any(overlap["significant"] for overlap in document["overlaps"])
-    text = run("routes", "--overlaps").stdout
+    text = run("routes", "--overlaps", "--routes-supplementary", "").stdout
     assert text.startswith("16 overlapping pairs, 0 with different authorization")
 
 
@@ -132,6 +134,8 @@ def test_check_a_matching_request() -> None:
             "controllable": True,
             "target": "project",
             "own_project_only": False,
+            "rule": "page",
+            "body_file": False,
             "description": "Get all tags for a given an NPM package",
         },
         "params": {"id": "group/sub", "package_name": "@scope/pkg"},

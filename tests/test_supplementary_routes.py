@@ -286,3 +286,28 @@ def test_a_row_without_its_gitlab_source_stops_start_up(tmp_path: Path) -> None:
         PolicyFileError, match=r"supplementary.yaml:3: routes\[0\] \(GET /x\): source"
     ):
         RouteTable.load(DEFAULT_ROUTES, supplementary=path)
+
+
+def test_the_supplementary_rows_overlap_only_integer_package_ids() -> None:
+    # `routes --overlaps` lists three pairs with different authorization, all against the
+    # packages API's `:package_id`, which GitLab declares `type: Integer` (lib/api/packages.rb,
+    # lib/api/package_files.rb): `rubygems` or `nuget` is never a package id there.
+    table = RouteTable.load(DEFAULT_ROUTES, supplementary=DEFAULT_SUPPLEMENTARY_ROUTES)
+    significant = [o for o in table.overlaps() if o.significant]
+    assert len(significant) == 3
+    for overlap in significant:
+        assert ":package_id" in overlap.first.path
+        assert overlap.winner is overlap.second
+        assert overlap.second.rule is RouteRule.ALLOWLIST
+
+
+def test_routes_lists_the_supplementary_rows() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "routes"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "150 routes: 125 controllable, 25 None" in out
+    assert "supplementary routes" in out
+    assert "None (own_job)" in out
