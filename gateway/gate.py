@@ -347,6 +347,8 @@ class Gate:
     async def _dependency(self, job_id: int, job: Job | None) -> policy.Accessed | None:
         """The project of a job the store does not hold, when the upstream places it in the
         token's own project (gateway/job_projects.py); else None (unresolved: refused)."""
+        if job is not None and job.job_id == job_id and job.project.id:
+            return policy.Accessed(str(job.project.id), job.project)  # the token's own job
         if self.job_projects is None or job is None or not job.project.id:
             return None
         if await self.job_projects.job_in_project(job_id, job.project.id):

@@ -161,3 +161,38 @@ async def test_runner_token_routes_forward_the_runner_token(
         got = await call(method, f"{api}{path}", json={"token": token})
         assert got.headers.get("X-Gateway-Reason") is None, got.body
         assert f"{method} /api/v4{path}" in a_gitlab.paths()
+
+
+async def test_a_job_lookup_the_upstream_does_not_answer_fails_closed(
+    a_gateway: Any, a_gitlab: GitLabLike
+) -> None:
+    # A read token GitLab refuses (401): neither 200 nor 404, so no answer: 503, nothing forwarded.
+    the_pipeline(a_gitlab)
+    gateway = await a_gateway(
+        a_gitlab.url,
+        store="memory://",
+        upstream_validation=True,
+        upstream_read_token="glpat-revoked-read-token",
+    )
+    api = f"{gateway.url}{API}"
+    await call("POST", f"{api}/jobs/request", json={"token": RUNNER_TOKEN})
+    got = await call("GET", f"{api}/jobs/999/artifacts", headers={"JOB-TOKEN": BUILD})
+    assert got.status == 503
+    assert got.headers["X-Gateway-Reason"] == "store_unavailable"
+    assert "GET /api/v4/jobs/999/artifacts" not in a_gitlab.paths()
+
+
+async def test_without_a_read_token_a_dependency_the_store_does_not_hold_is_unresolved(
+    a_gateway: Any, a_gitlab: GitLabLike
+) -> None:
+    the_pipeline(a_gitlab)
+    gateway = await a_gateway(a_gitlab.url, store="memory://", upstream_validation=True)
+    api = f"{gateway.url}{API}"
+    await call("POST", f"{api}/jobs/request", json={"token": RUNNER_TOKEN})
+    got = await call("GET", f"{api}/jobs/102/artifacts", headers={"JOB-TOKEN": BUILD})
+    assert got.status == 403
+    assert got.headers["X-Gateway-Reason"] == "target_unresolved"
+    # Its own job's artifacts need no lookup: the token's job is in its own project.
+    got = await call("GET", f"{api}/jobs/101/artifacts", headers={"JOB-TOKEN": BUILD})
+    assert got.headers.get("X-Gateway-Reason") is None
+    assert "GET /api/v4/jobs/101/artifacts" in a_gitlab.paths()

@@ -311,3 +311,62 @@ def test_routes_lists_the_supplementary_rows() -> None:
     assert "150 routes: 125 controllable, 25 None" in out
     assert "supplementary routes" in out
     assert "None (own_job)" in out
+
+
+# ---- the rules at the gate (no network)
+
+LEGACY_GRANTS = """
+projects:
+  - {id: 10, path: acme/app}
+  - {id: 20, path: acme/platform/deployer}
+jobs:
+  - {token: legacy-unprefixed-job-token, job_id: 6001, project: acme/app}
+  - {token: glcbt-revoked-job, job_id: 6002, project: acme/app}
+allowlists:
+  - project: acme/platform/deployer
+    entries:
+      - {source: acme/app, default_permissions: false, policies: [read_jobs]}
+"""
+
+
+async def test_an_unprefixed_job_token_the_store_knows_is_judged_on_the_trigger_route() -> None:
+    from job_grants import a_gate, a_request
+
+    from gateway.grants import parse_grants
+    from gateway.stores.memory import MemoryStore
+
+    gate = await a_gate(MemoryStore(parse_grants(LEGACY_GRANTS, "legacy grants")))
+    known = "legacy-unprefixed-job-token"
+    decision = await gate.evaluate(
+        a_request("POST", f"{API}/projects/12/trigger/pipeline?ref=main&token={known}")
+    )
+    assert decision.reason.value == "not_allowlisted"  # project 12 is unknown: fail closed
+    decision = await gate.evaluate(
+        a_request("POST", f"{API}/projects/20/trigger/pipeline?ref=main&token={known}")
+    )
+    assert decision.allowed
+    assert decision.reason.value == "uncontrolled_endpoint"
+    await gate.close()
+
+
+async def test_the_own_job_rule_at_the_gate() -> None:
+    from job_grants import EXPIRED, a_gate, a_request, the_grants
+
+    from gateway.grants import parse_grants
+    from gateway.stores.memory import MemoryStore
+
+    gate = await a_gate(MemoryStore(the_grants()))
+    # Its own job, past its expires_at: GitLab's NotRunningJobError message.
+    decision = await gate.evaluate(a_request("PUT", f"{API}/jobs/5000", EXPIRED))
+    assert (decision.allowed, decision.status) == (False, 403)
+    assert decision.message == "403 Forbidden - Job is not processing on runner"
+    # Unknown token: 403 as GitLab's authenticate_job!, not 401.
+    decision = await gate.evaluate(a_request("PATCH", f"{API}/jobs/5001/trace", "glcbt-nobody"))
+    assert (decision.reason.value, decision.status) == ("job_token_mismatch", 403)
+    await gate.close()
+    store = MemoryStore(parse_grants(LEGACY_GRANTS, "legacy grants"))
+    await store.revoke(job_id=6002)
+    gate = await a_gate(store)
+    decision = await gate.evaluate(a_request("PUT", f"{API}/jobs/6002", "glcbt-revoked-job"))
+    assert (decision.reason.value, decision.message) == ("job_token_mismatch", "403 Forbidden")
+    await gate.close()
