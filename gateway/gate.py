@@ -433,12 +433,14 @@ def _job_rule(
     now: float,
 ) -> Decision | None:
     """The trigger and own-job rules once the job is resolved (None: decide as usual)."""
-    known = isinstance(job, Job) and not job.revoked
     if access.rule == RouteRule.TRIGGER.value:
-        if known or credential.carrier is not tokens.Carrier.TOKEN_PARAM:
+        # A job the store knows (revoked or not) makes the value a job token: judged as usual.
+        if isinstance(job, Job) or credential.carrier is not tokens.Carrier.TOKEN_PARAM:
             return None
-        if credential.secret.startswith(tokens.JOB_TOKEN_PREFIX):
-            return None  # a job token GitLab does not know: 401 as anywhere else
+        if tokens.JOB_TOKEN_PREFIX in credential.secret:
+            # A job token GitLab does not know (`glcbt-`, or an instance's `<prefix>glcbt-`):
+            # 401 as anywhere else. Trigger tokens are `glptt-` or 40 hex digits, never this.
+            return None
         # Ci::PipelineTriggerService#execute tries `trigger_from_token` first: a `token` that
         # is no job token is a pipeline trigger token, GitLab's own credential to judge.
         return policy.allow(Reason.TRIGGER_TOKEN, _audit(credential, None, target.ref, access))

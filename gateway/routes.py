@@ -2,7 +2,8 @@
 
 CONTRACT (other modules rely on these names; the implementation may change freely):
 - `Route`, `Target`, `TargetKind`, `RouteMatch`, `Refusal`, `RefusalReason` as exported here.
-- `RouteTable.load(path) -> RouteTable` (raises `PolicyFileError`), `RouteTable.compile(routes)`.
+- `RouteTable.load(path, supplementary=None) -> RouteTable` (raises `PolicyFileError`),
+  `RouteTable.compile(routes)`.
 - `RouteTable.match(method, raw_target) -> RouteMatch | Refusal | None`: None = no route.
 - `RouteTable.in_api(raw_target) -> bool`; module-level `check_target(raw_target) -> Refusal | None`.
 - `RouteTable.overlaps()`: pairs of templates some path matches both ways (template intersection).
@@ -27,7 +28,8 @@ Where each part lives (this module keeps the table and re-exports the whole cont
 - `gateway.route_trie`: the segment trie and its walk (step 4), building the RouteMatch.
 - `gateway.route_facts`: GitLab facts with their sources (target rules, spanning params,
   own-project-only routes).
-- `gateway.route_file`: the routes.yaml schema and its error messages.
+- `gateway.route_file`: the routes.yaml and routes-supplementary.yaml schemas and their error
+  messages; `RouteTable.load(..., supplementary=...)` compiles both into one trie.
 - `gateway.route_overlaps`: template intersection for `overlaps`.
 """
 

@@ -347,6 +347,15 @@ async def test_an_unprefixed_job_token_the_store_knows_is_judged_on_the_trigger_
     assert decision.allowed
     assert decision.reason.value == "uncontrolled_endpoint"
     await gate.close()
+    # Revoked, it stays a job token: 401, never forwarded as a trigger token.
+    store = MemoryStore(parse_grants(LEGACY_GRANTS, "legacy grants"))
+    await store.revoke(job_id=6001)
+    gate = await a_gate(store)
+    decision = await gate.evaluate(
+        a_request("POST", f"{API}/projects/20/trigger/pipeline?ref=main&token={known}")
+    )
+    assert (decision.allowed, decision.reason.value) == (False, "token_invalid")
+    await gate.close()
 
 
 async def test_the_own_job_rule_at_the_gate() -> None:
