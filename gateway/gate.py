@@ -81,6 +81,9 @@ class Gate:
         self._root = settings.relative_url_root
         # What each route of `table` requires, built once per route (by id, checked by identity).
         self._access: dict[int, tuple[Route, policy.Access]] = {}
+        # The last match `needs_body` made, for `evaluate` of the same request (a pure function
+        # of method, target and table: reused only for equal strings and the same table).
+        self._matched: tuple[RouteTable, str, str, RouteMatch | Refusal | None] | None = None
 
     @classmethod
     async def open(cls, settings: Settings, *, store: Store | None = None) -> Gate:
@@ -217,7 +220,7 @@ class Gate:
     def _plan(
         self, view: RequestView, credential: tokens.Credential
     ) -> Decision | tuple[policy.Access, Target]:
-        found = self.table.match(view.method, view.target)
+        found = self._match(view)
         if isinstance(found, Refusal):
             return _bad_target(found, Audit(credential.fingerprint))
         if found is not None:
@@ -359,7 +362,19 @@ class Gate:
         """Workhorse takes this route's body as an uploaded file (route_facts
         WORKHORSE_BODY_FILES): Rails never reads parameters from it, so neither do we."""
         found = self.table.match(view.method, view.target)
+        self._matched = (self.table, view.method, view.target, found)
         return isinstance(found, RouteMatch) and found.route.body_file
+
+    def _match(self, view: RequestView) -> RouteMatch | Refusal | None:
+        matched = self._matched
+        if (
+            matched is not None
+            and matched[0] is self.table
+            and matched[2] == view.target
+            and matched[1] == view.method
+        ):
+            return matched[3]
+        return self.table.match(view.method, view.target)
 
     async def _lookup(self, kind: str, arg: object) -> object:
         key = (kind, arg)
