@@ -457,7 +457,9 @@ def _job_rule(
             # 401 as anywhere else. Trigger tokens are `glptt-` or 40 hex digits, never this.
             return None
         # Ci::PipelineTriggerService#execute tries `trigger_from_token` first: a `token` that
-        # is no job token is a pipeline trigger token, GitLab's own credential to judge.
+        # is no job token is a pipeline trigger token, GitLab's own credential to judge. A job
+        # token goes on to `create_pipeline_from_job`: `can?(job.user, :read_project, project)`
+        # under the job's token scope, i.e. the allowlist (app/services/ci/pipeline_trigger_service.rb).
         return policy.allow(Reason.TRIGGER_TOKEN, _audit(credential, None, target.ref, access))
     if access.rule != RouteRule.OWN_JOB.value:
         return None
