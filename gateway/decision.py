@@ -27,6 +27,8 @@ class Reason(StrEnum):
     OWN_JOB = "own_job"  # a runner route on the token's own job (authenticate_job!)
     RUNNER_TOKEN = "runner_token"  # a runner route whose `token` is the runner's credential
     TRIGGER_TOKEN = "trigger_token"  # the trigger route's `token` is not a job token
+    PUBLIC_ACCESS = "public_access"  # a public/internal project's rights for non-admitted sources
+    PACKAGE_NOT_FOUND = "package_not_found"  # group/instance package route: no package, no project
     # refused before any lookup
     BAD_TARGET = "bad_target"
     CREDENTIAL_CONFLICT = "credential_conflict"

@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import gitpath, policy, routes, tokens
+from gateway import gitpath, policy, routes, tokens, visibility
 from gateway.decision import Audit, Decision, Reason, make_audit
 from gateway.errors import PolicyFileError, StoreUnavailable
 from gateway.grants import Job, Project, project_key
@@ -32,6 +32,7 @@ from gateway.settings import Settings
 from gateway.stores import Store, open_store
 from gateway.stores.cache import MISS, CachedStore
 from gateway.stores.file import FileStore
+from gateway.stores.packages import PackageLookup, PackageQuery, query_for
 from gateway.stores.upstream import UpstreamValidator
 
 __all__ = ["Gate"]
@@ -71,12 +72,14 @@ class Gate:
         table: RouteTable,
         store: CachedStore,
         validator: UpstreamValidator | None = None,
+        packages: PackageLookup | None = None,
         job_projects: JobProjects | None = None,
     ) -> None:
         self.settings = settings
         self.table = table
         self.store = store
         self.validator = validator
+        self.packages = packages  # group/instance package routes (gateway/stores/packages.py)
         self.job_projects = job_projects
         self._root = settings.relative_url_root
         # What each route of `table` requires, built once per route (by id, checked by identity).
@@ -107,7 +110,14 @@ class Gate:
             await cached.poll()
         except StoreUnavailable as exc:
             log.warning("token store unavailable at start-up: %s", exc)
-        return cls(settings, table, cached, _validator(settings), _job_projects(settings))
+        return cls(
+            settings,
+            table,
+            cached,
+            _validator(settings),
+            _package_lookup(settings),
+            _job_projects(settings),
+        )
 
     # ---- the contract
 
@@ -175,6 +185,8 @@ class Gate:
         self.store.invalidate()
         if self.validator is not None:
             self.validator.invalidate()
+        if self.packages is not None:
+            self.packages.invalidate()
         if self.job_projects is not None:
             self.job_projects.invalidate()
         if isinstance(backend, FileStore) and backend.error is not None:
@@ -184,6 +196,8 @@ class Gate:
         await self.store.close()
         if self.validator is not None:
             await self.validator.close()
+        if self.packages is not None:
+            await self.packages.close()
         if self.job_projects is not None:
             await self.job_projects.close()
 
@@ -193,7 +207,7 @@ class Gate:
         self,
         credential: tokens.Credential,
         access: policy.Access,
-        target: Target,
+        target: Aim,
         lookup: _Lookup,
     ) -> Decision:
         """`_resolve`, asking the store for each value the cache did not have."""
@@ -210,7 +224,7 @@ class Gate:
             audit = _audit(credential, None, None, access)
             return policy.deny(Reason.STORE_UNAVAILABLE, STORE_DOWN, audit)
 
-    async def _fetch(self, lookup: _Lookup, credential: tokens.Credential, target: Target) -> Any:
+    async def _fetch(self, lookup: _Lookup, credential: tokens.Credential, target: Aim) -> Any:
         if lookup.what == "job":
             return await self._job(credential, lookup.cached)
         if lookup.what == "accessed":
@@ -219,7 +233,7 @@ class Gate:
 
     def _plan(
         self, view: RequestView, credential: tokens.Credential
-    ) -> Decision | tuple[policy.Access, Target]:
+    ) -> Decision | tuple[policy.Access, Aim]:
         found = self._match(view)
         if isinstance(found, Refusal):
             return _bad_target(found, Audit(credential.fingerprint))
@@ -237,7 +251,7 @@ class Gate:
             cached = self._access.get(id(route))  # what the route requires, built once
             if cached is None or cached[0] is not route:
                 cached = self._access[id(route)] = (route, _access(route))
-            return cached[1], found.target
+            return cached[1], self._package_target(route, found.params, found.target)
         not_available = policy.deny(
             Reason.ROUTE_NOT_AVAILABLE, NOT_AVAILABLE, Audit(credential.fingerprint)
         )
@@ -249,7 +263,9 @@ class Gate:
         # Cross-project push needs admin_repositories (ProjectPolicy
         # #cross_project_push_allowed_for_job_token?); reads need the allowlist only.
         required = ("admin_repositories",) if git.push else ()
-        access = policy.Access(f"git {git.operation}", required, controllable=git.push, git=True)
+        access = policy.Access(
+            f"git {git.operation}", required, controllable=git.push, git=True, push=git.push
+        )
         return access, Target(TargetKind.PROJECT, git.project)
 
     def _git(self, view: RequestView) -> gitpath.GitAccess | None:
@@ -264,7 +280,7 @@ class Gate:
         self,
         credential: tokens.Credential,
         access: policy.Access,
-        target: Target,
+        target: Aim,
         job: Job | object | None = MISS,
         accessed: policy.Accessed | object | None = MISS,
         allowlist: Any = MISS,  # Allowlist | None, or MISS
@@ -297,6 +313,11 @@ class Gate:
             accessed = self._peek_accessed(target)
             if accessed is MISS:
                 return _Lookup("accessed", job)
+        if accessed is NO_PACKAGE:
+            # GitLab checks the package's project only `if package` (lib/api/maven_packages.rb,
+            # npm_namespace_endpoints.rb): it answers 404 or forwards to the public registry.
+            audit = _audit(credential, job, target.ref, access)
+            return policy.allow(Reason.PACKAGE_NOT_FOUND, audit)
         if not isinstance(accessed, policy.Accessed):
             audit = _audit(credential, job, target.ref, access)
             return policy.deny(Reason.TARGET_UNRESOLVED, UNRESOLVED, audit)
@@ -309,7 +330,14 @@ class Gate:
                     return _Lookup("allowlist", ("allowlist", project.id))
         else:
             allowlist = None
-        return policy.decide(job, accessed, allowlist, access, audit)
+        return policy.decide(
+            job,
+            accessed,
+            allowlist,
+            access,
+            audit,
+            enforce_allowlist=self.settings.enforce_allowlist,
+        )
 
     async def _job(self, credential: tokens.Credential, cached: object) -> Job | None:
         job = cached
@@ -324,15 +352,21 @@ class Gate:
         known = await self._lookup("job_id", validated.job_id)
         return known if isinstance(known, Job) and known.revoked else validated
 
-    def _peek_accessed(self, target: Target) -> policy.Accessed | object:
+    def _peek_accessed(self, target: Aim) -> policy.Accessed | object:
         """The accessed project from the cache alone (MISS when the store must be asked)."""
+        if isinstance(target, PackageQuery):
+            return MISS
         if target.kind is TargetKind.PROJECT and target.ref is not None:
             project = self.store.peek(("project", target.ref.lower()))
             if isinstance(project, Project) or project is None:
                 return policy.accessed(target.ref, project)
         return MISS
 
-    async def _accessed(self, target: Target, job: Job | None = None) -> policy.Accessed | None:
+    async def _accessed(
+        self, target: Aim, job: Job | None = None
+    ) -> policy.Accessed | object | None:
+        if isinstance(target, PackageQuery):
+            return await self._package_project(target)
         ref = target.ref
         if ref is None:
             return None
@@ -343,19 +377,21 @@ class Gate:
         if target.kind is TargetKind.JOB and isinstance(job_id, int):
             owner = await self._lookup("job_id", job_id)
             if isinstance(owner, Job) and owner.project.id:
-                return policy.Accessed(str(owner.project.id), owner.project)
+                return policy.Accessed(str(owner.project.id), await self._full(owner.project))
             return await self._dependency(job_id, job)
         return None  # GROUP, UNRESOLVED, an unknown job: never more permissive than GitLab
 
     async def _dependency(self, job_id: int, job: Job | None) -> policy.Accessed | None:
         """The project of a job the store does not hold, when the upstream places it in the
         token's own project (gateway/job_projects.py); else None (unresolved: refused)."""
-        if job is not None and job.job_id == job_id and job.project.id:
-            return policy.Accessed(str(job.project.id), job.project)  # the token's own job
-        if self.job_projects is None or job is None or not job.project.id:
+        if job is None or not job.project.id:
             return None
-        if await self.job_projects.job_in_project(job_id, job.project.id):
-            return policy.Accessed(str(job.project.id), job.project)
+        if job.job_id == job_id or (
+            self.job_projects is not None
+            and await self.job_projects.job_in_project(job_id, job.project.id)
+        ):
+            # the token's own job, or one the upstream finds in the token's own project
+            return policy.Accessed(str(job.project.id), await self._full(job.project))
         return None
 
     def _body_is_file(self, view: RequestView) -> bool:
@@ -376,10 +412,48 @@ class Gate:
             return matched[3]
         return self.table.match(view.method, view.target)
 
+    async def _full(self, project: Project) -> Project:
+        """The store's record of a job's project, with its visibility (a job record carries
+        only id and path); the job's copy when the store has no project record."""
+        known = await self._lookup("project", str(project.id))
+        return known if isinstance(known, Project) else project
+
+    # ---- group and instance package routes (issue 10, point 5)
+
+    def _package_target(self, route: Route, params: Any, target: Target) -> Aim:
+        """The package a group/instance package route is about (gateway/stores/packages.py),
+        when it can be judged: GitLab finds no package (no lookup needed), or the operator
+        configured the lookup (`package_lookup_token`). Else the route's own target."""
+        if target.kind not in (TargetKind.GROUP, TargetKind.UNRESOLVED):
+            return target
+        group = target.ref if target.kind is TargetKind.GROUP else None
+        query = query_for(route.path, params, group)
+        if query is None or (query.needs_lookup and self.packages is None):
+            return target
+        return query
+
+    async def _package_project(self, query: PackageQuery) -> policy.Accessed | object | None:
+        """The package's project; NO_PACKAGE when the group holds none; None (unresolved)
+        when several projects hold it (GitLab would pick one; the gateway cannot tell which)."""
+        if not query.needs_lookup:
+            return NO_PACKAGE
+        assert self.packages is not None  # `_package_target` made sure of it
+        ids = await self.packages.projects(query)
+        if not ids:
+            return NO_PACKAGE
+        if len(ids) > 1:
+            return None
+        project = await self._lookup("project", str(ids[0]))
+        return policy.Accessed(str(ids[0]), project if isinstance(project, Project) else None)
+
     async def _lookup(self, kind: str, arg: object) -> object:
         key = (kind, arg)
         value = self.store.peek(key)
         return await self.store.fetch(key) if value is MISS else value
+
+
+Aim = Target | PackageQuery  # what a request touches: a route's target, or a package to find
+NO_PACKAGE = object()  # the package lookup found no such package
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +483,7 @@ def _access(route: Route) -> policy.Access:
         route.controllable,
         route.own_project_only,
         rule=route.rule.value,
+        public_features=visibility.public_features(route.method, route.path),
     )
 
 
@@ -443,7 +518,7 @@ def _route_rule(route: Route, credential: tokens.Credential) -> Decision | None:
 def _job_rule(
     credential: tokens.Credential,
     job: Job | object | None,
-    target: Target,
+    target: Aim,
     access: policy.Access,
     now: float,
 ) -> Decision | None:
@@ -488,15 +563,34 @@ def _bad_target(refusal: Refusal, audit: Audit | None = None) -> Decision:
 
 
 def _job_projects(settings: Settings) -> JobProjects | None:
-    if settings.upstream is None or settings.upstream_read_token is None:
+    if settings.upstream is None or settings.package_lookup_token is None:
         return None
     return JobProjects(
         settings.upstream,
-        settings.upstream_read_token.get_secret_value(),
+        settings.package_lookup_token.get_secret_value(),
         api_prefix=settings.api_prefix,
         relative_url_root=settings.relative_url_root,
         timeout=settings.store_timeout,
         ttl=settings.cache_ttl,
+        size=settings.cache_size,
+    )
+
+
+def _package_lookup(settings: Settings) -> PackageLookup | None:
+    token = settings.package_lookup_token
+    if token is None:
+        return None
+    if settings.upstream is None:
+        from gateway.errors import ConfigError
+
+        raise ConfigError("--package-lookup-token needs --upstream (the API server to ask)")
+    return PackageLookup(
+        settings.upstream,
+        api_prefix=settings.api_prefix,
+        relative_url_root=settings.relative_url_root,
+        token=token.get_secret_value(),
+        timeout=settings.store_timeout,
+        ttl=settings.package_lookup_ttl,
         size=settings.cache_size,
     )
 

@@ -6,7 +6,7 @@ then `authorize_job_token_policies!(current_job.project)`, lib/api/ci/runner.rb,
 lib/api/ci/helpers/runner.rb), so the gateway needs that project.
 
 GitLab has no job-token route naming a job's project from its id alone. With an operator's
-read token (setting `upstream_read_token`) the gateway asks
+read token (setting `package_lookup_token`) the gateway asks
 `GET /projects/<project id>/jobs/<job id>` (lib/api/ci/jobs.rb, `find_build!` looks the job up in
 that project only): 200 = the job is in that project, 404 = it is not (or does not exist). The
 gate asks about the token's own project, the common case of a dependency in the same pipeline;

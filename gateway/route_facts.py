@@ -42,6 +42,9 @@ TOKEN_EXCHANGE_PATHS = frozenset(
     {
         "/packages/conan/v1/users/authenticate",
         "/projects/:id/packages/conan/v1/users/authenticate",
+        # Conan v2, listed by the current page (policies/routes-current.yaml) with the v1 row's
+        # description "Authenticate user against conan CLI": the same token exchange.
+        "/projects/:id/packages/conan/v2/users/authenticate",
     }
 )
 

@@ -492,7 +492,7 @@ async def test_an_allowed_call_reaches_the_upstream_unchanged(
             {"JOB-TOKEN": TOOL},
             403,
             "not_allowlisted",
-            "403 Forbidden - Authentication by CI/CD job token not allowed from other/tool to project #20.",
+            "403 Forbidden - Authentication by CI/CD job token not allowed from tool to project #20.",
         ),
         (
             "GET",

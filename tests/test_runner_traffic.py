@@ -31,7 +31,7 @@ async def a_runner_gateway(a_gateway: Any, gitlab: GitLabLike) -> str:
         gitlab.url,
         store="memory://",  # the store knows no job: every job is validated upstream
         upstream_validation=True,
-        upstream_read_token=READ_TOKEN,
+        package_lookup_token=READ_TOKEN,
     )
     return f"{gateway.url}{API}"
 
@@ -172,7 +172,7 @@ async def test_a_job_lookup_the_upstream_does_not_answer_fails_closed(
         a_gitlab.url,
         store="memory://",
         upstream_validation=True,
-        upstream_read_token="glpat-revoked-read-token",
+        package_lookup_token="glpat-revoked-read-token",
     )
     api = f"{gateway.url}{API}"
     await call("POST", f"{api}/jobs/request", json={"token": RUNNER_TOKEN})

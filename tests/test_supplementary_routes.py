@@ -141,8 +141,7 @@ async def test_a_job_token_the_allowlist_does_not_admit_reaches_nothing(
     assert got.status == 403
     assert got.headers["X-Gateway-Reason"] == "not_allowlisted"
     assert got.json()["message"] == (
-        "403 Forbidden - Authentication by CI/CD job token not allowed from other/tool "
-        "to project #20."
+        "403 Forbidden - Authentication by CI/CD job token not allowed from tool to project #20."
     )
     assert an_upstream.received == []
 

@@ -322,6 +322,12 @@ class Reference:
             template == "/packages/conan/v1/conans/search"
         ):
             return Forward("uncontrolled_endpoint")
+        if template.endswith(("/npm/-/npm/v1/security/advisories/bulk", "/audits/quick")) and (
+            not template.startswith("/projects/")
+        ):
+            # No package name, so GitLab's `project_id_or_nil` finds nothing and no project is
+            # checked (lib/api/concerns/packages/npm_endpoints.rb, redirect_or_present_audit_report).
+            return Forward("package_not_found")
         ref = self._target_ref(template, params)
         if ref is None:
             return Deny("target_unresolved")
