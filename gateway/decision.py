@@ -24,6 +24,11 @@ class Reason(StrEnum):
     POLICIES_GRANTED = "policies_granted"
     UNCONTROLLED_ENDPOINT = "uncontrolled_endpoint"
     GIT_HTTP = "git_http"
+    OWN_JOB = "own_job"  # a runner route on the token's own job (authenticate_job!)
+    RUNNER_TOKEN = "runner_token"  # a runner route whose `token` is the runner's credential
+    TRIGGER_TOKEN = "trigger_token"  # the trigger route's `token` is not a job token
+    PUBLIC_ACCESS = "public_access"  # a public/internal project's rights for non-admitted sources
+    PACKAGE_NOT_FOUND = "package_not_found"  # group/instance package route: no package, no project
     # refused before any lookup
     BAD_TARGET = "bad_target"
     CREDENTIAL_CONFLICT = "credential_conflict"
@@ -45,6 +50,7 @@ class Reason(StrEnum):
     NO_PERMISSIONS_GRANTED = "no_permissions_granted"
     REGISTRY_OTHER_PROJECT = "registry_other_project"
     TARGET_UNRESOLVED = "target_unresolved"
+    JOB_TOKEN_MISMATCH = "job_token_mismatch"  # a runner route on another job than the token's
     # infrastructure
     STORE_UNAVAILABLE = "store_unavailable"
     UPSTREAM_UNREACHABLE = "upstream_unreachable"
@@ -74,6 +80,7 @@ STATUS: dict[Reason, int] = {
     Reason.NO_PERMISSIONS_GRANTED: 403,
     Reason.REGISTRY_OTHER_PROJECT: 403,
     Reason.TARGET_UNRESOLVED: 403,
+    Reason.JOB_TOKEN_MISMATCH: 403,
     Reason.STORE_UNAVAILABLE: 503,
     Reason.UPSTREAM_UNREACHABLE: 502,
     Reason.UPSTREAM_TIMEOUT: 504,
@@ -94,6 +101,10 @@ class Audit:
     route: str | None = None
     required: tuple[str, ...] = ()
     granted: tuple[str, ...] = ()
+    # The ids behind `source_project` and `target_project` (the target's only when the store
+    # knows it), so offline tools (`suggest`, `audit`) never have to parse a label.
+    source_project_id: int | None = None
+    target_project_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +138,9 @@ class _AuditDraft:
         "required",
         "route",
         "source_project",
+        "source_project_id",
         "target",
+        "target_project_id",
     )
 
 
@@ -143,6 +156,8 @@ def make_audit(
     route: str | None,
     required: tuple[str, ...],
     granted: tuple[str, ...],
+    source_project_id: int | None = None,
+    target_project_id: int | None = None,
 ) -> Audit:
     """`Audit(...)` with every field given, for the hot path."""
     draft: Any = _AuditDraft()
@@ -153,6 +168,8 @@ def make_audit(
     draft.route = route
     draft.required = required
     draft.granted = granted
+    draft.source_project_id = source_project_id
+    draft.target_project_id = target_project_id
     draft.__class__ = Audit
     audit: Audit = draft
     return audit

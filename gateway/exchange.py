@@ -3,8 +3,9 @@
 Log line fields (event `request`): request_id, method, path (token query parameters
 redacted), route, decision (allow|deny, absent when refused before the gate), reason, status,
 bytes_in, bytes_out, decision_ms, upstream_ms, total_ms, remote, the decision's audit fields
-(fingerprint, job_id, source_project, target_project, required, granted), `would_deny` in
-dry-run mode and `error` when something failed. Never a header, never a raw token.
+(fingerprint, job_id, source_project, source_project_id, target_project, target_project_id,
+required, granted), `would_deny` in dry-run mode and `error` when something failed. Never a
+header, never a raw token.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from gateway.log import LineLogger, redact_target
 
 if TYPE_CHECKING:
     from gateway.handler import Verdict
+    from gateway.observe import Observer
 
 __all__ = ["Exchange", "Recorder", "RequestIds"]
 
@@ -77,9 +79,11 @@ def _ms(seconds: float | None) -> float | None:
 
 
 class Recorder:
-    """Writes the request line and updates the request metrics."""
+    """Writes the request line, updates the request metrics and, with `--observations`, counts
+    the decision in the observations aggregate (gateway/observe.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, observer: Observer | None = None) -> None:
+        self._observer = observer  # the optional aggregate for `suggest` (gateway/observe.py)
         self._log = LineLogger("gateway.request")
         self._info = self._log.enabled(logging.INFO)
         # Labelled children, built once each: `.labels()` costs ~0.7 us per call.
@@ -95,6 +99,8 @@ class Recorder:
     def finish(self, exchange: Exchange) -> None:
         reason = exchange.final_reason
         self._count(exchange, reason)
+        if self._observer is not None and exchange.decision is not None:
+            self._observer.add(exchange.decision, exchange.would_deny)
         if exchange.status >= 500 or exchange.transfer.error:
             self._log.log(logging.WARNING, "request", self._fields(exchange, reason))
         elif self._info:  # `--log-level warning` skips building the line at all
@@ -158,8 +164,12 @@ def _add_audit(fields: dict[str, Any], decision: Decision) -> None:
         fields["job_id"] = audit.job_id
     if audit.source_project is not None:
         fields["source_project"] = audit.source_project
+    if audit.source_project_id is not None:
+        fields["source_project_id"] = audit.source_project_id
     if audit.target is not None:
         fields["target_project"] = audit.target
+    if audit.target_project_id is not None:
+        fields["target_project_id"] = audit.target_project_id
     if audit.required:
         fields["required"] = list(audit.required)
     if audit.granted:
