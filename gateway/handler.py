@@ -19,6 +19,7 @@ Each request ends with exactly one log line and its metrics (`gateway.exchange`)
 from __future__ import annotations
 
 import asyncio
+import weakref
 from dataclasses import dataclass, replace
 from time import perf_counter
 from typing import Protocol
@@ -91,6 +92,10 @@ class Proxy:
         self._headers = headers
         self._recorder = recorder
         self._ids = RequestIds()
+        # Requests being handled (their tasks), for the drain (`wait_idle`, `cut`).
+        self._running: dict[asyncio.Task[object], Exchange] = {}
+        self._idle = asyncio.Event()
+        self._cut: weakref.WeakSet[asyncio.Task[object]] = weakref.WeakSet()
         self._dry_run = settings.mode is Mode.DRY_RUN
         self._inspect_limit = settings.body_inspect_limit
         if settings.max_body_size:
@@ -103,17 +108,62 @@ class Proxy:
             self._begin(request)
         )
         metrics.IN_FLIGHT.inc()
+        task = asyncio.current_task()
+        if task is not None:
+            self._running[task] = exchange
         try:
             response = await self._respond(request, exchange)
-        except asyncio.CancelledError:  # the client went away (handler_cancellation)
-            exchange.status, exchange.transfer.error = 499, "client_disconnected"
-            raise
+        except asyncio.CancelledError:
+            if task is None or task not in self._cut:  # the client went away (handler_cancellation)
+                exchange.status, exchange.transfer.error = 499, "client_disconnected"
+                raise
+            # SIGTERM's grace period ended (`cut`): answer 503 if nothing was sent yet.
+            exchange.transfer.error = "drain_cut"
+            sent = exchange.transfer.status
+            if sent or task.uncancel() > 0:
+                exchange.reason, exchange.status = Reason.DRAIN_CUT, sent or 503
+                raise
+            response = self._refuse(exchange, Refuse(Reason.DRAIN_CUT, 503, gitlab_message(503)))
+            response.force_close()
+            exchange.status = 503
         else:
             exchange.status = exchange.status or response.status
         finally:
             metrics.IN_FLIGHT.dec()
+            if task is not None:
+                self._running.pop(task, None)
+                if not self._running:
+                    self._idle.set()
             self._recorder.finish(exchange)
         return response
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being handled now."""
+        return len(self._running)
+
+    async def wait_idle(self, within: float) -> bool:
+        """Wait (at most `within` s) until no request is being handled; True if none is."""
+        if self._running and within > 0:
+            self._idle.clear()
+            try:
+                async with asyncio.timeout(within):
+                    while self._running:
+                        await self._idle.wait()
+                        self._idle.clear()
+            except TimeoutError:
+                pass
+        return not self._running
+
+    def cut(self) -> int:
+        """End of the drain: cancel every request still running. One whose response has not
+        started is answered 503 (reason `drain_cut`); one whose response is streaming is cut
+        (logged `drain_cut` with the status already sent). Returns how many were cut."""
+        tasks = list(self._running)
+        for task in tasks:
+            self._cut.add(task)
+            task.cancel("drain_cut")
+        return len(tasks)
 
     async def expect(self, request: web.Request) -> None:
         """Decide on the headers alone, then send `100 Continue` only if the request may go on.
