@@ -36,7 +36,7 @@ from gateway.exchange import Exchange, Recorder, RequestIds
 from gateway.forward import BodyTooLarge, ClientBodyError, Forwarder, Transfer
 from gateway.headers import HeaderPolicy, is_upgrade
 from gateway.request import RequestView
-from gateway.responses import gitlab_message, refusal
+from gateway.responses import REASON_HEADER, gitlab_message, refusal
 from gateway.settings import Mode, Settings
 
 __all__ = ["EXCHANGE", "Decider", "Permit", "Proxy", "Refuse"]
@@ -347,6 +347,10 @@ class Proxy:
             status=verdict.status,
             request_id=exchange.transfer.request_id,
         )
+        if verdict.reason is Reason.TOKEN_REVOKED:
+            # The answer stays GitLab's (and an unknown token's) to the client: only the log
+            # line and the metrics tell a revoked token from an unknown one.
+            response.headers[REASON_HEADER] = Reason.TOKEN_INVALID.value
         if verdict.close:
             response.force_close()  # says `Connection: close`
         return response

@@ -162,6 +162,17 @@ class RedisStore:
             hits += int(value)
         return hits
 
+    async def unrevoke(self, *, digest: str | None = None, job_id: int | None = None) -> int:
+        async with self._client.pipeline(transaction=True) as pipe:
+            if digest is not None:
+                pipe.delete(f"{PREFIX}revoked:digest:{digest}")
+            if job_id is not None:
+                pipe.delete(f"{PREFIX}revoked:job:{job_id}")
+            pipe.incr(GENERATION)
+            pipe.publish(CHANNEL, "unrevoke")
+            results = await self._do(pipe.execute())
+        return sum(int(value) for value in results[:-2])
+
     async def listing(self) -> Listing:
         keys = sorted(await self._do(self._client.smembers(CONTENT_KEYS)))
         values = await self._do(self._client.mget(keys)) if keys else []
