@@ -100,14 +100,17 @@ async def test_a_store_deleted_while_serving_is_not_ready_and_not_recreated(
     assert ready.status == 200
     database = Path(a_store.removeprefix("sqlite:///"))
 
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{database}{suffix}").unlink(missing_ok=True)
+    def remove() -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{database}{suffix}").unlink(missing_ok=True)
+
+    await asyncio.to_thread(remove)
     await asyncio.sleep(1.5)  # the store's generation poll notices the file is gone
 
     ready = await call("GET", gateway.admin_url + "/-/ready")
     assert ready.status == 503
     assert "token store unavailable" in ready.json()["detail"]
-    assert not database.exists()
+    assert not await asyncio.to_thread(database.exists)
 
 
 # ---- point 5: revocations
