@@ -163,7 +163,9 @@ async def test_a_revoked_token_gets_gitlabs_401_and_logs_token_revoked(
     assert revoked.returncode == 0
     gateway = a_gateway_process("--upstream", an_upstream.url, env={"GATEWAY_STORE": a_store})
 
-    answer = await call("GET", gateway.url + f"{API}/projects/10/releases", headers={"JOB-TOKEN": APP})
+    answer = await call(
+        "GET", gateway.url + f"{API}/projects/10/releases", headers={"JOB-TOKEN": APP}
+    )
     unknown = await call(
         "GET", gateway.url + f"{API}/projects/10/releases", headers={"JOB-TOKEN": "glcbt-nobody"}
     )
