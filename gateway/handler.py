@@ -32,7 +32,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 from gateway import bodyguard, metrics, multipart, routes
 from gateway.decision import Audit, Decision, Reason
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
-from gateway.exchange import Exchange, Recorder, RequestIds
+from gateway.exchange import (
+    Exchange,
+    Recorder,
+    RequestIds,
+    accepted_request_id,
+    client_address,
+)
 from gateway.forward import BodyTooLarge, ClientBodyError, Forwarder, Transfer
 from gateway.headers import HeaderPolicy, is_upgrade
 from gateway.request import RequestView
@@ -92,6 +98,7 @@ class Proxy:
         self._headers = headers
         self._recorder = recorder
         self._ids = RequestIds()
+        self._trusts = headers.trusts
         # Requests being handled (their tasks), for the drain (`wait_idle`, `cut`).
         self._running: dict[asyncio.Task[object], Exchange] = {}
         self._idle = asyncio.Event()
@@ -187,14 +194,28 @@ class Proxy:
             return  # the client is gone; `handle` finds out when it reads the body
 
     def _begin(self, request: web.Request) -> Exchange:
-        exchange = Exchange(
+        peer = request.remote
+        if self._headers.trusts(peer):
+            # Behind a trusted proxy: the log shows the real client (the proxy in `peer`), and
+            # the proxy's request id is kept, so one id follows the request through every hop.
+            headers = request.headers
+            remote = client_address(peer, headers.getall("X-Forwarded-For", ()), self._trusts)
+            kept = accepted_request_id(headers.getall("X-Request-Id", ()))
+            return Exchange(
+                transfer=Transfer(request_id=kept or self._ids.new()),
+                method=request.method,
+                target=request.raw_path,
+                remote=remote,
+                started=perf_counter(),
+                peer=peer if remote != peer else None,
+            )
+        return Exchange(
             transfer=Transfer(request_id=self._ids.new()),
             method=request.method,
             target=request.raw_path,
-            remote=request.remote,
+            remote=peer,
             started=perf_counter(),
         )
-        return exchange
 
     async def _respond(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         verdict = exchange.verdict

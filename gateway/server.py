@@ -14,6 +14,7 @@ invalid one is refused, logged with the reason, and the previous state keeps ser
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
 import signal
 from collections.abc import Callable, Coroutine
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from gateway import metrics
 from gateway.admin import Readiness, create_admin_app
@@ -42,10 +44,13 @@ __all__ = [
     "check_serving",
     "drain",
     "effective_config",
+    "group_metrics",
     "listen",
     "reload_gate",
+    "routes_digest",
     "run_worker",
     "start_admin",
+    "store_kind",
     "wait_for_stop",
 ]
 
@@ -121,8 +126,12 @@ async def run_worker(
             reuse_port=reuse_port,
             limit=settings.max_connections,
         )
+        metrics.init_labels(store_kind(settings.store))
+        group: metrics.GroupMetrics | None = None
         if admin:
-            admin_runner = await start_admin(settings, _readiness(gate, draining))
+            registry = metrics.collecting_registry(None)
+            group = group_metrics(settings, registry)
+            admin_runner = await start_admin(settings, _readiness(gate, draining), registry)
         _log.info(
             "listening",
             proxy=_addresses(proxy),
@@ -132,7 +141,7 @@ async def run_worker(
         )
         if on_ready is not None:
             on_ready()
-        await wait_for_stop(lambda: reload_gate(gate))
+        await wait_for_stop(lambda: reload_gate(gate, settings, group))
         stopping = True
     finally:
         draining.set()  # readiness turns 503 while in-flight requests finish
@@ -335,10 +344,11 @@ async def listen(
 
 
 async def start_admin(
-    settings: Settings, readiness: Readiness, multiproc_dir: str | None = None
+    settings: Settings, readiness: Readiness, registry: CollectorRegistry
 ) -> web.AppRunner:
-    """Start the admin listener; the caller cleans the returned runner up."""
-    app = create_admin_app(readiness, metrics.collecting_registry(multiproc_dir))
+    """Start the admin listener serving `registry`; the caller cleans the runner up."""
+    info = {"mode": settings.mode.value, "config": effective_config(settings)}
+    app = create_admin_app(readiness, registry, info)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     try:
@@ -350,6 +360,35 @@ async def start_admin(
         raise
     _log.info("admin_listening", admin=_addresses(runner))
     return runner
+
+
+_GROUPS: dict[int, metrics.GroupMetrics] = {}
+
+
+def group_metrics(settings: Settings, registry: CollectorRegistry) -> metrics.GroupMetrics:
+    """The process group's metrics in `registry` (made once per registry: tests start several
+    gateways in one process, and a registry refuses a name twice)."""
+    group = _GROUPS.get(id(registry))
+    if group is None:
+        group = metrics.GroupMetrics(
+            registry, mode=settings.mode.value, routes_sha256=routes_digest(settings)
+        )
+        _GROUPS[id(registry)] = group
+    return group
+
+
+def routes_digest(settings: Settings) -> str:
+    """The route table file's SHA-256 (first 12 hex digits), as `gateway_build_info` shows it."""
+    try:
+        return hashlib.sha256(Path(settings.routes).read_bytes()).hexdigest()[:12]
+    except OSError:
+        return "unreadable"
+
+
+def store_kind(url: str) -> str:
+    """The store kind a URL names, as the `store` label of gateway_store_lookups_total."""
+    scheme = urlsplit(url).scheme
+    return "redis" if scheme in ("redis", "rediss", "unix") else scheme
 
 
 async def wait_for_stop(
@@ -377,21 +416,29 @@ async def wait_for_stop(
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def reload_gate(gate: GateService) -> bool:
-    """SIGHUP: re-read the route table and store; on failure keep serving the previous state."""
+async def reload_gate(
+    gate: GateService, settings: Settings, group: metrics.GroupMetrics | None = None
+) -> bool:
+    """SIGHUP: re-read the route table and store; on failure keep serving the previous state.
+
+    `group` (the process that owns the admin listener) counts the reload once per gateway;
+    workers reload without counting."""
     try:
         await gate.reload()
     except ConfigError as exc:
-        metrics.RELOADS.labels("failed").inc()
+        if group is not None:
+            group.reloaded(False)
         _log.warning("reload_failed", error=str(exc), kept="previous route table and store")
         return False
     except Exception as exc:
-        metrics.RELOADS.labels("failed").inc()
+        if group is not None:
+            group.reloaded(False)
         error = f"{type(exc).__name__}: {exc}"
         _log.exception("reload_failed", error=error, kept="previous route table and store")
         return False
-    metrics.RELOADS.labels("ok").inc()
-    _log.info("reloaded")
+    if group is not None:
+        group.reloaded(True, routes_digest(settings))
+    _log.info("reloaded", mode=settings.mode.value)
     return True
 
 
