@@ -193,13 +193,19 @@ async def drain(runner: web.AppRunner, grace: float) -> None:
 
 def effective_config(settings: Settings) -> dict[str, Any]:
     """Every setting's value in force, as the start-up line and `/-/ready` show it: URLs
-    without their password (a Redis store URL may carry one), paths absolute."""
+    without their password (a Redis store URL may carry one), paths absolute (a relative
+    SQLite store too: sqlite:///gateway.db shows as sqlite:////<working directory>/gateway.db)."""
     config: dict[str, Any] = {}
     for name, value in settings.model_dump(mode="json").items():
         if isinstance(value, str) and "@" in value and "://" in value:
             value = redact_url(value)
         config[name] = value
     config["routes"] = str(Path(settings.routes).resolve())
+    store = settings.store
+    if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
+        # sqlite:///gateway.db (the default) is relative to the working directory: show the
+        # file actually in use.
+        config["store"] = "sqlite:///" + str(Path(store[len("sqlite:///") :]).absolute())
     return config
 
 

@@ -225,3 +225,11 @@ def _started_pids(log: Path) -> list[int]:
         if '"workers_started"' in line:
             return list(json.loads(line)["pids"])
     raise AssertionError("no workers_started line")
+
+
+def test_a_relative_sqlite_store_shows_as_the_file_in_use(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(upstream="http://127.0.0.1:1", routes=REPO / "policies" / "routes.yaml")
+
+    assert settings.store == "sqlite:///gateway.db"  # the documented default
+    assert effective_config(settings)["store"] == f"sqlite:///{tmp_path}/gateway.db"
