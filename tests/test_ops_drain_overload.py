@@ -101,3 +101,24 @@ async def test_a_request_finishing_inside_the_grace_period_is_not_cut(
     assert answer.status == 200
     assert await asyncio.to_thread(gateway.proc.wait, 15) == 0
     assert not gateway.events("drain_cut")
+
+
+async def test_a_response_still_streaming_at_the_end_of_the_drain_is_cut_and_logged(
+    an_upstream, a_gateway_process
+):
+    gateway = a_gateway_process("--upstream", an_upstream.url, "--grace-period", "2")
+    size = 1 << 30  # far more than the socket buffers hold: the stalled client blocks it
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(f"GET /-up-/bytes?size={size} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")  # then never read again
+    assert head.startswith(b"HTTP/1.1 200")
+
+    gateway.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(gateway.proc.wait, 20) == 0
+    writer.close()
+
+    (line,) = gateway.events("request")
+    assert line["reason"] == "drain_cut"
+    assert line["status"] == 200  # what the client had been sent
+    assert line["error"] == "drain_cut"
+    assert 0 < line["bytes_out"] < size
