@@ -6,8 +6,9 @@ serve(settings) -> exit code   (gateway.supervisor.serve)
   - one process: proxy and admin listeners on one uvloop event loop, or
   - `--workers N`: a supervisor (gateway.supervisor) running the admin listener and N
     worker processes sharing the proxy port with SO_REUSEPORT.
-Signals: SIGTERM/SIGINT stop accepting, drain in-flight requests for up to `grace_period`
-seconds, then exit 0. SIGHUP re-reads the route table and store (`gate.reload()`); an
+Signals: SIGTERM/SIGINT stop accepting and drain in-flight requests; the drain ends within
+`grace_period` seconds in total (`drain`: requests still running are then answered 503
+`drain_cut`, or cut), then exit 0. SIGHUP re-reads the route table and store (`gate.reload()`); an
 invalid one is refused, logged with the reason, and the previous state keeps serving.
 """
 
@@ -229,7 +230,8 @@ def _readiness(gate: GateService, draining: asyncio.Event) -> Readiness:
 
 
 class BoundedSite(web.TCPSite):
-    """A TCPSite that answers connections beyond `limit` with 503 and closes them at once.
+    """A TCPSite that answers connections beyond `limit` with 503 `overloaded` and closes them
+    (`_Overloaded`).
 
     aiohttp accepts connections without bound; each costs memory and a file descriptor, so a
     flood of idle connections could exhaust a worker. (`start` mirrors TCPSite.start with a
