@@ -11,10 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis.asyncio as redis
 from fixtures.proxy import call
 from job_grants import APP, write_grants
 
 from gateway import tokens
+from gateway.gate import Gate
+from gateway.grants import load_grants
+from gateway.settings import Settings
+from gateway.stores import open_store
 
 API = "/api/v4"
 
@@ -178,3 +183,24 @@ async def test_a_revoked_token_gets_gitlabs_401_and_logs_token_revoked(
     lines = await asyncio.to_thread(gateway.wait_for_event, "request", 2)
     assert [line["reason"] for line in lines] == ["token_revoked", "token_invalid"]
     assert lines[0]["job_id"] == 5001
+
+
+async def test_an_empty_redis_database_is_not_ready(redis_url: str, tmp_path: Path) -> None:
+    """A mistyped db number (or a restarted Redis without persistence) holds no store: every
+    token would be unknown, so readiness must not say "reachable"."""
+    url = redis_url.rpartition("/")[0] + "/11"
+    client = redis.Redis.from_url(url)
+    await client.flushdb()
+    gate = await Gate.open(Settings(store=url))
+    admin = open_store(url)
+    try:
+        ready, why = await gate.ready()
+        assert not ready
+        assert "holds no token store" in why
+        await admin.load(load_grants(write_grants(tmp_path / "grants.yaml")))
+        assert (await gate.ready())[0]
+    finally:
+        await gate.close()
+        await admin.close()
+        await client.flushdb()
+        await client.aclose()

@@ -93,7 +93,15 @@ class RedisStore:
         return None if raw is None else _allowlist(json.loads(raw))
 
     async def ping(self) -> None:
-        await self._do(self._client.ping())
+        """Raise StoreUnavailable unless the server answers and this database holds a store.
+
+        A database that was never loaded (a mistyped db number, a restarted server without
+        persistence) answers every token "unknown": readiness must not call it reachable."""
+        if not await self._do(self._client.exists(GENERATION)):
+            raise StoreUnavailable(
+                f"redis store: the database holds no token store (no {GENERATION} key: never "
+                "loaded, or emptied); load one with `store load`"
+            )
 
     async def close(self) -> None:
         if self._listener is not None:
