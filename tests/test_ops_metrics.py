@@ -233,3 +233,19 @@ def test_a_relative_sqlite_store_shows_as_the_file_in_use(tmp_path: Path, monkey
 
     assert settings.store == "sqlite:///gateway.db"  # the documented default
     assert effective_config(settings)["store"] == f"sqlite:///{tmp_path}/gateway.db"
+
+
+def test_serve_help_shows_every_default() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    assert result.returncode == 0
+    assert "[default: 30.0; env GATEWAY_GRACE_PERIOD]" in result.stdout
+    assert "[default: sqlite:///gateway.db; env GATEWAY_STORE]" in result.stdout
+    assert "[default: enforce; env GATEWAY_MODE]" in result.stdout
+    assert "[default: off; env GATEWAY_REQUIRE_JOB_TOKEN]" in result.stdout
+    assert result.stdout.count("[default: ") == len(Settings.model_fields)
