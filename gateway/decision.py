@@ -44,6 +44,7 @@ class Reason(StrEnum):
     # denied after resolution
     TOKEN_INVALID = "token_invalid"
     TOKEN_EXPIRED = "token_expired"
+    TOKEN_REVOKED = "token_revoked"  # revoked in the store: GitLab's 401, a distinct log reason
     ROUTE_NOT_AVAILABLE = "route_not_available"
     NOT_ALLOWLISTED = "not_allowlisted"
     INSUFFICIENT_PERMISSIONS = "insufficient_permissions"
@@ -58,6 +59,7 @@ class Reason(StrEnum):
     UPSTREAM_BAD_RESPONSE = "upstream_bad_response"  # closed early, garbage, oversized headers
     INTERNAL_ERROR = "internal_error"  # a gateway fault before forwarding: fail closed
     OVERLOADED = "overloaded"  # over `max_connections`: refused before reading a request
+    DRAIN_CUT = "drain_cut"  # still running when SIGTERM's grace period ended: answered 503 or cut
 
 
 # The status a gateway-made response carries for each non-allowing reason.
@@ -74,6 +76,7 @@ STATUS: dict[Reason, int] = {
     Reason.TOKEN_REQUIRED: 401,
     Reason.TOKEN_INVALID: 401,
     Reason.TOKEN_EXPIRED: 401,
+    Reason.TOKEN_REVOKED: 401,
     Reason.ROUTE_NOT_AVAILABLE: 403,
     Reason.NOT_ALLOWLISTED: 403,
     Reason.INSUFFICIENT_PERMISSIONS: 403,
@@ -87,6 +90,7 @@ STATUS: dict[Reason, int] = {
     Reason.UPSTREAM_BAD_RESPONSE: 502,
     Reason.INTERNAL_ERROR: 500,
     Reason.OVERLOADED: 503,
+    Reason.DRAIN_CUT: 503,
 }
 
 

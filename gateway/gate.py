@@ -336,9 +336,17 @@ class Gate:
             ruled = _job_rule(credential, job, target, access, store.wall())
             if ruled is not None:
                 return ruled
-        if not isinstance(job, Job) or job.revoked:
+        if not isinstance(job, Job):
             audit = _audit(credential, None, None, access)
             return policy.deny(Reason.TOKEN_INVALID, UNAUTHORIZED, audit)
+        if job.revoked:
+            # GitLab answers a token whose job may no longer use it (finished, erased) with the
+            # same 401 as an unknown one: Ci::AuthJobFinder#validate_job! raises, and
+            # Gitlab::Auth::AuthFinders#find_user_from_job_token turns that into UnauthorizedError
+            # (app/finders/ci/auth_job_finder.rb, lib/gitlab/auth/auth_finders.rb). Same answer
+            # here; only the log reason (`token_revoked`) tells the operator why.
+            audit = _audit(credential, job if job.job_id else None, None, access)
+            return policy.deny(Reason.TOKEN_REVOKED, UNAUTHORIZED, audit)
         if job.expired(store.wall()):
             audit = _audit(credential, job, None, access)
             return policy.deny(Reason.TOKEN_EXPIRED, UNAUTHORIZED, audit)

@@ -103,7 +103,10 @@ class Settings(BaseSettings):
     )
     workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port.")
     grace_period: float = Field(
-        30.0, ge=0, description="Seconds SIGTERM waits for in-flight requests to finish."
+        30.0,
+        ge=0,
+        description="Seconds SIGTERM's drain lasts at most: requests still running at its end "
+        "are answered 503 (`drain_cut`), or cut if their response has started.",
     )
 
     # --- policy
@@ -126,7 +129,9 @@ class Settings(BaseSettings):
     )
     store: str = Field(
         "sqlite:///gateway.db",
-        description="Token store URL: sqlite:///path, file:///path.yaml, redis://host:port/db, memory://.",
+        description="Token store URL: sqlite:///path, file:///path.yaml, redis://host:port/db, "
+        "memory://. It must exist (`store load --create` makes one); sqlite:///gateway.db is "
+        "relative to the working directory, sqlite:////abs/path.db is absolute.",
     )
     api_prefix: str = Field(
         "/api/v4", description="Path prefix of the API the route table applies to."
@@ -213,7 +218,9 @@ class Settings(BaseSettings):
     # NoDecode: the env var is a comma-separated list (a JSON list works too, see _split_cidrs).
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="CIDRs whose X-Forwarded-* headers are kept (comma-separated or JSON list).",
+        description="CIDRs whose X-Forwarded-* headers are kept (comma-separated or JSON list); "
+        "behind them the log's `remote` is the client from X-Forwarded-For and their "
+        "X-Request-Id is kept.",
     )
     connect_timeout: float = Field(10.0, gt=0, description="Seconds to connect to the upstream.")
     read_timeout: float = Field(
@@ -340,7 +347,9 @@ class Settings(BaseSettings):
             if only is not None and name not in only:
                 continue
             flag = flag_for(name)
-            help_text = f"{field.description} [env {env_for(name)}]"
+            default = _shown_default(field.get_default(call_default_factory=True))
+            help_text = f"{field.description} [default: {default}; env {env_for(name)}]"
+            help_text = help_text.replace("%", "%%")  # argparse formats help with %
             if field.annotation is bool:
                 parser.add_argument(
                     flag,
@@ -362,6 +371,19 @@ class Settings(BaseSettings):
             if getattr(args, name, None) is not None
         }
         return cls.build(**overrides)
+
+
+def _shown_default(value: Any) -> str:
+    """A default as `--help` shows it (what the flag takes, not Python's repr)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "none"
+    if value is None:
+        return "none"
+    return str(value)
 
 
 def _refuse_unknown_env() -> None:

@@ -294,7 +294,7 @@ def behind_nginx(
         wait_listening(front, nginx, root / "error.log")
         settings = recipe_settings()
         settings["GATEWAY_UPSTREAM"] = f"http://127.0.0.1:{internal}"
-        init = ["store", "load", str(GRANTS)]
+        init = ["store", "load", str(GRANTS), "--create"]
         assert container.run([*IMAGE.entrypoint, *init]).returncode == 0
         gateway = start_gateway(
             container, "behind-nginx", GATEWAY_PORT=str(gateway_port), **settings

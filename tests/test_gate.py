@@ -185,7 +185,7 @@ async def test_a_revocation_in_redis_reaches_every_replica_within_a_second(redis
     await asyncio.sleep(0.2)  # the change feeds are subscribed
     await admin.revoke(job_id=5001)
     seen = await asyncio.gather(
-        *(eventually(g, ALLOWED, Reason.TOKEN_INVALID, within=1.0) for g in replicas)
+        *(eventually(g, ALLOWED, Reason.TOKEN_REVOKED, within=1.0) for g in replicas)
     )
     assert max(seen) < 1.0
     for gate in replicas:
@@ -204,7 +204,7 @@ async def test_a_lost_redis_message_is_caught_by_the_generation_poll(redis_url: 
     await client.set("jtg:revoked:job:5001", "1")
     await client.incr("jtg:generation")
     await client.aclose()
-    assert await eventually(gate, ALLOWED, Reason.TOKEN_INVALID, within=1.2) < 1.2
+    assert await eventually(gate, ALLOWED, Reason.TOKEN_REVOKED, within=1.2) < 1.2
     await gate.close()
     await admin.close()
 
@@ -221,14 +221,15 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 
 async def test_a_sqlite_revocation_from_the_cli_reaches_a_running_gate(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/store.db"
-    loaded = run_cli("store", "load", str(write_grants(tmp_path / "grants.yaml")), "--store", url)
+    grants = str(write_grants(tmp_path / "grants.yaml"))
+    loaded = run_cli("store", "load", grants, "--store", url, "--create")
     assert loaded.returncode == 0, loaded.stderr
     gate = await Gate.open(Settings(store=url, cache_ttl=300))
     assert (await gate.evaluate(ALLOWED)).reason is Reason.OWN_PROJECT
     revoked = await asyncio.to_thread(run_cli, "store", "revoke", "--store", url, "--token", APP)
     assert revoked.returncode == 0, revoked.stderr
     assert APP not in revoked.stdout
-    assert await eventually(gate, ALLOWED, Reason.TOKEN_INVALID, within=1.5) < 1.5
+    assert await eventually(gate, ALLOWED, Reason.TOKEN_REVOKED, within=1.5) < 1.5
     await gate.close()
 
 
@@ -296,7 +297,7 @@ async def test_a_broken_sqlite_file_is_503_until_it_is_repaired(tmp_path: Path) 
     )
     assert not (await gate.ready())[0]
     database.unlink()
-    repaired = open_store(url)
+    repaired = open_store(url, create=True)
     await repaired.load(the_grants())
     await repaired.close()
     await eventually(gate, ALLOWED, Reason.OWN_PROJECT, within=2.0)
@@ -309,7 +310,7 @@ async def test_a_locked_sqlite_database_is_503(tmp_path: Path) -> None:
 
     database = tmp_path / "store.db"
     url = f"sqlite:///{database}"
-    setup = open_store(url)
+    setup = open_store(url, create=True)
     await setup.load(the_grants())
     await setup.close()
     # Another process holds an exclusive lock (e.g. a long maintenance transaction).
@@ -426,7 +427,7 @@ async def test_a_job_revoked_in_the_store_stays_revoked_whatever_upstream_says(
     await store.revoke(job_id=5002)
     gate = await a_gate(store, upstream=url, upstream_validation=True)
     view = a_request("GET", f"{API}/projects/12/releases", "glcbt-revoked-upstream-job")
-    assert (await gate.evaluate(view)).reason is Reason.TOKEN_INVALID
+    assert (await gate.evaluate(view)).reason is Reason.TOKEN_REVOKED
     await gate.close()
 
 
@@ -607,7 +608,7 @@ async def test_the_app_opens_its_own_store_and_fails_closed(
 async def test_a_replaced_sqlite_file_is_reopened(tmp_path: Path) -> None:
     database = tmp_path / "store.db"
     url = f"sqlite:///{database}"
-    first = open_store(url)
+    first = open_store(url, create=True)
     await first.load(the_grants())
     await first.close()
     gate = await Gate.open(Settings(store=url, cache_ttl=300))
@@ -615,9 +616,9 @@ async def test_a_replaced_sqlite_file_is_reopened(tmp_path: Path) -> None:
     # An operator rebuilds the store from scratch: the gate must not keep the deleted file.
     for suffix in ("", "-wal", "-shm"):
         (tmp_path / f"store.db{suffix}").unlink(missing_ok=True)
-    rebuilt = open_store(url)
+    rebuilt = open_store(url, create=True)
     await rebuilt.load(the_grants())
     await rebuilt.revoke(job_id=5001)
     await rebuilt.close()
-    assert await eventually(gate, ALLOWED, Reason.TOKEN_INVALID, within=1.5) < 1.5
+    assert await eventually(gate, ALLOWED, Reason.TOKEN_REVOKED, within=1.5) < 1.5
     await gate.close()

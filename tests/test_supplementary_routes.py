@@ -353,7 +353,7 @@ async def test_an_unprefixed_job_token_the_store_knows_is_judged_on_the_trigger_
     decision = await gate.evaluate(
         a_request("POST", f"{API}/projects/20/trigger/pipeline?ref=main&token={known}")
     )
-    assert (decision.allowed, decision.reason.value) == (False, "token_invalid")
+    assert (decision.allowed, decision.reason.value) == (False, "token_revoked")
     await gate.close()
 
 

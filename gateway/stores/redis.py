@@ -94,7 +94,15 @@ class RedisStore:
         return None if raw is None else _allowlist(json.loads(raw))
 
     async def ping(self) -> None:
-        await self._do(self._client.ping())
+        """Raise StoreUnavailable unless the server answers and this database holds a store.
+
+        A database that was never loaded (a mistyped db number, a restarted server without
+        persistence) answers every token "unknown": readiness must not call it reachable."""
+        if not await self._do(self._client.exists(GENERATION)):
+            raise StoreUnavailable(
+                f"redis store: the database holds no token store (no {GENERATION} key: never "
+                "loaded, or emptied); load one with `store load`"
+            )
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -162,6 +170,17 @@ class RedisStore:
         for value in results[1:-2:2]:
             hits += int(value)
         return hits
+
+    async def unrevoke(self, *, digest: str | None = None, job_id: int | None = None) -> int:
+        async with self._client.pipeline(transaction=True) as pipe:
+            if digest is not None:
+                pipe.delete(f"{PREFIX}revoked:digest:{digest}")
+            if job_id is not None:
+                pipe.delete(f"{PREFIX}revoked:job:{job_id}")
+            pipe.incr(GENERATION)
+            pipe.publish(CHANNEL, "unrevoke")
+            results = await self._do(pipe.execute())
+        return sum(int(value) for value in results[:-2])
 
     async def listing(self) -> Listing:
         keys = sorted(await self._do(self._client.smembers(CONTENT_KEYS)))

@@ -1,6 +1,7 @@
 """`sqlite:///path.db`: the embedded default store (no server).
 
-The schema is created on first use; the database runs in WAL mode so the `store` command can
+The file must exist unless the store was opened with `create` (`store load --create`); the
+schema is created on first use; the database runs in WAL mode so the `store` command can
 write while gateways read. Every query runs on one dedicated thread (sqlite3 blocks), so the
 event loop never waits on disk. Each write bumps `meta.generation` in the same transaction;
 gateways poll it (about once a second, via the cache layer) to see another process's
@@ -66,8 +67,9 @@ FROM jobs j JOIN projects p ON p.id = j.project_id
 class SqliteStore:
     kind = "sqlite"
 
-    def __init__(self, path: str, *, timeout: float = 2.0) -> None:
+    def __init__(self, path: str, *, timeout: float = 2.0, create: bool = False) -> None:
         self.path = path
+        self._create = create
         self._timeout = timeout
         self._conn: sqlite3.Connection | None = None
         self._inode: tuple[int, int, int] = (0, 0, 0)
@@ -78,10 +80,20 @@ class SqliteStore:
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
-            parent = Path(self.path).parent
-            parent.mkdir(parents=True, exist_ok=True)
+            target = self.path
+            uri = False
+            if self._create:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            else:
+                # mode=rw: a store deleted or moved while serving is an unavailable store (503,
+                # not ready), never a new empty one that would answer 401 to every job token.
+                target, uri = f"{Path(self.path).absolute().as_uri()}?mode=rw", True
             conn = sqlite3.connect(
-                self.path, timeout=self._timeout, check_same_thread=False, isolation_level=None
+                target,
+                timeout=self._timeout,
+                check_same_thread=False,
+                isolation_level=None,
+                uri=uri,
             )
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -176,6 +188,9 @@ class SqliteStore:
 
     async def revoke(self, *, digest: str | None = None, job_id: int | None = None) -> int:
         return await self._run(lambda conn: _write(conn, lambda: _revoke(conn, digest, job_id)))
+
+    async def unrevoke(self, *, digest: str | None = None, job_id: int | None = None) -> int:
+        return await self._run(lambda conn: _write(conn, lambda: _unrevoke(conn, digest, job_id)))
 
     async def listing(self) -> Listing:
         return await self._run(_listing)
@@ -300,6 +315,15 @@ def _revoke(conn: sqlite3.Connection, digest: str | None, job_id: int | None) ->
         conn.execute("INSERT OR IGNORE INTO revoked_jobs VALUES (?)", (job_id,))
         hits += conn.execute("SELECT COUNT(*) FROM jobs WHERE job_id = ?", (job_id,)).fetchone()[0]
     return int(hits)
+
+
+def _unrevoke(conn: sqlite3.Connection, digest: str | None, job_id: int | None) -> int:
+    removed = 0
+    if digest is not None:
+        removed += conn.execute("DELETE FROM revoked_digests WHERE digest = ?", (digest,)).rowcount
+    if job_id is not None:
+        removed += conn.execute("DELETE FROM revoked_jobs WHERE job_id = ?", (job_id,)).rowcount
+    return removed
 
 
 def _listing(conn: sqlite3.Connection) -> Listing:

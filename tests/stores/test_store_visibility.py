@@ -37,7 +37,7 @@ async def a_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     if kind == "memory":
         store = open_store("memory://")
     elif kind == "sqlite":
-        store = open_store(f"sqlite:///{tmp_path}/store.db")
+        store = open_store(f"sqlite:///{tmp_path}/store.db", create=True)
     elif kind == "file":
         (tmp_path / "grants.yaml").write_text(GRANTS)
         store = open_store(f"file://{tmp_path}/grants.yaml")
@@ -128,7 +128,7 @@ def test_store_load_and_list_carry_visibility(tmp_path: Path) -> None:
         command = [sys.executable, "-m", "gateway", "store", *args, "--store", url]
         return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
-    assert store("load", str(grants)).returncode == 0
+    assert store("load", str(grants), "--create").returncode == 0
     document = json.loads(store("list", "--json").stdout)
     projects = {p["id"]: p for p in document["projects"]}
     assert projects[1] == {"id": 1, "path": "acme/app"}
