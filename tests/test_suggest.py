@@ -508,7 +508,12 @@ async def test_a_dry_run_log_becomes_grants_that_enforce_mode_applies(
 ) -> None:
     store = f"sqlite:///{tmp_path}/gateway.sqlite3"
     (tmp_path / "grants.yaml").write_text(E2E_GRANTS)
-    assert gateway("store", "load", str(tmp_path / "grants.yaml"), "--store", store, "--create").returncode == 0
+    assert (
+        gateway(
+            "store", "load", str(tmp_path / "grants.yaml"), "--store", store, "--create"
+        ).returncode
+        == 0
+    )
 
     # 1. Dry-run: everything is forwarded, would-be denials logged.
     dry = a_gateway_process(
@@ -693,7 +698,12 @@ async def test_replicas_meet_in_the_redis_aggregate(
     """Two replicas share the store; `suggest --from-store` sees both's traffic, as the logs do."""
     store = an_observations_db
     (tmp_path / "grants.yaml").write_text(E2E_GRANTS)
-    assert gateway("store", "load", str(tmp_path / "grants.yaml"), "--store", store, "--create").returncode == 0
+    assert (
+        gateway(
+            "store", "load", str(tmp_path / "grants.yaml"), "--store", store, "--create"
+        ).returncode
+        == 0
+    )
     args = ("--mode", "dry-run", "--upstream", an_upstream.url, "--observations", "100")
     one = a_gateway_process(*args, env={"GATEWAY_STORE": store})
     two = a_gateway_process(*args, env={"GATEWAY_STORE": store})
