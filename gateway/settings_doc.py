@@ -1,11 +1,12 @@
-"""The README's configuration reference, generated from the `Settings` fields so it cannot drift.
+"""The configuration reference (docs/configuration.md), generated from the `Settings` fields so it
+cannot drift.
 
     python -m gateway.settings_doc            # print the block
-    python -m gateway.settings_doc --write    # rewrite the block in README.md
-    python -m gateway.settings_doc --check    # exit 1 when README.md's block differs
+    python -m gateway.settings_doc --write    # rewrite the block in docs/configuration.md
+    python -m gateway.settings_doc --check    # exit 1 when docs/configuration.md's block differs
 
 The block sits between `<!-- settings:begin -->` and `<!-- settings:end -->`; everything outside
-the markers is left byte for byte. tests/test_settings_doc.py fails when the README is stale.
+the markers is left byte for byte. tests/test_settings_doc.py fails when the page is stale.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from pydantic import BaseModel
 
 from gateway.settings import Settings, env_for, flag_for
 
-__all__ = ["BEGIN", "END", "README", "REGENERATE", "render_block", "render_table", "replace_block"]
+__all__ = ["BEGIN", "END", "REGENERATE", "TARGET", "render_block", "render_table", "replace_block"]
 
 BEGIN = "<!-- settings:begin -->"
 END = "<!-- settings:end -->"
 REPO = Path(__file__).resolve().parent.parent
-README = REPO / "README.md"
+TARGET = REPO / "docs" / "configuration.md"
 REGENERATE = "python -m gateway.settings_doc --write"
 MiB = 1024 * 1024
 
@@ -99,27 +100,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m gateway.settings_doc", description=__doc__.splitlines()[0]
     )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="rewrite the block in the README")
-    mode.add_argument("--check", action="store_true", help="exit 1 when the README is stale")
-    parser.add_argument("--readme", type=Path, default=README, help="default: the checkout's")
+    mode.add_argument("--write", action="store_true", help="rewrite the block in the page")
+    mode.add_argument("--check", action="store_true", help="exit 1 when the page is stale")
+    parser.add_argument(
+        "--file",
+        "--readme",
+        dest="target",
+        type=Path,
+        default=TARGET,
+        help="the page holding the block (default: the checkout's docs/configuration.md)",
+    )
     args = parser.parse_args(argv)
     block = render_block()
     if not (args.write or args.check):
         print(block)
         return 0
     try:
-        current = args.readme.read_text(encoding="utf-8")
+        current = args.target.read_text(encoding="utf-8")
         wanted = replace_block(current, block)
     except (OSError, ValueError) as exc:
-        print(f"settings_doc: error: {args.readme}: {exc}", file=sys.stderr)
+        print(f"settings_doc: error: {args.target}: {exc}", file=sys.stderr)
         return 2
     if args.check:
         if current != wanted:
-            print(f"{args.readme}: configuration reference is stale; run `{REGENERATE}`")
+            print(f"{args.target}: configuration reference is stale; run `{REGENERATE}`")
             return 1
         return 0
     if current != wanted:
-        args.readme.write_text(wanted, encoding="utf-8")
+        args.target.write_text(wanted, encoding="utf-8")
     return 0
 
 

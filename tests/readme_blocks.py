@@ -1,24 +1,40 @@
-"""The shell commands README.md shows, as a reader would paste them: the ```sh blocks under one
-heading, backslash continuations joined. Tests run these (tests/docker/, tests/test_deploy.py)
-rather than copies, so the README cannot drift from what is tested."""
+"""The shell commands docs/deployment.md shows, as a reader would paste them: the ```sh blocks
+under one heading, backslash continuations joined. Tests run these (tests/docker/,
+tests/test_deploy.py) rather than copies, so the page cannot drift from what is tested."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+DEPLOYMENT = Path(__file__).resolve().parent.parent / "docs" / "deployment.md"
 
-__all__ = ["deployment_sections", "readme_commands"]
+__all__ = ["DEPLOYMENT", "deployment_sections", "readme_commands"]
+
+
+def _headings(lines: list[str]) -> list[tuple[int, int, str]]:
+    """(line index, level, title) of every Markdown heading outside code fences."""
+    found: list[tuple[int, int, str]] = []
+    fenced = False
+    for index, line in enumerate(lines):
+        if re.match(r"^\s*```", line):
+            fenced = not fenced
+        elif not fenced and (match := re.match(r"^(#+) (.+)$", line)):
+            found.append((index, len(match.group(1)), match.group(2)))
+    return found
 
 
 def _section(heading: str) -> str:
-    text = README.read_text().split(f"\n### {heading}\n", 1)[1]
-    return text.split("\n### ", 1)[0].split("\n## ", 1)[0]
+    """The text under `heading` (any level) up to the next heading of the same or a higher level."""
+    lines = DEPLOYMENT.read_text().splitlines()
+    headings = _headings(lines)
+    start, level = next((i, lvl) for i, lvl, title in headings if title == heading)
+    stop = next((i for i, lvl, _title in headings if i > start and lvl <= level), len(lines))
+    return "\n".join(lines[start + 1 : stop]) + "\n"
 
 
 def readme_commands(heading: str) -> list[str]:
-    """The commands of the ```sh blocks under README heading `### {heading}`, in order."""
+    """The commands of the ```sh blocks under docs/deployment.md heading `heading`, in order."""
     commands: list[str] = []
     blocks = re.findall(r"^ *```sh\n(.*?)^ *```", _section(heading), re.MULTILINE | re.DOTALL)
     for block in blocks:
@@ -28,7 +44,7 @@ def readme_commands(heading: str) -> list[str]:
 
 
 def deployment_sections() -> list[str]:
-    """The `###` headings of README "Deployment" that show shell commands."""
-    text = README.read_text().split("\n## Deployment\n", 1)[1].split("\n## ", 1)[0]
-    headings = re.findall(r"^### (.+)$", text, re.MULTILINE)
-    return [heading for heading in headings if readme_commands(heading)]
+    """The `##` headings of docs/deployment.md that show shell commands."""
+    lines = DEPLOYMENT.read_text().splitlines()
+    titles = [title for _i, level, title in _headings(lines) if level == 2]
+    return [title for title in titles if readme_commands(title)]

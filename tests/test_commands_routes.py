@@ -162,10 +162,10 @@ def test_routes_diff_seed_to_current() -> None:
     assert run("routes", "--diff", "seed", "current").stdout == result.stdout
 
 
-def test_the_readme_shows_the_real_diff_output() -> None:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+def test_the_docs_show_the_real_diff_output() -> None:
+    page = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
     shown = "$ python -m gateway routes --diff seed current\n"
-    assert shown + run("routes", "--diff", "seed", "current").stdout + "```" in readme
+    assert shown + run("routes", "--diff", "seed", "current").stdout + "```" in page
 
 
 def test_routes_diff_the_other_way_and_json() -> None:

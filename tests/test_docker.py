@@ -320,8 +320,8 @@ def test_dockerignore_keeps_everything_the_dockerfile_copies(image: Dockerfile) 
 
 
 def test_readme_lists_the_images_defaults(image: Dockerfile) -> None:
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("### The container image", 1)[1].split("\n### ", 1)[0]
+    page = (REPO / "docs" / "deployment.md").read_text()
+    section = page.split("\n## The container image\n", 1)[1].split("\n## ", 1)[0]
     documented: dict[str, str] = {}
     for row in re.findall(r"^\s*\|(.+)\|\s*$", section, flags=re.MULTILINE):
         cells = [cell.strip() for cell in row.split("|")]
@@ -331,4 +331,4 @@ def test_readme_lists_the_images_defaults(image: Dockerfile) -> None:
             values *= len(names)
         documented.update(zip(names, values, strict=True))
     image_env = {k: v for k, v in image.final.env.items() if k.startswith("GATEWAY_")}
-    assert documented == image_env, "README.md, Deployment > The container image: update the table"
+    assert documented == image_env, "docs/deployment.md, The container image: update the table"

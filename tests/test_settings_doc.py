@@ -1,4 +1,5 @@
-"""The README's configuration reference is generated from the Settings fields and never drifts."""
+"""The configuration reference (docs/configuration.md) is generated from the Settings fields and
+never drifts."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from gateway import settings_doc
 from gateway.settings import Settings, env_for, flag_for
 
 REPO = Path(__file__).resolve().parent.parent
-README = REPO / "README.md"
+PAGE = REPO / "docs" / "configuration.md"
 
 
 def run_doc(*args: str) -> subprocess.CompletedProcess[str]:
@@ -36,12 +37,12 @@ def table_rows() -> dict[str, list[str]]:
     return rows
 
 
-def test_readme_block_is_the_generated_one() -> None:
-    text = README.read_text(encoding="utf-8")
+def test_the_page_block_is_the_generated_one() -> None:
+    text = PAGE.read_text(encoding="utf-8")
     regenerated = settings_doc.replace_block(text, settings_doc.render_block())
     assert text == regenerated, (
-        "README.md's configuration reference differs from gateway/settings.py: "
-        f"run `.venv/bin/{settings_doc.REGENERATE}` and commit README.md"
+        "docs/configuration.md's configuration reference differs from gateway/settings.py: "
+        f"run `.venv/bin/{settings_doc.REGENERATE}` and commit docs/configuration.md"
     )
 
 
@@ -77,7 +78,7 @@ def test_booleans_show_both_flags() -> None:
 
 
 def test_table_does_not_depend_on_the_machine() -> None:
-    # The route table's default is absolute at run time; the README must not carry this checkout.
+    # The route table's default is absolute at run time; the page must not carry this checkout.
     assert str(REPO) not in settings_doc.render_block()
 
 
@@ -111,24 +112,31 @@ def test_markers_must_appear_once_in_order(text: str) -> None:
 
 
 def test_only_the_block_is_rewritten(tmp_path: Path) -> None:
-    readme = tmp_path / "README.md"
+    page = tmp_path / "configuration.md"
     before, after = "# Title\n\nintro\n\n", "\n\n## Deployment\n\nmore text\n"
-    readme.write_text(f"{before}{settings_doc.BEGIN}\nold table\n{settings_doc.END}{after}")
+    page.write_text(f"{before}{settings_doc.BEGIN}\nold table\n{settings_doc.END}{after}")
 
-    stale = run_doc("--check", "--readme", str(readme))
+    stale = run_doc("--check", "--file", str(page))
     assert stale.returncode == 1
     assert settings_doc.REGENERATE in stale.stdout
 
-    assert run_doc("--write", "--readme", str(readme)).returncode == 0
-    text = readme.read_text()
+    assert run_doc("--write", "--file", str(page)).returncode == 0
+    text = page.read_text()
     assert text == before + settings_doc.render_block() + after
-    assert run_doc("--check", "--readme", str(readme)).returncode == 0
+    assert run_doc("--check", "--file", str(page)).returncode == 0
 
 
 def test_missing_markers_are_a_clear_error(tmp_path: Path) -> None:
-    readme = tmp_path / "README.md"
-    readme.write_text("# Title\n")
-    result = run_doc("--write", "--readme", str(readme))
+    page = tmp_path / "configuration.md"
+    page.write_text("# Title\n")
+    result = run_doc("--write", "--file", str(page))
     assert result.returncode == 2
     assert "marker" in result.stderr
-    assert readme.read_text() == "# Title\n"
+    assert page.read_text() == "# Title\n"
+
+
+def test_the_default_target_is_the_configuration_page() -> None:
+    assert settings_doc.TARGET == PAGE
+    assert run_doc("--check").returncode == 0
+    assert settings_doc.BEGIN in PAGE.read_text(encoding="utf-8")
+    assert settings_doc.BEGIN not in (REPO / "README.md").read_text(encoding="utf-8")
