@@ -107,7 +107,10 @@ def test_the_readme_stays_short() -> None:
         ("Running `serve` on a host", "running-serve-on-a-host"),
         ("Processes, signals and reload", "processes-signals-and-reload"),
         ("What is forwarded, and what changes", "what-is-forwarded-and-what-changes"),
-        ("Sidecar: one gateway next to one API server", "sidecar-one-gateway-next-to-one-api-server"),
+        (
+            "Sidecar: one gateway next to one API server",
+            "sidecar-one-gateway-next-to-one-api-server",
+        ),
         ("nginx `auth_request`", "nginx-auth_request"),
         ("Where to change what", "where-to-change-what"),
     ],
