@@ -52,6 +52,11 @@ class Reason(StrEnum):
     UPSTREAM_BAD_RESPONSE = "upstream_bad_response"  # closed early, garbage, oversized headers
     INTERNAL_ERROR = "internal_error"  # a gateway fault before forwarding: fail closed
     OVERLOADED = "overloaded"  # over `max_connections`: refused before reading a request
+    # the decision listener (gateway/authz)
+    UNTRUSTED_PEER = "untrusted_peer"  # asked by a peer not in `decision_trusted_peers`
+    BAD_CHECK_REQUEST = "bad_check_request"  # original method/target missing or ambiguous
+    BODY_NOT_VISIBLE = "body_not_visible"  # a body that may carry a token did not come along
+    REINTERPRETING_HEADER = "reinterpreting_header"  # a method-override/URL-rewrite header
 
 
 # The status a gateway-made response carries for each non-allowing reason.
@@ -80,6 +85,10 @@ STATUS: dict[Reason, int] = {
     Reason.UPSTREAM_BAD_RESPONSE: 502,
     Reason.INTERNAL_ERROR: 500,
     Reason.OVERLOADED: 503,
+    Reason.UNTRUSTED_PEER: 403,
+    Reason.BAD_CHECK_REQUEST: 403,
+    Reason.BODY_NOT_VISIBLE: 403,
+    Reason.REINTERPRETING_HEADER: 403,
 }
 
 

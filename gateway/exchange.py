@@ -4,7 +4,8 @@ Log line fields (event `request`): request_id, method, path (token query paramet
 redacted), route, decision (allow|deny, absent when refused before the gate), reason, status,
 bytes_in, bytes_out, decision_ms, upstream_ms, total_ms, remote, the decision's audit fields
 (fingerprint, job_id, source_project, target_project, required, granted), `would_deny` in
-dry-run mode and `error` when something failed. Never a header, never a raw token.
+dry-run mode, `protocol` on the decision listener (nginx, forwarded, envoy) and `error` when
+something failed. Never a header, never a raw token.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Exchange:
     would_deny: bool = False
     reason: Reason | None = None  # the gateway's own answer, when it made one
     status: int = 0
+    protocol: str | None = None  # the decision listener's: nginx, forwarded or envoy
 
     @property
     def final_reason(self) -> str:
@@ -136,6 +138,8 @@ class Recorder:
             "total_ms": _ms(perf_counter() - exchange.started),
             "remote": exchange.remote,
         }
+        if exchange.protocol is not None:
+            fields["protocol"] = exchange.protocol
         if exchange.decision is not None:
             _add_audit(fields, exchange.decision)
         if exchange.would_deny:

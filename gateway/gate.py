@@ -119,6 +119,22 @@ class Gate:
 
     async def evaluate(self, view: RequestView) -> Decision:
         """The verdict for one request; never raises for a request (store faults -> 503)."""
+        started = self._start(view)
+        if isinstance(started, Decision):
+            return started  # everything came from the cache: no await, no suspension
+        return await self._authorize(*started)
+
+    def evaluate_now(self, view: RequestView) -> Decision | None:
+        """`evaluate`'s verdict when it needs no I/O (decided before any lookup, or every value
+        from the cache), else None: then `await evaluate(view)`. For callers that answer cache
+        hits without a Task (the decision listener, gateway/authz); never raises for a request."""
+        started = self._start(view)
+        return started if isinstance(started, Decision) else None
+
+    def _start(
+        self, view: RequestView
+    ) -> Decision | tuple[tokens.Credential, policy.Access, Target, _Lookup]:
+        """The verdict when no I/O is needed, else what `_authorize` needs to fetch."""
         found: tokens.Extraction | Decision
         try:
             found = tokens.extract(view)
@@ -131,8 +147,8 @@ class Gate:
                 return planned  # refused before any store lookup
             decided = self._resolve(found, *planned)
             if isinstance(decided, Decision):
-                return decided  # everything came from the cache: no await, no suspension
-            return await self._authorize(found, *planned, decided)
+                return decided
+            return found, *planned, decided
         refusal = routes.check_target(view.target)
         if refusal is not None:
             return _bad_target(refusal)

@@ -31,6 +31,7 @@ from gateway.settings import Settings
 __all__ = [
     "check_extensions",
     "check_serving",
+    "decision_only",
     "listen",
     "reload_gate",
     "run_worker",
@@ -74,6 +75,8 @@ def check_extensions() -> None:
 
 def check_serving(settings: Settings) -> None:
     """The settings `serve` needs beyond field validation."""
+    if decision_only(settings):
+        return  # no proxy: --upstream only for upstream validation (Gate.open checks)
     if settings.upstream is None:
         raise ConfigError("--upstream / GATEWAY_UPSTREAM is required to serve")
     if settings.workers > 1 and settings.port == 0:
@@ -92,8 +95,15 @@ async def run_worker(
     reuse_port: bool = False,
     on_ready: Callable[[], None] | None = None,
 ) -> int:
-    """Serve the proxy (and, if `admin`, the admin listener) until a stop signal; drain; 0."""
+    """Serve the proxy (and, if `admin`, the admin listener) until a stop signal; drain; 0.
+    With `--decision-port` the decision listener (gateway/authz) runs beside the proxy, or alone
+    with `--port 0`."""
+    if decision_only(settings):
+        from gateway.authz.listener import run_alone
+
+        return await run_alone(settings, admin=admin, reuse_port=reuse_port, on_ready=on_ready)
     draining = asyncio.Event()
+    decision = None
     proxy = web.AppRunner(create_app(settings), **runner_options(settings))
     admin_runner: web.AppRunner | None = None
     try:
@@ -108,6 +118,10 @@ async def run_worker(
             reuse_port=reuse_port,
             limit=settings.max_connections,
         )
+        if settings.decision_port is not None:
+            from gateway.authz.listener import start_listener
+
+            decision = await start_listener(settings, gate, reuse_port=reuse_port)
         if admin:
             admin_runner = await start_admin(settings, _readiness(gate, draining))
         _log.info("listening", proxy=_addresses(proxy), upstream=settings.upstream)
@@ -117,11 +131,18 @@ async def run_worker(
         _log.info("draining", grace_period=settings.grace_period)
     finally:
         draining.set()  # readiness turns 503 while in-flight requests finish
+        if decision is not None:
+            await decision.stop(settings.grace_period)
         await proxy.cleanup()  # stops accepting, waits up to grace_period, then closes
         if admin_runner is not None:
             await admin_runner.cleanup()
     _log.info("stopped")
     return 0
+
+
+def decision_only(settings: Settings) -> bool:
+    """`--port 0 --decision-port P`: the decision listener runs without the proxy."""
+    return settings.port == 0 and settings.decision_port is not None
 
 
 def _readiness(gate: GateService, draining: asyncio.Event) -> Readiness:
