@@ -19,7 +19,6 @@ from multidict import CIMultiDict
 from gateway.authz import DecisionService, start_listener
 from gateway.decision import Reason
 from gateway.exchange import Recorder
-from gateway.settings import Settings
 from gateway.wire import Request, Response
 
 API = "/api/v4"
@@ -300,7 +299,8 @@ async def test_a_cache_hit_is_answered_without_a_task() -> None:
             "GET", "/", "1.1", CIMultiDict([("X-Original-Method", "GET")]), b"", True, "10.1.1.1"
         )
         answer = service.handle(denied)
-        assert isinstance(answer, Response) and answer.status == 403
+        assert isinstance(answer, Response)
+        assert answer.status == 403
     finally:
         await gate.close()
 

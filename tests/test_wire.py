@@ -84,7 +84,7 @@ def responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
 
 
 async def test_keep_alive_and_pipelined_requests_are_answered_in_order(a_server: Started) -> None:
-    server, handler = await a_server()
+    server, _handler = await a_server()
     requests = (
         b"".join(f"GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(12))
         + b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -232,7 +232,8 @@ async def test_stop_lets_the_answer_in_progress_finish(a_server: Started) -> Non
     assert await asyncio.wait_for(idle_reader.read(), 2) == b""  # idle: closed at once
     handler.release.set()
     answers = responses(await asyncio.wait_for(reader.read(), 5))
-    assert answers[0][0] == 200 and answers[0][1]["Connection"] == "close"
+    assert answers[0][0] == 200
+    assert answers[0][1]["Connection"] == "close"
     await stopping
     writer.close()
     idle_writer.close()
