@@ -27,7 +27,8 @@ to the proxy listener instead.
 
 Answers (point 3): allow -> 200, empty, `X-Gateway-Reason`, `X-Gateway-Request-Id` and, for a
 judged job token, `X-Gateway-Job-Id` and `X-Gateway-Source-Project`; deny -> 401/403 with
-GitLab's JSON body and the message in `X-Gateway-Message`. nginx turns any other status of an
+GitLab's JSON body and the message in `X-Gateway-Message` (escaped as a JSON string's
+contents, so a proxy can rebuild the body from it). nginx turns any other status of an
 auth subrequest into 500, so a refusal that is another 4xx on the proxy port is a 403 here,
 keeping its own reason code; a 5xx stays (nginx's 500 then fails closed). Dry-run allows what
 enforce would deny (`X-Gateway-Would-Deny: true`, `would_deny` in the log line) but still
@@ -37,6 +38,7 @@ refuses what the listener cannot judge.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Awaitable
 from time import perf_counter
@@ -299,7 +301,9 @@ def _json(status: int, reason: Reason, message: str, request_id: str | None) -> 
     headers = [_JSON, _NO_CACHE, ("X-Gateway-Reason", reason.value)]
     if request_id is not None:
         headers.append(("X-Gateway-Request-Id", request_id))
-    headers.append(("X-Gateway-Message", _printable(message)))
+    # The message as a JSON string's contents (ASCII, quotes and controls escaped): a header
+    # value that cannot split the answer, and that nginx can splice into `{"message":"..."}`.
+    headers.append(("X-Gateway-Message", json.dumps(message)[1:-1]))
     return Response(status, headers, orjson.dumps({"message": message}))
 
 
