@@ -51,16 +51,17 @@ class Limits:
 class Request:
     """One parsed request. `target` is the raw request-target (still percent-encoded);
     header names and values are decoded as aiohttp decodes them (UTF-8, surrogateescape), so
-    the same bytes read the same on either server."""
+    the same bytes read the same on either server. `fields` are the headers in order, as
+    received; `headers` is a case-insensitive multidict of them, built on first use."""
 
-    __slots__ = ("body", "headers", "keep_alive", "method", "peer", "target", "version")
+    __slots__ = ("_headers", "body", "fields", "keep_alive", "method", "peer", "target", "version")
 
     def __init__(
         self,
         method: str,
         target: str,
         version: str,
-        headers: CIMultiDict[str],
+        fields: list[tuple[str, str]],
         body: bytes,
         keep_alive: bool,
         peer: str | None,
@@ -68,10 +69,17 @@ class Request:
         self.method = method
         self.target = target
         self.version = version
-        self.headers = headers
+        self.fields = fields
         self.body = body
         self.keep_alive = keep_alive
         self.peer = peer
+        self._headers: CIMultiDict[str] | None = None
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        if self._headers is None:
+            self._headers = CIMultiDict(self.fields)
+        return self._headers
 
 
 @dataclass(slots=True)
@@ -260,7 +268,7 @@ class _Connection(asyncio.Protocol):
             self._method,
             url.decode("utf-8", "surrogateescape"),
             self._version,
-            CIMultiDict(self._headers),
+            self._headers,
             body,
             self._parser.should_keep_alive(),
             self._peer,
