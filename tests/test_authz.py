@@ -365,3 +365,46 @@ def test_port_0_runs_the_decision_listener_alone_without_an_upstream(
     assert (status, headers["X-Gateway-Reason"]) == (200, "no_token")
     assert process.events("listening")[0]["proxy"] == []
     assert process.stop() == 0
+
+
+def test_every_worker_runs_a_decision_listener_on_the_shared_port(
+    a_gateway_process: Callable[..., Any],
+) -> None:
+    from conftest import free_port
+
+    port = free_port()
+    process = a_gateway_process(
+        "--upstream", "http://127.0.0.1:9", "--workers", "2", "--decision-port", str(port)
+    )
+    for _ in range(20):  # SO_REUSEPORT spreads connections over both workers
+        status, headers, _ = _get(
+            f"http://127.0.0.1:{port}/", {"X-Original-Method": "GET", "X-Original-URI": GRANTED}
+        )
+        assert (status, headers["X-Gateway-Reason"]) == (200, "no_token")
+    pids = {line["pid"] for line in process.wait_for_event("request", 20)}
+    assert len(pids) == 2, pids
+    assert process.stop() == 0
+
+
+def test_a_reload_reaches_the_decision_listener(
+    a_gateway_process: Callable[..., Any], tmp_path: Any
+) -> None:
+    import signal
+
+    from conftest import free_port
+    from job_grants import GRANTS_YAML
+
+    grants = tmp_path / "grants.yaml"
+    grants.write_text(GRANTS_YAML)
+    port = free_port()
+    process = a_gateway_process(
+        "--port", "0", "--decision-port", str(port), "--store", f"file://{grants}"
+    )
+    ask = {"X-Original-Method": "GET", "X-Original-URI": GRANTED, "JOB-TOKEN": APP}
+    status, headers, _ = _get(f"http://127.0.0.1:{port}/", ask)
+    assert (status, headers["X-Gateway-Reason"]) == (200, "policies_granted")
+    grants.write_text(GRANTS_YAML.replace("token: glcbt-app-job,", "token: glcbt-app-gone,"))
+    process.signal(signal.SIGHUP)
+    process.wait_for_event("reloaded")
+    status, headers, _ = _get(f"http://127.0.0.1:{port}/", ask)
+    assert (status, headers["X-Gateway-Reason"]) == (401, "token_invalid")

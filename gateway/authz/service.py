@@ -37,6 +37,7 @@ refuses what the listener cannot judge.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import re
@@ -268,6 +269,10 @@ class DecisionService:
     async def _later(self, view: RequestView, exchange: Exchange) -> Response:
         try:
             decision = await self._gate.evaluate(view)
+        except asyncio.CancelledError:  # the asking proxy went away: still one log line
+            exchange.status, exchange.transfer.error = 499, "client_disconnected"
+            self._recorder.finish(exchange)
+            raise
         except Exception:
             _log.exception("decision_failed", request_id=exchange.transfer.request_id)
             return self._finish(exchange, self._refuse(exchange, Reason.INTERNAL_ERROR, None))
