@@ -47,7 +47,8 @@ async def a_listener() -> AsyncIterator[Callable[..., Any]]:
 
     async def start(**overrides: Any) -> Ask:
         overrides.setdefault("decision_port", 0)
-        gate = await a_gate(**overrides)
+        store = overrides.pop("store_obj", None)
+        gate = await a_gate(store, **overrides)
         listener = await start_listener(gate.settings, gate)
         started.append((listener, gate))
         base = f"http://127.0.0.1:{listener.port}"
@@ -408,3 +409,20 @@ def test_a_reload_reaches_the_decision_listener(
     process.wait_for_event("reloaded")
     status, headers, _ = _get(f"http://127.0.0.1:{port}/", ask)
     assert (status, headers["X-Gateway-Reason"]) == (401, "token_invalid")
+
+
+async def test_a_store_that_cannot_answer_fails_closed(a_listener: Callable[..., Any]) -> None:
+    from job_grants import the_grants
+
+    from gateway.errors import StoreUnavailable
+    from gateway.grants import Job
+    from gateway.stores.memory import MemoryStore
+
+    class DownStore(MemoryStore):
+        async def job(self, digest: str) -> Job | None:
+            raise StoreUnavailable("down for the test")
+
+    ask = await a_listener(store_obj=DownStore(the_grants()))
+    answer = await ask(**nginx("GET", GRANTED), JOB_TOKEN=APP)
+    # 503 stays a 5xx: nginx turns it into a 500, Envoy and Traefik pass it on: never an allow.
+    assert (answer.status, answer.reason) == (503, "store_unavailable")

@@ -162,6 +162,7 @@ class DecisionService:
     def _view(self, request: Request, exchange: Exchange) -> RequestView:
         """The original request, in one pass over the check request's headers."""
         if not self._trusts(request.peer):
+            self._checks["none"].inc()
             raise _Refusal(Reason.UNTRUSTED_PEER, "the decision listener does not trust this peer")
         kinds = self._kinds
         kept: list[tuple[str, str]] = []
