@@ -98,12 +98,16 @@ async def test_allow_and_deny_from_the_original_request_headers(
     assert len(allowed.headers["X-Gateway-Request-Id"]) == 16
     denied = await ask(**protocol("GET", DENIED), JOB_TOKEN=APP)
     assert (denied.status, denied.reason) == (403, "insufficient_permissions")
-    assert denied.headers["Content-Type"] == "application/json"
-    assert denied.json()["message"] == denied.headers["X-Gateway-Message"]
-    assert "read_releases" in denied.json()["message"]
+    assert "read_releases" in denied.headers["X-Gateway-Message"]
     unknown = await ask(**protocol("GET", GRANTED), JOB_TOKEN="glcbt-nobody")
     assert (unknown.status, unknown.reason) == (401, "token_invalid")
-    assert unknown.json() == {"message": "401 Unauthorized"}
+    assert unknown.headers["X-Gateway-Message"] == "401 Unauthorized"
+    if protocol is nginx:  # nginx never passes the body on: only the header carries it
+        assert (denied.body, unknown.body) == (b"", b"")
+    else:
+        assert denied.headers["Content-Type"] == "application/json"
+        assert denied.json()["message"] == denied.headers["X-Gateway-Message"]
+        assert unknown.json() == {"message": "401 Unauthorized"}
     anonymous = await ask(**protocol("GET", DENIED))
     assert (anonymous.status, anonymous.reason) == (200, "no_token")
     assert "X-Gateway-Job-Id" not in anonymous.headers
@@ -250,7 +254,7 @@ async def test_proxy_port_400_refusals_are_403_here_with_their_own_reason(
     ask = await a_listener()
     dotted = await ask(**nginx("GET", f"{API}/projects/20/x/../deployments"), JOB_TOKEN=APP)
     assert (dotted.status, dotted.reason) == (403, "bad_target")
-    assert dotted.json()["message"].startswith("403 Forbidden - dot segment")
+    assert dotted.headers["X-Gateway-Message"].startswith("403 Forbidden - dot segment")
     encoded = await ask(**nginx("GET", f"{API}/projects/20%2Fdeployments"), JOB_TOKEN=APP)
     assert encoded.status == 403
     basic = "Basic " + base64.b64encode(f"gitlab-ci-token:{TOOL}".encode()).decode()
