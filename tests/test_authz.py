@@ -430,3 +430,16 @@ async def test_a_store_that_cannot_answer_fails_closed(a_listener: Callable[...,
     answer = await ask(**nginx("GET", GRANTED), JOB_TOKEN=APP)
     # 503 stays a 5xx: nginx turns it into a 500, Envoy and Traefik pass it on: never an allow.
     assert (answer.status, answer.reason) == (503, "store_unavailable")
+
+
+async def test_the_log_line_names_the_client_behind_the_asking_proxy(
+    a_listener: Callable[..., Any], captured_logs: Any
+) -> None:
+    ask = await a_listener()
+    await ask(**nginx("GET", GRANTED), JOB_TOKEN=APP, X_Forwarded_For="203.0.113.9, 127.0.0.1")
+    await ask(**nginx("GET", GRANTED), JOB_TOKEN=APP)
+    with_client, without = captured_logs.events("request")[-2:]
+    assert (with_client["remote"], with_client["peer"]) == ("203.0.113.9", "127.0.0.1")
+    assert with_client["protocol"] == "nginx"
+    assert without["remote"] == "127.0.0.1"
+    assert "peer" not in without

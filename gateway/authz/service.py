@@ -53,7 +53,7 @@ from multidict import CIMultiDict
 
 from gateway import metrics
 from gateway.decision import Decision, Reason
-from gateway.exchange import Exchange, Recorder, RequestIds
+from gateway.exchange import Exchange, Recorder, RequestIds, client_address
 from gateway.forward import Transfer
 from gateway.headers import FORWARDING, HOP_BY_HOP, REINTERPRETING, fold
 from gateway.request import RequestView
@@ -68,12 +68,13 @@ _log = structlog.get_logger("gateway.authz")
 NGINX_HEADERS = ("X-Original-Method", "X-Original-URI")
 FORWARDED_HEADERS = ("X-Forwarded-Method", "X-Forwarded-Uri")
 # What a check request's header is to the view (`DecisionService._kind`).
-_KEEP, _DROP, _REWRITE, _ENVOY_BODY, _NGINX_METHOD = 0, 1, 2, 3, 4
+_KEEP, _DROP, _REWRITE, _ENVOY_BODY, _FORWARDED_FOR, _NGINX_METHOD = 0, 1, 2, 3, 4, 5
 _PROTOCOL_KINDS = {
     name.lower(): _NGINX_METHOD + index
     for index, name in enumerate((*NGINX_HEADERS, *FORWARDED_HEADERS))
 }
 _PROTOCOL_KINDS["x-envoy-auth-partial-body"] = _ENVOY_BODY
+_PROTOCOL_KINDS["x-forwarded-for"] = _FORWARDED_FOR  # dropped from the view, read for the log
 # Dropped from the view: the check request's own framing and hop-by-hop headers, the
 # forwarding headers the asking proxy sets, the protocol headers spelled otherwise.
 _DROP_NAMES = (
@@ -171,6 +172,7 @@ class DecisionService:
         counts = [0, 0, 0, 0]  # X-Original-Method/-URI, X-Forwarded-Method/-Uri
         values = ["", "", "", ""]
         envoy_body: str | None = None
+        forwarded_for: list[str] = []
         for name, value in request.fields:
             kind = kinds.get(name)
             if kind is None:
@@ -182,6 +184,8 @@ class DecisionService:
                 values[kind - _NGINX_METHOD] = value
             elif kind == _ENVOY_BODY:
                 envoy_body = value
+            elif kind == _FORWARDED_FOR:
+                forwarded_for.append(value)
             elif kind == _REWRITE:
                 raise _Refusal(
                     Reason.REINTERPRETING_HEADER,
@@ -189,6 +193,10 @@ class DecisionService:
                     "judged cannot be passed through the decision endpoint",
                 )
         protocol, method, target = self._original(request, counts, values)
+        if forwarded_for:  # the log line's `remote` is the client, as on the proxy port
+            exchange.remote = client_address(request.peer, forwarded_for, self._trusts)
+            if exchange.remote != request.peer:
+                exchange.peer = request.peer
         exchange.protocol = protocol
         exchange.method, exchange.target = method, target
         self._checks[protocol].inc()
