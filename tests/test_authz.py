@@ -443,3 +443,29 @@ async def test_the_log_line_names_the_client_behind_the_asking_proxy(
     assert with_client["protocol"] == "nginx"
     assert without["remote"] == "127.0.0.1"
     assert "peer" not in without
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_decision_port_in_use_is_a_one_line_start_up_error(workers: str, tmp_path: Any) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "gateway", "serve", "--upstream", "http://127.0.0.1:9"]
+        command += ["--port", str(free_port()), "--admin-port", str(free_port())]
+        command += ["--decision-port", str(port), "--workers", workers, "--store", "memory://"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env
+        )
+    assert done.returncode == 2, done.stderr
+    assert f"--decision-port / GATEWAY_DECISION_PORT: cannot listen on 127.0.0.1:{port}" in (
+        done.stderr
+    )
