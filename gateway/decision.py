@@ -47,6 +47,7 @@ class Reason(StrEnum):
     NO_PERMISSIONS_GRANTED = "no_permissions_granted"
     REGISTRY_OTHER_PROJECT = "registry_other_project"
     TARGET_UNRESOLVED = "target_unresolved"
+    PROJECT_NOT_FOUND = "project_not_found"  # npm dist-tags, no such package: GitLab's 404
     # infrastructure
     STORE_UNAVAILABLE = "store_unavailable"
     UPSTREAM_UNREACHABLE = "upstream_unreachable"
@@ -76,6 +77,7 @@ STATUS: dict[Reason, int] = {
     Reason.NO_PERMISSIONS_GRANTED: 403,
     Reason.REGISTRY_OTHER_PROJECT: 403,
     Reason.TARGET_UNRESOLVED: 403,
+    Reason.PROJECT_NOT_FOUND: 404,
     Reason.STORE_UNAVAILABLE: 503,
     Reason.UPSTREAM_UNREACHABLE: 502,
     Reason.UPSTREAM_TIMEOUT: 504,
