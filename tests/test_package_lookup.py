@@ -114,6 +114,14 @@ PACKAGES = {
             "package_type": "maven",
             "project_id": 42,
         },
+        # Versionless only (a Maven plugin group's metadata): not listed by default.
+        {
+            "id": 11,
+            "name": "com/acme/plugins",
+            "version": None,
+            "package_type": "maven",
+            "project_id": 40,
+        },
         # Not installable: GitLab's routes never serve it.
         {
             "id": 10,
@@ -480,7 +488,8 @@ async def test_a_versionless_maven_package_is_found(
 ) -> None:
     """`filter_with_version` hides versionless packages unless `include_versionless`."""
     gateway = await start(a_gateway, a_gitlab, a_grants_file)
-    answer = await call("GET", gateway.url + MAVEN_METADATA, headers={"JOB-TOKEN": TOOL})
+    target = "/api/v4/groups/acme/-/packages/maven/com/acme/plugins/maven-metadata.xml"
+    answer = await call("GET", gateway.url + target, headers={"JOB-TOKEN": TOOL})
     assert answer.status == 403
     assert answer.headers["X-Gateway-Reason"] == "not_allowlisted"
     assert a_gitlab.probes == []
