@@ -24,6 +24,9 @@ class Reason(StrEnum):
     POLICIES_GRANTED = "policies_granted"
     UNCONTROLLED_ENDPOINT = "uncontrolled_endpoint"
     GIT_HTTP = "git_http"
+    OWN_JOB = "own_job"  # a runner route on the token's own job (authenticate_job!)
+    RUNNER_TOKEN = "runner_token"  # a runner route whose `token` is the runner's credential
+    TRIGGER_TOKEN = "trigger_token"  # the trigger route's `token` is not a job token
     PUBLIC_ACCESS = "public_access"  # a public/internal project's rights for non-admitted sources
     PACKAGE_NOT_FOUND = "package_not_found"  # group/instance package route: no package, no project
     # refused before any lookup
@@ -47,6 +50,7 @@ class Reason(StrEnum):
     NO_PERMISSIONS_GRANTED = "no_permissions_granted"
     REGISTRY_OTHER_PROJECT = "registry_other_project"
     TARGET_UNRESOLVED = "target_unresolved"
+    JOB_TOKEN_MISMATCH = "job_token_mismatch"  # a runner route on another job than the token's
     PROJECT_NOT_FOUND = "project_not_found"  # npm dist-tags, no such package: GitLab's 404
     # infrastructure
     STORE_UNAVAILABLE = "store_unavailable"
@@ -77,6 +81,7 @@ STATUS: dict[Reason, int] = {
     Reason.NO_PERMISSIONS_GRANTED: 403,
     Reason.REGISTRY_OTHER_PROJECT: 403,
     Reason.TARGET_UNRESOLVED: 403,
+    Reason.JOB_TOKEN_MISMATCH: 403,
     Reason.PROJECT_NOT_FOUND: 404,
     Reason.STORE_UNAVAILABLE: 503,
     Reason.UPSTREAM_UNREACHABLE: 502,

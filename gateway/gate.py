@@ -29,8 +29,9 @@ from gateway import gitpath, policy, routes, tokens, visibility
 from gateway.decision import Audit, Decision, Reason, make_audit
 from gateway.errors import ConfigError, PolicyFileError, StoreUnavailable
 from gateway.grants import Job, Project, project_key
+from gateway.job_projects import JobProjects
 from gateway.request import RequestView
-from gateway.routes import Refusal, Route, RouteTable, Target, TargetKind
+from gateway.routes import Refusal, Route, RouteMatch, RouteRule, RouteTable, Target, TargetKind
 from gateway.settings import Settings, UnknownCredential
 from gateway.stores import Store, open_store
 from gateway.stores.cache import MISS, CachedStore
@@ -51,6 +52,12 @@ UNRESOLVED = (
     "so CI/CD job tokens cannot use it."
 )
 STORE_DOWN = "503 Service Unavailable - The token store cannot answer; try again later."
+# `forbidden!` without a reason (lib/api/ci/helpers/runner.rb `authenticate_job!`).
+JOB_FORBIDDEN = "403 Forbidden"
+NOT_PROCESSING = "403 Forbidden - Job is not processing on runner"
+# The carriers GitLab's runner routes read a job token from: `params[:token] ||
+# env['HTTP_JOB_TOKEN']` (lib/api/ci/helpers/runner.rb `job_token`).
+_RUNNER_CARRIERS = frozenset({tokens.Carrier.TOKEN_PARAM, tokens.Carrier.JOB_TOKEN_HEADER})
 # GitLab's answer on the npm dist-tags routes when the namespace holds no such package:
 # `not_found!('Project') unless project_id` (lib/api/helpers/packages/npm.rb, `project`).
 PROJECT_NOT_FOUND = "404 Project Not Found"
@@ -69,16 +76,21 @@ class Gate:
         store: CachedStore,
         validator: UpstreamValidator | None = None,
         packages: PackageLookup | None = None,
+        job_projects: JobProjects | None = None,
     ) -> None:
         self.settings = settings
         self.table = table
         self.store = store
         self.validator = validator
         self.packages = packages  # group/instance package routes (gateway/stores/packages.py)
+        self.job_projects = job_projects
         self._root = settings.relative_url_root
         self._ask_upstream = unknown_credential_mode(settings) is UnknownCredential.UPSTREAM
         # What each route of `table` requires, built once per route (by id, checked by identity).
         self._access: dict[int, tuple[Route, policy.Access]] = {}
+        # The last match `needs_body` made, for `evaluate` of the same request (a pure function
+        # of method, target and table: reused only for equal strings and the same table).
+        self._matched: tuple[RouteTable, str, str, RouteMatch | Refusal | None] | None = None
 
     @classmethod
     async def open(cls, settings: Settings, *, store: Store | None = None) -> Gate:
@@ -87,11 +99,7 @@ class Gate:
         Raises ConfigError for a bad route table, store URL or grants file. A store that is
         down does not stop start-up: the gate answers 503 and `ready()` says why until it is back.
         """
-        table = RouteTable.load(
-            settings.routes,
-            api_prefix=settings.api_prefix,
-            relative_url_root=settings.relative_url_root,
-        )
+        table = _load_table(settings)
         validator = _validator(settings)  # ConfigError first: before anything is opened
         tokens.configure(
             job_token_prefix=settings.job_token_prefix,
@@ -112,7 +120,14 @@ class Gate:
             await cached.poll()
         except StoreUnavailable as exc:
             log.warning("token store unavailable at start-up: %s", exc)
-        return cls(settings, table, cached, validator, _package_lookup(settings))
+        return cls(
+            settings,
+            table,
+            cached,
+            validator,
+            _package_lookup(settings),
+            _job_projects(settings),
+        )
 
     # ---- the contract
 
@@ -128,7 +143,9 @@ class Gate:
             return False
         if tokens.body_kind(view.headers, view.method) is None:
             return False
-        return view.headers.get("Content-Length", "").strip() != "0"
+        if view.headers.get("Content-Length", "").strip() == "0":
+            return False
+        return not self._body_is_file(view)  # one route match, only for a body to parse
 
     async def evaluate(self, view: RequestView) -> Decision:
         """The verdict for one request; never raises for a request (store faults -> 503)."""
@@ -175,12 +192,7 @@ class Gate:
     async def reload(self) -> None:
         """Re-read the route table and a file store; drop caches. Each part is replaced only
         when its new version is valid; a ConfigError says what was kept, for the caller to log."""
-        settings = self.settings
-        self.table = RouteTable.load(
-            settings.routes,
-            api_prefix=settings.api_prefix,
-            relative_url_root=settings.relative_url_root,
-        )
+        self.table = _load_table(self.settings)
         self._access = {}
         backend = self.store.store
         if isinstance(backend, FileStore):
@@ -190,6 +202,8 @@ class Gate:
             self.validator.invalidate()
         if self.packages is not None:
             self.packages.invalidate()
+        if self.job_projects is not None:
+            self.job_projects.invalidate()
         if isinstance(backend, FileStore) and backend.error is not None:
             raise PolicyFileError(f"{backend.error} (the previous grants stay in force)")
 
@@ -199,6 +213,8 @@ class Gate:
             await self.validator.close()
         if self.packages is not None:
             await self.packages.close()
+        if self.job_projects is not None:
+            await self.job_projects.close()
 
     # ---- the stages
 
@@ -261,17 +277,20 @@ class Gate:
         if lookup.what == "job":
             return await self._job(credential, lookup.cached)
         if lookup.what == "accessed":
-            return await self._accessed(target)
+            return await self._accessed(target, lookup.cached)
         return await self.store.fetch(lookup.cached)
 
     def _plan(
         self, view: RequestView, credential: tokens.Credential
     ) -> Decision | tuple[policy.Access, Aim]:
-        found = self.table.match(view.method, view.target)
+        found = self._match(view)
         if isinstance(found, Refusal):
             return _bad_target(found, Audit(credential.fingerprint))
         if found is not None:
             route = found.route
+            ruled = _route_rule(route, credential)
+            if ruled is not None:
+                return ruled
             cached = self._access.get(id(route))  # what the route requires, built once
             if cached is None or cached[0] is not route:
                 cached = self._access[id(route)] = (route, _access(route))
@@ -317,6 +336,10 @@ class Gate:
             job = store.peek_job(credential.digest)
             if not isinstance(job, Job) and (job is not None or self.validator is not None):
                 return _Lookup("job", job)
+        if access.rule != "page":
+            ruled = _job_rule(credential, job, target, access, store.wall())
+            if ruled is not None:
+                return ruled
         if not isinstance(job, Job) or job.revoked:
             audit = _audit(credential, None, None, access)
             return policy.deny(Reason.TOKEN_INVALID, UNAUTHORIZED, audit)
@@ -333,7 +356,7 @@ class Gate:
         if accessed is MISS:
             accessed = self._peek_accessed(target)
             if accessed is MISS:
-                return _Lookup("accessed")
+                return _Lookup("accessed", job)
         if accessed is NO_PACKAGE:
             audit = _audit(credential, job, target.ref, access)
             if isinstance(target, PackageQuery) and target.miss is Miss.PROJECT_NOT_FOUND:
@@ -390,7 +413,9 @@ class Gate:
                 return policy.accessed(target.ref, project)
         return MISS
 
-    async def _accessed(self, target: Aim) -> policy.Accessed | object | None:
+    async def _accessed(
+        self, target: Aim, job: Job | None = None
+    ) -> policy.Accessed | object | None:
         if isinstance(target, PackageQuery):
             return await self._package_project(target)
         ref = target.ref
@@ -404,7 +429,39 @@ class Gate:
             owner = await self._lookup("job_id", job_id)
             if isinstance(owner, Job) and owner.project.id:
                 return policy.Accessed(str(owner.project.id), await self._full(owner.project))
+            return await self._dependency(job_id, job)
         return None  # GROUP, UNRESOLVED, an unknown job: never more permissive than GitLab
+
+    async def _dependency(self, job_id: int, job: Job | None) -> policy.Accessed | None:
+        """The project of a job the store does not hold, when the upstream places it in the
+        token's own project (gateway/job_projects.py); else None (unresolved: refused)."""
+        if job is None or not job.project.id:
+            return None
+        if job.job_id == job_id or (
+            self.job_projects is not None
+            and await self.job_projects.job_in_project(job_id, job.project.id)
+        ):
+            # the token's own job, or one the upstream finds in the token's own project
+            return policy.Accessed(str(job.project.id), await self._full(job.project))
+        return None
+
+    def _body_is_file(self, view: RequestView) -> bool:
+        """Workhorse takes this route's body as an uploaded file (route_facts
+        WORKHORSE_BODY_FILES): Rails never reads parameters from it, so neither do we."""
+        found = self.table.match(view.method, view.target)
+        self._matched = (self.table, view.method, view.target, found)
+        return isinstance(found, RouteMatch) and found.route.body_file
+
+    def _match(self, view: RequestView) -> RouteMatch | Refusal | None:
+        matched = self._matched
+        if (
+            matched is not None
+            and matched[0] is self.table
+            and matched[2] == view.target
+            and matched[1] == view.method
+        ):
+            return matched[3]
+        return self.table.match(view.method, view.target)
 
     async def _full(self, project: Project) -> Project:
         """The store's record of a job's project, with its visibility (a job record carries
@@ -490,8 +547,76 @@ def _access(route: Route) -> policy.Access:
         route.permissions,
         route.controllable,
         route.own_project_only,
+        rule=route.rule.value,
         public_features=visibility.public_features(route.method, route.path),
     )
+
+
+def _load_table(settings: Settings) -> RouteTable:
+    return RouteTable.load(
+        settings.routes,
+        api_prefix=settings.api_prefix,
+        relative_url_root=settings.relative_url_root,
+        supplementary=settings.routes_supplementary,
+    )
+
+
+# ---- the supplementary routes' rules (RouteRule; policies/routes-supplementary.yaml)
+
+
+def _route_rule(route: Route, credential: tokens.Credential) -> Decision | None:
+    """A decision the route's rule makes before any lookup, else None."""
+    rule = route.rule
+    if rule is RouteRule.RUNNER_TOKEN:
+        # GitLab reads no job token on these routes: `token` is the runner's own credential
+        # (lib/api/ci/helpers/runner.rb `current_runner` = Ci::Runner.find_by_token(params[:token]))
+        audit = Audit(credential.fingerprint, route=route.name)
+        return policy.allow(Reason.RUNNER_TOKEN, audit)
+    if rule is RouteRule.OWN_JOB and credential.carrier not in _RUNNER_CARRIERS:
+        # `job_token` is `params[:token] || env['HTTP_JOB_TOKEN']`: a token anywhere else leaves
+        # it empty, and `job.valid_token?("")` fails: `forbidden!` (authenticate_job!).
+        audit = Audit(credential.fingerprint, route=route.name)
+        return policy.deny(Reason.JOB_TOKEN_MISMATCH, JOB_FORBIDDEN, audit)
+    return None
+
+
+def _job_rule(
+    credential: tokens.Credential,
+    job: Job | object | None,
+    target: Aim,
+    access: policy.Access,
+    now: float,
+) -> Decision | None:
+    """The trigger and own-job rules once the job is resolved (None: decide as usual)."""
+    if access.rule == RouteRule.TRIGGER.value:
+        # A job the store knows (revoked or not) makes the value a job token: judged as usual.
+        if isinstance(job, Job) or credential.carrier is not tokens.Carrier.TOKEN_PARAM:
+            return None
+        if tokens.JOB_TOKEN_PREFIX in credential.secret:
+            # A job token GitLab does not know (`glcbt-`, or an instance's `<prefix>glcbt-`):
+            # 401 as anywhere else. Trigger tokens are `glptt-` or 40 hex digits, never this.
+            return None
+        # Ci::PipelineTriggerService#execute tries `trigger_from_token` first: a `token` that
+        # is no job token is a pipeline trigger token, GitLab's own credential to judge. A job
+        # token goes on to `create_pipeline_from_job`: `can?(job.user, :read_project, project)`
+        # under the job's token scope, i.e. the allowlist (app/services/ci/pipeline_trigger_service.rb).
+        return policy.allow(Reason.TRIGGER_TOKEN, _audit(credential, None, target.ref, access))
+    if access.rule != RouteRule.OWN_JOB.value:
+        return None
+    if not isinstance(job, Job) or job.revoked:
+        # authenticate_job!: `forbidden! unless job.valid_token?(job_token)`: 403, not 401.
+        audit = _audit(credential, None, target.ref, access)
+        return policy.deny(Reason.JOB_TOKEN_MISMATCH, JOB_FORBIDDEN, audit)
+    audit = _audit(credential, job, target.ref, access)
+    if target.ref != str(job.job_id):
+        # The token belongs to another job than params[:id] (authenticate_job! /
+        # job_from_token: `current_job == Ci::AuthJobFinder.new(token: job_token).execute!`).
+        return policy.deny(Reason.JOB_TOKEN_MISMATCH, JOB_FORBIDDEN, audit)
+    if job.expired(now):
+        # Its own job, no longer running: Ci::AuthJobFinder::NotRunningJobError ->
+        # job_forbidden!(job, 'Job is not processing on runner').
+        return policy.deny(Reason.JOB_TOKEN_MISMATCH, NOT_PROCESSING, audit)
+    return policy.allow(Reason.OWN_JOB, audit)
 
 
 def _label(project: Project) -> str:
@@ -509,6 +634,20 @@ def unknown_credential_mode(settings: Settings) -> UnknownCredential:
         upstream = settings.upstream_validation
         return UnknownCredential.UPSTREAM if upstream else UnknownCredential.FORWARD
     return mode
+
+
+def _job_projects(settings: Settings) -> JobProjects | None:
+    if settings.upstream is None or settings.package_lookup_token is None:
+        return None
+    return JobProjects(
+        settings.upstream,
+        settings.package_lookup_token.get_secret_value(),
+        api_prefix=settings.api_prefix,
+        relative_url_root=settings.relative_url_root,
+        timeout=settings.store_timeout,
+        ttl=settings.cache_ttl,
+        size=settings.cache_size,
+    )
 
 
 def _package_lookup(settings: Settings) -> PackageLookup | None:

@@ -67,6 +67,8 @@ class Access:
     push: bool = False  # git-receive-pack (and LFS uploads)
     # `allow_public_access_for_enabled_project_features` of the route (gateway.visibility)
     public_features: tuple[str, ...] = ()
+    # How the route is decided beyond policies (RouteRule value; "page" for the page's rows).
+    rule: str = "page"
 
 
 @dataclass(frozen=True, slots=True)

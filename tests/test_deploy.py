@@ -167,11 +167,16 @@ def nginx_binary() -> str:
     return found
 
 
-def nginx_conf(root: Path, front: int, gateway: int, internal: int, workhorse: int) -> str:
-    """A whole nginx.conf around the two snippets; Workhorse's socket stands as the demo upstream."""
+def nginx_conf(
+    root: Path, front: int, gateway: int, internal: int, workhorse: int, runner_bypass: bool
+) -> str:
+    """A whole nginx.conf around the two snippets; Workhorse's socket stands as the demo upstream.
+    `runner_bypass` uncomments the recipe's `#runner-bypass` option, as its comment says to."""
     snippets = {}
     for name in ("http", "locations"):
         text = (NGINX / f"jobtoken-gateway-{name}.conf").read_text()
+        if runner_bypass:
+            text = text.replace("#runner-bypass ", "")
         text = text.replace(GATEWAY_AT, f"127.0.0.1:{gateway}").replace(
             INTERNAL_AT, f"127.0.0.1:{internal}"
         )
@@ -201,6 +206,20 @@ def gitlab_behind_nginx(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[int, RunningGateway]]:
     """client -> nginx (the recipe) -> gateway -> nginx internal server -> demo upstream."""
+    yield from behind_nginx(tmp_path_factory, runner_bypass=False)
+
+
+@pytest.fixture(scope="module")
+def runners_around_the_gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[int, RunningGateway]]:
+    """The same, with the recipe's runner-bypass option on."""
+    yield from behind_nginx(tmp_path_factory, runner_bypass=True)
+
+
+def behind_nginx(
+    tmp_path_factory: pytest.TempPathFactory, *, runner_bypass: bool
+) -> Iterator[tuple[int, RunningGateway]]:
     binary = nginx_binary()
     container = Container(tmp_path_factory.mktemp("nginx-image"))
     root = tmp_path_factory.mktemp("nginx")
@@ -213,7 +232,8 @@ def gitlab_behind_nginx(
     gateway = None
     try:
         wait_listening(workhorse, demo, container.logs[-1])
-        (root / "nginx.conf").write_text(nginx_conf(root, front, gateway_port, internal, workhorse))
+        conf = nginx_conf(root, front, gateway_port, internal, workhorse, runner_bypass)
+        (root / "nginx.conf").write_text(conf)
         checked = subprocess.run(
             [binary, "-t", "-p", str(root), "-c", str(root / "nginx.conf")],
             capture_output=True,
@@ -342,12 +362,46 @@ RUNNER_JOB = b'{"token": "glcbt-demo-app-job", "state": "running"}'
         ("POST", "/api/v4/runners/verify"),
     ],
 )
-def test_the_runner_api_goes_straight_to_gitlab(
+def test_the_runner_api_goes_through_the_gateway(
     gitlab_behind_nginx: tuple[int, RunningGateway], method: str, path: str
 ) -> None:
-    # The gateway would refuse these (403 route_not_available): runners must keep working.
+    # GitLab's rule for each runner route: the job's own token on its own job, the runner's
+    # token on /jobs/request and /runners (policies/routes-supplementary.yaml).
     headers = {"Content-Type": "application/json", "JOB-TOKEN": APP_JOB_TOKEN}
     status, _, body = through_nginx(gitlab_behind_nginx, path, method, RUNNER_JOB, **headers)
+    assert status == 200
+    assert body["raw_path"] == path
+    assert via_gateway(body)
+
+
+def test_a_job_token_on_another_job_is_refused_behind_nginx(
+    gitlab_behind_nginx: tuple[int, RunningGateway],
+) -> None:
+    headers = {"Content-Type": "application/json", "JOB-TOKEN": APP_JOB_TOKEN}
+    status, answer_headers, body = through_nginx(
+        gitlab_behind_nginx, "/api/v4/jobs/5002", "PUT", RUNNER_JOB, **headers
+    )
+    assert status == 403
+    assert answer_headers["X-Gateway-Reason"] == "job_token_mismatch"
+    assert body["message"] == "403 Forbidden"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("PUT", "/api/v4/jobs/5001"),
+        ("PATCH", "/api/v4/jobs/5001/trace"),
+        ("POST", "/api/v4/jobs/5001/artifacts/authorize"),
+        ("POST", "/api/v4/jobs/5001/artifacts"),
+        ("POST", "/api/v4/jobs/request"),
+        ("POST", "/api/v4/runners/verify"),
+    ],
+)
+def test_the_runner_bypass_option_sends_the_runner_api_straight_to_gitlab(
+    runners_around_the_gateway: tuple[int, RunningGateway], method: str, path: str
+) -> None:
+    headers = {"Content-Type": "application/json", "JOB-TOKEN": APP_JOB_TOKEN}
+    status, _, body = through_nginx(runners_around_the_gateway, path, method, RUNNER_JOB, **headers)
     assert status == 200
     assert body["raw_path"] == path
     assert not via_gateway(body)
@@ -363,11 +417,11 @@ def test_the_runner_api_goes_straight_to_gitlab(
     ],
 )
 def test_only_the_exact_runner_calls_skip_the_gateway(
-    gitlab_behind_nginx: tuple[int, RunningGateway], method: str, path: str
+    runners_around_the_gateway: tuple[int, RunningGateway], method: str, path: str
 ) -> None:
     headers = {"Content-Type": "application/json", "JOB-TOKEN": APP_JOB_TOKEN}
     status, answer_headers, body = through_nginx(
-        gitlab_behind_nginx, path, method, RUNNER_JOB, **headers
+        runners_around_the_gateway, path, method, RUNNER_JOB, **headers
     )
     if status == 200:
         assert via_gateway(body), f"{method} {path} skipped the gateway"
