@@ -636,3 +636,24 @@ async def test_the_lookup_url_keeps_its_shape(
     assert [path.partition("?")[0] for path in a_gitlab.lookup_paths] == [
         f"/api/v4/groups/{segment}/packages"
     ]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/api/v4/groups/acme/-/packages/maven/com/../../../../user/x/1.0/x-1.0.jar",
+        "/api/v4/groups/acme/-/packages/maven/com/%2E%2E/%2E%2E/x/1.0/x-1.0.jar",
+        "/api/v4/packages/npm/%2E%2E",
+    ],
+)
+async def test_the_operator_token_never_follows_a_dot_segment(
+    a_gateway: Any, a_gitlab: GitLabLike, a_grants_file: str, target: str
+) -> None:
+    """The confirmation asks the request's own path: a path a server could normalise into
+    another route is refused before any lookup, so the read token never goes there."""
+    gateway = await start(a_gateway, a_gitlab, a_grants_file)
+    answer = await call("GET", gateway.url + target, headers={"JOB-TOKEN": APP})
+    assert answer.status in (400, 403), answer.body
+    assert a_gitlab.lookups == []
+    assert a_gitlab.probes == []
+    assert a_gitlab.received == []
