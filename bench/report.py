@@ -16,12 +16,35 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 README = BENCH / "README.md"
-SUBJECTS = ("gateway_enforce_1w", "gateway_enforce_2w", "gateway_dry_run", "bare_proxy")
+SUBJECTS = (
+    "gateway_enforce_1w",
+    "gateway_enforce_2w",
+    "gateway_dry_run",
+    "bare_proxy",
+    "nginx_auth_request_gateway",
+    "envoy_ext_authz_gateway",
+    "decision_gateway",
+    "decision_gateway_aiohttp",
+)
 BASELINES = (
     ("bare_proxy", "bare proxy"),
     ("nginx_auth_request", "nginx auth_request peer"),
     ("envoy_ext_authz", "Envoy ext_authz peer"),
+    ("decision_service", "trivial decision service"),
     ("direct", "direct"),
+)
+# Issue 12's targets: (subject, baseline, what is compared).
+DECISION_PAIRS = (
+    (
+        "nginx_auth_request_gateway",
+        "nginx_auth_request",
+        "nginx + gateway decision tier >= 1.0x nginx + trivial service tier req/s (goal 1.5x)",
+    ),
+    (
+        "decision_gateway",
+        "decision_service",
+        "decision endpoint alone >= 1.0x the trivial aiohttp service req/s (goal 1.5x)",
+    ),
 )
 MAIN = "gateway_enforce_1w"
 
@@ -100,6 +123,38 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     found.extend(_large_targets(doc.get("large_bodies", {}).get(MAIN)))
+    found.extend(decision_targets(doc))
+    return found
+
+
+def decision_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 12: the decision endpoint against the trivial aiohttp service, and the lean server
+    against aiohttp's low-level server running the same DecisionService."""
+    found: list[dict[str, Any]] = []
+    for subject, baseline, title in DECISION_PAIRS:
+        s, b = _ok(doc, subject), _ok(doc, baseline)
+        if not (s and b):
+            found.append(_verdict(title, None, None, f"{subject} or {baseline} did not run"))
+            continue
+        ratio = s["requests_per_s"] / b["requests_per_s"]
+        implied = b["cpu_us_per_request"] / max(s["cpu_us_per_request"], 0.1)
+        goal = "goal met" if ratio >= 1.5 else "goal not met"
+        note = f"{goal}; CPU per request implies {implied:.2f}x"
+        found.append(_verdict(title, f"{ratio:.2f}x", ratio >= 1.0, note))
+    title = "decision endpoint p99 at one connection <= trivial service p99 + 0.2 ms"
+    s, b = _ok(doc, "decision_gateway"), _ok(doc, "decision_service")
+    if s and b and s.get("light") and b.get("light"):
+        delta = s["light"]["latency_ms"]["p99"] - b["light"]["latency_ms"]["p99"]
+        found.append(_verdict(title, f"{delta:+.3f} ms", delta <= 0.2))
+    else:
+        found.append(_verdict(title, None, None, "not measured"))
+    title = "lean server (gateway/wire) >= aiohttp's low-level server, same DecisionService"
+    s, b = _ok(doc, "decision_gateway"), _ok(doc, "decision_gateway_aiohttp")
+    if s and b:
+        ratio = s["requests_per_s"] / b["requests_per_s"]
+        found.append(_verdict(title, f"{ratio:.2f}x", ratio >= 1.0))
+    else:
+        found.append(_verdict(title, None, None, "not measured"))
     return found
 
 
@@ -406,10 +461,49 @@ def finish(doc: dict[str, Any], results_dir: Path, *, readme: bool) -> None:
         update_readme(doc)
 
 
+DECISION_SETUPS = (
+    "nginx_auth_request",
+    "nginx_auth_request_gateway",
+    "envoy_ext_authz",
+    "envoy_ext_authz_gateway",
+    "decision_service",
+    "decision_gateway",
+    "decision_gateway_aiohttp",
+)
+
+
+def decision_markdown(doc: dict[str, Any]) -> str:
+    """Issue 12's figures from a round: the decision setups, their one-connection latency,
+    the decision targets and the profiles (bench/README.md, "The decision endpoint")."""
+    part = {
+        **doc,
+        "setups": {k: v for k, v in doc["setups"].items() if k in DECISION_SETUPS},
+        "targets": decision_targets(doc),
+    }
+    lines = [machine_line(doc), ""]
+    lines += busy_warning(doc)
+    lines += [*setups_table(part), "", *light_table(part), ""]
+    lines += ["Targets of issue 12 from this round:", "", *targets_table(part), ""]
+    lines.append(profile_markdown(doc))
+    return "\n".join(lines)
+
+
+def update_decision_readme(doc: dict[str, Any]) -> None:
+    """Rewrite the text between `<!-- bench:decision:begin/end -->` in bench/README.md."""
+    text = README.read_text(encoding="utf-8")
+    README.write_text(_replace(text, "decision", decision_markdown(doc)), encoding="utf-8")
+
+
 def main() -> None:
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else BENCH / "results" / "latest.json"
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    path = Path(args[0]) if args else BENCH / "results" / "latest.json"
     doc = json.loads(path.read_text(encoding="utf-8"))
     sys.path.insert(0, str(BENCH))
+    if "--decision" in sys.argv:  # issue 12's section; --write puts it into bench/README.md
+        if "--write" in sys.argv:
+            update_decision_readme(doc)
+        print(decision_markdown(doc))
+        return
     print(results_markdown(doc))
     print()
     print(profile_markdown(doc))

@@ -207,6 +207,70 @@ def peer(conf: str, kind: str) -> Callable[[Ctx], None]:
     return start
 
 
+def start_decision_endpoint(ctx: Ctx, where: str | None, *extra: str) -> tuple[int, int]:
+    """`gateway serve --port 0 --decision-port P` (the decision listener alone, 1 worker)."""
+    if ctx.gateway_problem:
+        raise SetupFailed(ctx.gateway_problem)
+    port, admin = harness.free_port(), harness.free_port()
+    argv = [PY, "-m", "gateway", "serve", "--port", "0", "--decision-port", str(port)]
+    argv += ["--admin-port", str(admin), "--store", str(ctx.store_url), *extra]
+    argv += ctx.args.gateway_arg
+    pid = ctx.procs.start(
+        "gateway", ctx.cores.wrap(argv, where), env=_gateway_env(ctx), cwd=ctx.args.gateway_dir
+    )
+    _ready(ctx, "gateway", port, timeout=60)
+    return pid, port
+
+
+def decision_tier(conf: str, kind: str) -> Callable[[Ctx], None]:
+    """A proxy asking the gateway's decision endpoint (real decisions on the bench mix)."""
+
+    def start(ctx: Ctx) -> None:
+        up = _with_upstream(ctx)
+        # Envoy's check requests carry the bench template's path_prefix (/authorize).
+        extra = ("--decision-path-prefix", "/authorize") if kind == "envoy" else ()
+        decision, dport = start_decision_endpoint(ctx, ctx.cores.server, *extra)
+        ctx.port = harness.free_port()
+        starter = start_nginx if kind == "nginx" else start_envoy
+        pid = starter(
+            ctx, kind, conf, ctx.cores.server, PORT=ctx.port, UPSTREAM_PORT=up, DECISION_PORT=dport
+        )
+        ctx.server = {"gateway": decision, kind: pid}  # the first is what a profile samples
+
+    return start
+
+
+def decision_alone(kind: str) -> Callable[[Ctx], None]:
+    """wrk straight at a decision service: the mix's requests are the originals (the Envoy
+    protocol: the check request's own method and target)."""
+
+    def start(ctx: Ctx) -> None:
+        if kind == "gateway":
+            pid, ctx.port = start_decision_endpoint(ctx, ctx.cores.server)
+            ctx.server = {"gateway": pid}
+        elif kind == "aiohttp":
+            if ctx.gateway_problem:
+                raise SetupFailed(ctx.gateway_problem)
+            port = harness.free_port()
+            argv = [PY, str(BENCH / "decision_lowlevel.py"), "--port", str(port)]
+            argv += ["--store", str(ctx.store_url)]
+            pid = ctx.procs.start(
+                "decision_lowlevel",
+                ctx.cores.wrap(argv, ctx.cores.server),
+                env=_gateway_env(ctx),
+                cwd=ctx.args.gateway_dir,
+            )
+            _ready(ctx, "decision_lowlevel", port, timeout=60)
+            ctx.port, ctx.server = port, {"decision_lowlevel": pid}
+        else:
+            pid, ctx.port = start_python(
+                ctx, "decision_service", "decision_service.py", ctx.cores.server
+            )
+            ctx.server = {"decision_service": pid}
+
+    return start
+
+
 def native(conf: str, kind: str) -> Callable[[Ctx], None]:
     def start(ctx: Ctx) -> None:
         up = _with_upstream(ctx)
@@ -256,6 +320,41 @@ SETUPS = (
         "peer",
         ("envoy",),
         peer("envoy-ext-authz.yaml", "envoy"),
+    ),
+    Setup(
+        "nginx_auth_request_gateway",
+        "nginx auth_request -> gateway decision endpoint",
+        "subject",
+        ("nginx", "gateway"),
+        decision_tier("nginx-auth-request.conf", "nginx"),
+    ),
+    Setup(
+        "envoy_ext_authz_gateway",
+        "Envoy ext_authz (HTTP) -> gateway decision endpoint",
+        "subject",
+        ("envoy", "gateway"),
+        decision_tier("envoy-ext-authz.yaml", "envoy"),
+    ),
+    Setup(
+        "decision_gateway",
+        "gateway decision endpoint alone (gateway/wire)",
+        "subject",
+        ("gateway",),
+        decision_alone("gateway"),
+    ),
+    Setup(
+        "decision_gateway_aiohttp",
+        "gateway decision endpoint on aiohttp's low-level server",
+        "reference",
+        ("gateway",),
+        decision_alone("aiohttp"),
+    ),
+    Setup(
+        "decision_service",
+        "trivial aiohttp decision service alone (allows all)",
+        "peer",
+        (),
+        decision_alone("trivial"),
     ),
     Setup(
         "nginx_proxy",

@@ -52,6 +52,7 @@ class Reason(StrEnum):
     REGISTRY_OTHER_PROJECT = "registry_other_project"
     TARGET_UNRESOLVED = "target_unresolved"
     JOB_TOKEN_MISMATCH = "job_token_mismatch"  # a runner route on another job than the token's
+    PROJECT_NOT_FOUND = "project_not_found"  # npm dist-tags, no such package: GitLab's 404
     # infrastructure
     STORE_UNAVAILABLE = "store_unavailable"
     UPSTREAM_UNREACHABLE = "upstream_unreachable"
@@ -60,6 +61,11 @@ class Reason(StrEnum):
     INTERNAL_ERROR = "internal_error"  # a gateway fault before forwarding: fail closed
     OVERLOADED = "overloaded"  # over `max_connections`: refused before reading a request
     DRAIN_CUT = "drain_cut"  # still running when SIGTERM's grace period ended: answered 503 or cut
+    # the decision listener (gateway/authz)
+    UNTRUSTED_PEER = "untrusted_peer"  # asked by a peer not in `decision_trusted_peers`
+    BAD_CHECK_REQUEST = "bad_check_request"  # original method/target missing or ambiguous
+    BODY_NOT_VISIBLE = "body_not_visible"  # a body that may carry a token did not come along
+    REINTERPRETING_HEADER = "reinterpreting_header"  # a method-override/URL-rewrite header
 
 
 # The status a gateway-made response carries for each non-allowing reason.
@@ -84,6 +90,7 @@ STATUS: dict[Reason, int] = {
     Reason.REGISTRY_OTHER_PROJECT: 403,
     Reason.TARGET_UNRESOLVED: 403,
     Reason.JOB_TOKEN_MISMATCH: 403,
+    Reason.PROJECT_NOT_FOUND: 404,
     Reason.STORE_UNAVAILABLE: 503,
     Reason.UPSTREAM_UNREACHABLE: 502,
     Reason.UPSTREAM_TIMEOUT: 504,
@@ -91,6 +98,10 @@ STATUS: dict[Reason, int] = {
     Reason.INTERNAL_ERROR: 500,
     Reason.OVERLOADED: 503,
     Reason.DRAIN_CUT: 503,
+    Reason.UNTRUSTED_PEER: 403,
+    Reason.BAD_CHECK_REQUEST: 403,
+    Reason.BODY_NOT_VISIBLE: 403,
+    Reason.REINTERPRETING_HEADER: 403,
 }
 
 

@@ -7,7 +7,8 @@ bytes_in, bytes_out, decision_ms, upstream_ms, total_ms, remote (the client: beh
 `peer` (the socket peer, when it differs from remote), the decision's audit fields
 (fingerprint, job_id, source_project, source_project_id, target_project,
 target_project_id, required, granted), `would_deny` in
-dry-run mode and `error` when something failed. Never a header, never a raw token.
+dry-run mode, `protocol` on the decision listener (nginx, forwarded, envoy) and `error`
+when something failed. Never a header, never a raw token.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Exchange:
     would_deny: bool = False
     reason: Reason | None = None  # the gateway's own answer, when it made one
     status: int = 0
+    protocol: str | None = None  # the decision listener's: nginx, forwarded or envoy
 
     @property
     def final_reason(self) -> str:
@@ -192,6 +194,8 @@ class Recorder:
         }
         if exchange.peer is not None:
             fields["peer"] = exchange.peer
+        if exchange.protocol is not None:
+            fields["protocol"] = exchange.protocol
         if exchange.decision is not None:
             _add_audit(fields, exchange.decision)
         if exchange.would_deny:

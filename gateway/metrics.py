@@ -31,6 +31,7 @@ __all__ = [
     "CACHE_HITS",
     "CACHE_MISSES",
     "CONNECTIONS_REFUSED",
+    "DECISION_CHECKS",
     "DECISION_SECONDS",
     "DRY_RUN_DENIALS",
     "IN_FLIGHT",
@@ -94,6 +95,12 @@ DRY_RUN_DENIALS = Counter(
     "gateway_dry_run_denials_total",
     "Requests forwarded in dry-run mode that enforce mode would have denied, by reason",
     ["reason"],
+)
+# The decision listener (gateway/authz): its requests also count in REQUESTS (reason, status).
+DECISION_CHECKS = Counter(
+    "gateway_decision_checks_total",
+    "Decision-listener requests by protocol (nginx|forwarded|envoy|none)",
+    ["protocol"],
 )
 CONNECTIONS_REFUSED = Counter(
     "gateway_connections_refused_total", "Client connections refused over max_connections"

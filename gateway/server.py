@@ -43,6 +43,7 @@ from gateway.settings import Settings
 __all__ = [
     "check_extensions",
     "check_serving",
+    "decision_only",
     "drain",
     "effective_config",
     "group_metrics",
@@ -91,6 +92,8 @@ def check_extensions() -> None:
 
 def check_serving(settings: Settings) -> None:
     """The settings `serve` needs beyond field validation."""
+    if decision_only(settings):
+        return  # no proxy: --upstream only for upstream validation (Gate.open checks)
     if settings.upstream is None:
         raise ConfigError("--upstream / GATEWAY_UPSTREAM is required to serve")
     if settings.workers > 1 and settings.port == 0:
@@ -109,8 +112,15 @@ async def run_worker(
     reuse_port: bool = False,
     on_ready: Callable[[], None] | None = None,
 ) -> int:
-    """Serve the proxy (and, if `admin`, the admin listener) until a stop signal; drain; 0."""
+    """Serve the proxy (and, if `admin`, the admin listener) until a stop signal; drain; 0.
+    With `--decision-port` the decision listener (gateway/authz) runs beside the proxy, or alone
+    with `--port 0`."""
+    if decision_only(settings):
+        from gateway.authz.listener import run_alone
+
+        return await run_alone(settings, admin=admin, reuse_port=reuse_port, on_ready=on_ready)
     draining = asyncio.Event()
+    decision = None
     options = {**runner_options(settings), "shutdown_timeout": _shutdown_timeout(settings)}
     proxy = web.AppRunner(create_app(settings), **options)
     admin_runner: web.AppRunner | None = None
@@ -129,6 +139,10 @@ async def run_worker(
         )
         metrics.init_labels(store_kind(settings.store))
         group: metrics.GroupMetrics | None = None
+        if settings.decision_port is not None:
+            from gateway.authz.listener import start_listener
+
+            decision = await start_listener(settings, gate, reuse_port=reuse_port)
         if admin:
             registry = metrics.collecting_registry(None)
             group = group_metrics(settings, registry)
@@ -136,6 +150,7 @@ async def run_worker(
         _log.info(
             "listening",
             proxy=_addresses(proxy),
+            decision=decision.urls if decision is not None else None,
             upstream=settings.upstream,
             mode=settings.mode.value,
             config=effective_config(settings),
@@ -146,13 +161,20 @@ async def run_worker(
         stopping = True
     finally:
         draining.set()  # readiness turns 503 while in-flight requests finish
+        stops = [decision.stop(settings.grace_period)] if decision is not None else []
         if stopping:
-            await drain(proxy, settings.grace_period)
+            stops.append(drain(proxy, settings.grace_period))
+        await asyncio.gather(*stops)  # both listeners drain within the one grace period
         await proxy.cleanup()  # closes what is left (idle connections, cut requests)
         if admin_runner is not None:
             await admin_runner.cleanup()
     _log.info("stopped")
     return 0
+
+
+def decision_only(settings: Settings) -> bool:
+    """`--port 0 --decision-port P`: the decision listener runs without the proxy."""
+    return settings.port == 0 and settings.decision_port is not None
 
 
 def _cut_window(grace: float) -> float:

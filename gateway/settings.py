@@ -102,6 +102,25 @@ class Settings(BaseSettings):
         9090, ge=0, le=65535, description="Port of the admin listener (health, readiness, metrics)."
     )
     workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port.")
+    decision_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the decision listener (nginx auth_request, Traefik/Caddy "
+        "forward-auth, Envoy ext_authz) in every worker; unset = none. With `--port 0` it runs "
+        "alone.",
+    )
+    decision_host: str = Field("127.0.0.1", description="Address the decision listener binds.")
+    decision_trusted_peers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"],
+        description="CIDRs allowed to ask the decision listener (comma-separated or JSON list); "
+        "anyone else is refused.",
+    )
+    decision_path_prefix: str = Field(
+        "",
+        description="Path prefix of Envoy ext_authz check requests (its `path_prefix`): the "
+        "original target is what follows it.",
+    )
     grace_period: float = Field(
         30.0,
         ge=0,
@@ -290,7 +309,7 @@ class Settings(BaseSettings):
             return shipped_table(value)
         return value
 
-    @field_validator("api_prefix", "relative_url_root")
+    @field_validator("api_prefix", "relative_url_root", "decision_path_prefix")
     @classmethod
     def _is_path_prefix(cls, value: str) -> str:
         value = value.rstrip("/")
@@ -298,7 +317,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with '/'")
         return value
 
-    @field_validator("trusted_proxies", mode="before")
+    @field_validator("trusted_proxies", "decision_trusted_peers", mode="before")
     @classmethod
     def _split_cidrs(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -308,7 +327,7 @@ class Settings(BaseSettings):
             value = [part.strip() for part in text.split(",") if part.strip()]
         return value
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "decision_trusted_peers")
     @classmethod
     def _valid_cidrs(cls, value: list[str]) -> list[str]:
         for cidr in value:

@@ -143,6 +143,10 @@ class Supervisor:
 
     def run(self) -> int:
         _check_port_free(self.settings.host, self.settings.port)
+        if self.settings.decision_port:  # the workers share it with SO_REUSEPORT too
+            _check_port_free(
+                self.settings.decision_host, self.settings.decision_port, "--decision-port"
+            )
         metrics_dir = tempfile.mkdtemp(prefix="jobtoken-gateway-metrics-")
         os.environ[MULTIPROC_ENV] = metrics_dir  # inherited by the workers at spawn
         try:
@@ -289,7 +293,7 @@ def exit_fields(worker: Worker) -> dict[str, object]:
     return {"code": code}
 
 
-def _check_port_free(host: str, port: int) -> None:
+def _check_port_free(host: str, port: int, flag: str = "--port") -> None:
     """Bind without SO_REUSEPORT: fails if anyone (even an SO_REUSEPORT holder) has the port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -298,6 +302,5 @@ def _check_port_free(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as exc:
             reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            raise ConfigError(
-                f"--port / GATEWAY_PORT: cannot listen on {host}:{port}: {reason}"
-            ) from None
+            env = "GATEWAY_" + flag.removeprefix("--").replace("-", "_").upper()
+            raise ConfigError(f"{flag} / {env}: cannot listen on {host}:{port}: {reason}") from None
