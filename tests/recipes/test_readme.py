@@ -28,7 +28,9 @@ def test_every_recipe_in_the_readme_is_its_deploy_file() -> None:
         "deploy/caddy/Caddyfile",
     }
     for path, text in blocks:
-        assert text == (REPO / path).read_text(), f"docs/deployment.md's block for {path} differs from the file"
+        assert text == (REPO / path).read_text(), (
+            f"docs/deployment.md's block for {path} differs from the file"
+        )
 
 
 def test_the_omnibus_location_is_the_nginx_one_for_the_api() -> None:
