@@ -53,16 +53,19 @@ __all__ = [
     "Extraction",
     "Malformed",
     "authorization_scheme",
+    "basic_credentials",
     "body_kind",
     "credential_param",
     "digest",
     "extract",
     "fingerprint",
     "media_type",
+    "packages_basic_password",
     "param_base",
     "parse_form",
     "part_params",
     "reads_param",
+    "ruby_decode64",
     "same_credential",
 ]
 
@@ -140,6 +143,66 @@ def authorization_scheme(value: str) -> tuple[str | None, str | None]:
     if cut is None:
         return text, None
     return text[: cut.start()], text[cut.end() :]
+
+
+# Ruby's Base64.decode64 skips every byte outside the alphabet (and `=` in a group's first two
+# places); it stops at `=` in a group's last two places.
+_B64_NOISE = re.compile(r"[^A-Za-z0-9+/=]+")
+
+
+def ruby_decode64(text: str) -> bytes:
+    """Ruby's `Base64.decode64` (`String#unpack1("m")`, the lenient branch of pack.c's `m`):
+    what ActionPack and GitLab decode an Authorization parameter with. Bytes outside the base64
+    alphabet are skipped, `=` ends the data only in a group's third or fourth place, a lone
+    last character is dropped, and no padding or trailing bits are checked."""
+    chars = _B64_NOISE.sub("", text)
+    if "=" in chars:
+        kept: list[str] = []
+        for char in chars:
+            if char != "=":
+                kept.append(char)
+            elif len(kept) % 4 >= 2:
+                break
+        chars = "".join(kept)
+    if len(chars) % 4 == 1:
+        chars = chars[:-1]
+    return base64.b64decode(chars + "=" * (-len(chars) % 4))
+
+
+def _ruby_present(value: str) -> bool:
+    """ActiveSupport `present?` of a string: not empty, not only whitespace."""
+    return bool(value) and not value.isspace()
+
+
+def basic_credentials(value: str) -> tuple[str, str] | None:
+    """(user, password) as ActionController::HttpAuthentication::Basic#user_name_and_password
+    reads an Authorization value, whatever its scheme, when both are present; else None.
+
+    `user_name_and_password` is `decode_credentials(request).split(":", 2)` with
+    `Base64.decode64(auth_param(request))`: it never checks the scheme. GitLab's AuthFinders
+    check it first (`has_basic_credentials?`), but TokenLocator's `http_basic_auth` location
+    (lib/gitlab/api_authentication/token_locator.rb, `extract_from_http_basic_auth`: the NuGet,
+    Debian, RPM, Maven and virtual-registry routes) does not: `Bearer <base64 of user:token>`
+    is HTTP Basic there.
+    """
+    _, param = authorization_scheme(value)
+    user, sep, password = ruby_decode64(param or "").partition(b":")
+    if not sep:
+        return None
+    pair = (user.decode("utf-8", "surrogateescape"), password.decode("utf-8", "surrogateescape"))
+    return pair if _ruby_present(pair[0]) and _ruby_present(pair[1]) else None
+
+
+def packages_basic_password(value: str) -> str | None:
+    """The password `API::Helpers::PackagesManagerClientsHelpers#decode_token`
+    (lib/api/helpers/packages_manager_clients_helpers.rb) reads from an Authorization value:
+    `split('Basic ', 2).second`, so whatever follows the first literal `Basic ` anywhere in the
+    value, through Ruby's `Base64.decode64`, `split(':', 2).second`. None when it reads none."""
+    _, found, encoded = value.partition("Basic ")
+    if not found:
+        return None
+    _, sep, password = ruby_decode64(encoded).partition(b":")
+    return password.decode("utf-8", "surrogateescape") if sep else None
 
 
 def param_base(key: str) -> tuple[str, bool] | None:
@@ -474,6 +537,21 @@ def _from_authorization(value: str) -> _Found | None:
     return _Found(Carrier.AUTHORIZATION, value, job=False)
 
 
+def _hidden_basic(value: str) -> list[_Found]:
+    """Job tokens GitLab's scheme-blind Basic readings find in an Authorization value
+    (`basic_credentials`, `packages_basic_password`): a user `gitlab-ci-token` or a prefixed
+    password, whatever the scheme. Only job tokens are kept: any Authorization value is already
+    a credential of its own (`_from_authorization`), so another one adds nothing."""
+    found: list[_Found] = []
+    pair = basic_credentials(value)
+    if pair is not None and (pair[0] == CI_JOB_USER or pair[1].startswith(JOB_TOKEN_PREFIX)):
+        found.append(_Found(Carrier.BASIC, pair[1], job=True))
+    password = packages_basic_password(value)
+    if password is not None and password.startswith(JOB_TOKEN_PREFIX):
+        found.append(_Found(Carrier.BASIC, password, job=True))
+    return found
+
+
 def _from_basic(encoded: str) -> _Found | None:
     try:
         user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
@@ -526,6 +604,7 @@ def _from_headers(headers: Headers) -> tuple[list[_Found], list[str]]:
         seen.append(carrier)
         if carrier is Carrier.AUTHORIZATION:
             item = _from_authorization(value)
+            found.extend(_hidden_basic(value))
         else:
             value = value.strip()
             if carrier is Carrier.JOB_TOKEN_HEADER:  # the usual carrier: `_classify`, inlined

@@ -121,6 +121,9 @@ class Finders
     out["job_token_header"] = req.env["HTTP_JOB_TOKEN"]
     # deploy_token_from_request
     out["deploy_token_header"] = req.env["HTTP_DEPLOY_TOKEN"]
+    # API::Helpers::PackagesManagerClientsHelpers#decode_token (find_job_from_http_basic_auth)
+    encoded = req.headers["Authorization"].to_s.split("Basic ", 2).second
+    out["packages_basic_password"] = Base64.decode64(encoded || "").split(":", 2).second
     locator(req, out)
     out.transform_values { |v| value_out(v) }.compact
   end
@@ -194,6 +197,12 @@ def read_request(request)
   rails, rails_error = guarded { read_rails(request) }
   api, api_error = guarded { read_api(request) }
   { "rails" => rails || { "error" => rails_error }, "api" => api || { "error" => api_error } }
+end
+
+if ARGV.first == "--decode64" # one JSON string per line in, its Base64.decode64 (base64) out
+  $stdout.sync = true
+  $stdin.each_line { |line| puts Base64.strict_encode64(Base64.decode64(JSON.parse(line))) }
+  exit
 end
 
 if ARGV.first == "--versions"

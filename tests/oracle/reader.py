@@ -178,6 +178,7 @@ PREFIXED_ONLY = (
     "deploy_token_header",
     "locator_deploy_token_header",
     "locator_access_token_param",
+    "packages_basic_password",
 )
 # Carriers the gateway does not read yet (issue 10, branch p10-carriers): TokenLocator's
 # http_token (the whole Authorization value) and http_bearer_token (its last word, any scheme).
