@@ -17,6 +17,9 @@ GitLab reads credentials in this order (`API::APIGuard#find_user_from_sources`, 
    `find_job_from_http_basic_auth`).
 
 `params` is Rails/Grape params: the query string plus a form or JSON body (top-level keys).
+How a request is read (its media type, parameter names, Authorization scheme, Base64) is one
+small named function each, below, mirroring Rack/ActionPack; tests/oracle/ holds them to the
+Ruby originals (docs/security.md, "Reading requests as GitLab's own parsers do").
 
 Because the gateway must authorize the token the upstream will authenticate with, any request
 where that is ambiguous is refused (`Conflict`): two different job tokens anywhere, a job token
