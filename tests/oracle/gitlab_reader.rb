@@ -7,7 +7,8 @@
 #
 # Protocol: one JSON object per line on stdin,
 #   {"method": "POST", "target": "/api/v4/x?a=1", "headers": [["Name", "value"], ...],
-#    "body": "<base64>"}
+#    "body": "<base64>", "named_headers": ["X-Nuget-Apikey"]}
+# (`named_headers`: the TokenLocator `http_header` locations to read, as `http_header:<name>`)
 # and one JSON object per line on stdout, in order (see `read_request`). Strings GitLab would
 # read are printed as {"s": "<base64 of the bytes>"}; other values (a Hash from `job_token[x]=`,
 # an Array, a number from JSON) as {"type": "Hash", "inspect": "..."}.
@@ -94,8 +95,9 @@ end
 class Finders
   include ActionController::HttpAuthentication::Basic
 
-  def initialize(request)
+  def initialize(request, named_headers = [])
     @request = request
+    @named_headers = named_headers
   end
 
   def read
@@ -143,6 +145,7 @@ class Finders
       out["locator_http_token"] = authorization
       out["locator_http_bearer_token"] = authorization.split(" ").last
     end
+    @named_headers.each { |name| out["http_header:#{name}"] = req.headers[name].presence }
     out["locator_deploy_token_header"] = req.headers["Deploy-Token"].presence
     out["locator_job_token_header"] = req.headers["Job-Token"].presence
     out["locator_private_token_header"] = req.headers["Private-Token"].presence
@@ -166,7 +169,7 @@ def read_rails(request)
   _, _, body = method_override.call(env)
   effective = body.first
   req = ActionDispatch::Request.new(env)
-  carriers, error = guarded { Finders.new(req).read }
+  carriers, error = guarded { Finders.new(req, request.fetch("named_headers", [])).read }
   params, = guarded { jsonable(req.params.to_h) }
   { "method" => effective, "carriers" => carriers, "error" => error, "params" => params }
 end
@@ -178,7 +181,7 @@ class OracleAPI < Grape::API
 
   route :any, "*path" do
     req = ActionDispatch::Request.new(env)
-    carriers, error = guarded { Finders.new(req).read }
+    carriers, error = guarded { Finders.new(req, env["oracle.named_headers"]).read }
     grape_params, = guarded { jsonable(params.to_h) }
     env["oracle.result"] = { "carriers" => carriers, "error" => error, "params" => grape_params }
     {}
@@ -187,6 +190,7 @@ end
 
 def read_api(request)
   env = build_env(request)
+  env["oracle.named_headers"] = request.fetch("named_headers", [])
   app = Rack::MethodOverride.new(OracleAPI)
   response, error = guarded { app.call(env) }
   result = env["oracle.result"] || { "carriers" => nil, "error" => error, "params" => nil }
