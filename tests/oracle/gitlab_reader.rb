@@ -203,6 +203,28 @@ def read_request(request)
   { "rails" => rails || { "error" => rails_error }, "api" => api || { "error" => api_error } }
 end
 
+# One JSON [function, argument] per line in, its Ruby result out: the primitives
+# gateway/tokens.py mirrors, compared one by one (tests/oracle/test_oracle.py).
+PRIMITIVES = {
+  "split2" => ->(arg) { arg.split(" ", 2) }, # ActionPack auth_scheme / auth_param
+  "media_type" => ->(arg) { Rack::MediaType.type(arg) },
+  # Rack::QueryParser#normalize_params on one `key=v` pair: each top-level key, and whether its
+  # value is the plain string "v"
+  "param" => lambda { |arg|
+    Rack::Utils.parse_nested_query("#{arg}=v").map { |key, value| [key, value == "v"] }
+  }
+}.freeze
+
+if ARGV.first == "--primitives"
+  $stdout.sync = true
+  $stdin.each_line do |line|
+    function, argument = JSON.parse(line)
+    result, error = guarded { PRIMITIVES.fetch(function).call(argument) }
+    puts JSON.generate(error ? { "error" => error } : { "result" => result })
+  end
+  exit
+end
+
 if ARGV.first == "--decode64" # one JSON string per line in, its Base64.decode64 (base64) out
   $stdout.sync = true
   $stdin.each_line { |line| puts Base64.strict_encode64(Base64.decode64(JSON.parse(line))) }
