@@ -24,6 +24,8 @@ class Reason(StrEnum):
     POLICIES_GRANTED = "policies_granted"
     UNCONTROLLED_ENDPOINT = "uncontrolled_endpoint"
     GIT_HTTP = "git_http"
+    PUBLIC_ACCESS = "public_access"  # a public/internal project's rights for non-admitted sources
+    PACKAGE_NOT_FOUND = "package_not_found"  # group/instance package route: no package, no project
     # refused before any lookup
     BAD_TARGET = "bad_target"
     CREDENTIAL_CONFLICT = "credential_conflict"

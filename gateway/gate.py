@@ -12,6 +12,11 @@ Order of work (cheap first): target refusals, token extraction, route match and 
 use no I/O; a request without a job token is decided there, and so is a job token on a route
 job tokens cannot use. Only then is the job resolved (cache, then store, then optionally the
 upstream), then the accessed project and its allowlist, and `policy.decide` rules.
+
+An unrecognised value in a carrier GitLab shares with other credentials (`tokens.Candidate`) is
+a job token when the store knows its digest, or (`--unknown-credential upstream`) when the
+upstream's `GET /api/v4/job` accepts it; it is then judged like any job token. Otherwise it is
+another credential: forwarded (reason `no_token`, and a log line saying why).
 """
 
 from __future__ import annotations
@@ -20,17 +25,17 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import gitpath, policy, routes, tokens
+from gateway import gitpath, policy, routes, tokens, visibility
 from gateway.decision import Audit, Decision, Reason, make_audit
-from gateway.errors import PolicyFileError, StoreUnavailable
+from gateway.errors import ConfigError, PolicyFileError, StoreUnavailable
 from gateway.grants import Job, Project, project_key
 from gateway.request import RequestView
-from gateway.route_facts import TOKEN_EXCHANGE_PATHS
 from gateway.routes import Refusal, Route, RouteTable, Target, TargetKind
-from gateway.settings import Settings
+from gateway.settings import Settings, UnknownCredential
 from gateway.stores import Store, open_store
 from gateway.stores.cache import MISS, CachedStore
 from gateway.stores.file import FileStore
+from gateway.stores.packages import PackageLookup, PackageQuery, query_for
 from gateway.stores.upstream import UpstreamValidator
 
 __all__ = ["Gate"]
@@ -40,10 +45,6 @@ log = logging.getLogger(__name__)
 UNAUTHORIZED = policy.UNAUTHORIZED  # GitLab's 401 body, defined once in gateway/policy.py
 NOT_AVAILABLE = (
     "403 Forbidden - This endpoint is not available to CI/CD job tokens through this gateway."
-)
-CONAN_EXCHANGE_REFUSED = (
-    "403 Forbidden - The gateway cannot judge the Conan token this endpoint would issue for a "
-    "CI/CD job token; use the job token itself (HTTP Basic) with Conan."
 )
 UNRESOLVED = (
     "403 Forbidden - The gateway cannot tell which project's resources this endpoint returns, "
@@ -64,12 +65,15 @@ class Gate:
         table: RouteTable,
         store: CachedStore,
         validator: UpstreamValidator | None = None,
+        packages: PackageLookup | None = None,
     ) -> None:
         self.settings = settings
         self.table = table
         self.store = store
         self.validator = validator
+        self.packages = packages  # group/instance package routes (gateway/stores/packages.py)
         self._root = settings.relative_url_root
+        self._ask_upstream = unknown_credential_mode(settings) is UnknownCredential.UPSTREAM
         # What each route of `table` requires, built once per route (by id, checked by identity).
         self._access: dict[int, tuple[Route, policy.Access]] = {}
 
@@ -82,6 +86,12 @@ class Gate:
         """
         table = RouteTable.load(
             settings.routes,
+            api_prefix=settings.api_prefix,
+            relative_url_root=settings.relative_url_root,
+        )
+        validator = _validator(settings)  # ConfigError first: before anything is opened
+        tokens.configure(
+            job_token_prefix=settings.job_token_prefix,
             api_prefix=settings.api_prefix,
             relative_url_root=settings.relative_url_root,
         )
@@ -99,7 +109,7 @@ class Gate:
             await cached.poll()
         except StoreUnavailable as exc:
             log.warning("token store unavailable at start-up: %s", exc)
-        return cls(settings, table, cached, _validator(settings))
+        return cls(settings, table, cached, validator, _package_lookup(settings))
 
     # ---- the contract
 
@@ -121,9 +131,14 @@ class Gate:
         """The verdict for one request; never raises for a request (store faults -> 503)."""
         found: tokens.Extraction | Decision
         try:
-            found = tokens.extract(view)
+            found = tokens.read(view)
         except tokens.BodyError as exc:
             found = Decision(False, Reason.BAD_BODY, f"400 Bad request - {exc}")
+        if isinstance(found, tokens.Candidate):
+            resolved = await self._candidate(view, found)
+            if isinstance(resolved, Decision):
+                return resolved
+            found = resolved
         if isinstance(found, tokens.Credential):
             # `RouteTable.match` refuses every target `check_target` refuses (and more).
             planned = self._plan(view, found)
@@ -170,6 +185,8 @@ class Gate:
         self.store.invalidate()
         if self.validator is not None:
             self.validator.invalidate()
+        if self.packages is not None:
+            self.packages.invalidate()
         if isinstance(backend, FileStore) and backend.error is not None:
             raise PolicyFileError(f"{backend.error} (the previous grants stay in force)")
 
@@ -177,14 +194,50 @@ class Gate:
         await self.store.close()
         if self.validator is not None:
             await self.validator.close()
+        if self.packages is not None:
+            await self.packages.close()
 
     # ---- the stages
+
+    async def _candidate(
+        self, view: RequestView, candidate: tokens.Candidate
+    ) -> tokens.Credential | tokens.Conflict | Decision | None:
+        """What an unrecognised value in a shared carrier is: a job token (the store knows its
+        digest, or the upstream check says so) -> its Credential, or a Conflict when other
+        credentials stand next to it; else None (another credential, forwarded)."""
+        refusal = routes.check_target(view.target)
+        if refusal is not None:
+            return _bad_target(refusal, Audit(candidate.fingerprint))
+        try:
+            job = self.store.peek_job(candidate.digest)
+            if job is MISS:
+                job = await self.store.fetch_job(candidate.digest)
+            if job is None and self._ask_upstream and self.validator is not None:
+                job = await self.validator.job(candidate.digest, candidate.secret)
+        except StoreUnavailable as exc:
+            log.warning("token store unavailable: %s", exc)
+            audit = Audit(candidate.fingerprint)
+            return policy.deny(Reason.STORE_UNAVAILABLE, STORE_DOWN, audit)
+        if not isinstance(job, Job):
+            why = (
+                "the upstream says it is no job token"
+                if self._ask_upstream
+                else ("unknown to the store (--unknown-credential forward)")
+            )
+            log.info(
+                "credential in %s (%s) forwarded as another credential: %s",
+                candidate.carrier,
+                candidate.fingerprint,
+                why,
+            )
+            return None
+        return candidate.conflict() or candidate.credential()
 
     async def _authorize(
         self,
         credential: tokens.Credential,
         access: policy.Access,
-        target: Target,
+        target: Aim,
         lookup: _Lookup,
     ) -> Decision:
         """`_resolve`, asking the store for each value the cache did not have."""
@@ -201,7 +254,7 @@ class Gate:
             audit = _audit(credential, None, None, access)
             return policy.deny(Reason.STORE_UNAVAILABLE, STORE_DOWN, audit)
 
-    async def _fetch(self, lookup: _Lookup, credential: tokens.Credential, target: Target) -> Any:
+    async def _fetch(self, lookup: _Lookup, credential: tokens.Credential, target: Aim) -> Any:
         if lookup.what == "job":
             return await self._job(credential, lookup.cached)
         if lookup.what == "accessed":
@@ -210,22 +263,16 @@ class Gate:
 
     def _plan(
         self, view: RequestView, credential: tokens.Credential
-    ) -> Decision | tuple[policy.Access, Target]:
+    ) -> Decision | tuple[policy.Access, Aim]:
         found = self.table.match(view.method, view.target)
         if isinstance(found, Refusal):
             return _bad_target(found, Audit(credential.fingerprint))
         if found is not None:
             route = found.route
-            if route.path in TOKEN_EXCHANGE_PATHS:
-                return policy.deny(
-                    Reason.ROUTE_NOT_AVAILABLE,
-                    CONAN_EXCHANGE_REFUSED,
-                    Audit(credential.fingerprint),
-                )
             cached = self._access.get(id(route))  # what the route requires, built once
             if cached is None or cached[0] is not route:
                 cached = self._access[id(route)] = (route, _access(route))
-            return cached[1], found.target
+            return cached[1], self._package_target(route, found.params, found.target)
         not_available = policy.deny(
             Reason.ROUTE_NOT_AVAILABLE, NOT_AVAILABLE, Audit(credential.fingerprint)
         )
@@ -237,7 +284,9 @@ class Gate:
         # Cross-project push needs admin_repositories (ProjectPolicy
         # #cross_project_push_allowed_for_job_token?); reads need the allowlist only.
         required = ("admin_repositories",) if git.push else ()
-        access = policy.Access(f"git {git.operation}", required, controllable=git.push, git=True)
+        access = policy.Access(
+            f"git {git.operation}", required, controllable=git.push, git=True, push=git.push
+        )
         return access, Target(TargetKind.PROJECT, git.project)
 
     def _git(self, view: RequestView) -> gitpath.GitAccess | None:
@@ -252,7 +301,7 @@ class Gate:
         self,
         credential: tokens.Credential,
         access: policy.Access,
-        target: Target,
+        target: Aim,
         job: Job | object | None = MISS,
         accessed: policy.Accessed | object | None = MISS,
         allowlist: Any = MISS,  # Allowlist | None, or MISS
@@ -281,6 +330,11 @@ class Gate:
             accessed = self._peek_accessed(target)
             if accessed is MISS:
                 return _Lookup("accessed")
+        if accessed is NO_PACKAGE:
+            # GitLab checks the package's project only `if package` (lib/api/maven_packages.rb,
+            # npm_namespace_endpoints.rb): it answers 404 or forwards to the public registry.
+            audit = _audit(credential, job, target.ref, access)
+            return policy.allow(Reason.PACKAGE_NOT_FOUND, audit)
         if not isinstance(accessed, policy.Accessed):
             audit = _audit(credential, job, target.ref, access)
             return policy.deny(Reason.TARGET_UNRESOLVED, UNRESOLVED, audit)
@@ -293,7 +347,14 @@ class Gate:
                     return _Lookup("allowlist", ("allowlist", project.id))
         else:
             allowlist = None
-        return policy.decide(job, accessed, allowlist, access, audit)
+        return policy.decide(
+            job,
+            accessed,
+            allowlist,
+            access,
+            audit,
+            enforce_allowlist=self.settings.enforce_allowlist,
+        )
 
     async def _job(self, credential: tokens.Credential, cached: object) -> Job | None:
         job = cached
@@ -308,15 +369,19 @@ class Gate:
         known = await self._lookup("job_id", validated.job_id)
         return known if isinstance(known, Job) and known.revoked else validated
 
-    def _peek_accessed(self, target: Target) -> policy.Accessed | object:
+    def _peek_accessed(self, target: Aim) -> policy.Accessed | object:
         """The accessed project from the cache alone (MISS when the store must be asked)."""
+        if isinstance(target, PackageQuery):
+            return MISS
         if target.kind is TargetKind.PROJECT and target.ref is not None:
             project = self.store.peek(("project", target.ref.lower()))
             if isinstance(project, Project) or project is None:
                 return policy.accessed(target.ref, project)
         return MISS
 
-    async def _accessed(self, target: Target) -> policy.Accessed | None:
+    async def _accessed(self, target: Aim) -> policy.Accessed | object | None:
+        if isinstance(target, PackageQuery):
+            return await self._package_project(target)
         ref = target.ref
         if ref is None:
             return None
@@ -327,13 +392,51 @@ class Gate:
         if target.kind is TargetKind.JOB and isinstance(job_id, int):
             owner = await self._lookup("job_id", job_id)
             if isinstance(owner, Job) and owner.project.id:
-                return policy.Accessed(str(owner.project.id), owner.project)
+                return policy.Accessed(str(owner.project.id), await self._full(owner.project))
         return None  # GROUP, UNRESOLVED, an unknown job: never more permissive than GitLab
+
+    async def _full(self, project: Project) -> Project:
+        """The store's record of a job's project, with its visibility (a job record carries
+        only id and path); the job's copy when the store has no project record."""
+        known = await self._lookup("project", str(project.id))
+        return known if isinstance(known, Project) else project
+
+    # ---- group and instance package routes (issue 10, point 5)
+
+    def _package_target(self, route: Route, params: Any, target: Target) -> Aim:
+        """The package a group/instance package route is about (gateway/stores/packages.py),
+        when it can be judged: GitLab finds no package (no lookup needed), or the operator
+        configured the lookup (`package_lookup_token`). Else the route's own target."""
+        if target.kind not in (TargetKind.GROUP, TargetKind.UNRESOLVED):
+            return target
+        group = target.ref if target.kind is TargetKind.GROUP else None
+        query = query_for(route.path, params, group)
+        if query is None or (query.needs_lookup and self.packages is None):
+            return target
+        return query
+
+    async def _package_project(self, query: PackageQuery) -> policy.Accessed | object | None:
+        """The package's project; NO_PACKAGE when the group holds none; None (unresolved)
+        when several projects hold it (GitLab would pick one; the gateway cannot tell which)."""
+        if not query.needs_lookup:
+            return NO_PACKAGE
+        assert self.packages is not None  # `_package_target` made sure of it
+        ids = await self.packages.projects(query)
+        if not ids:
+            return NO_PACKAGE
+        if len(ids) > 1:
+            return None
+        project = await self._lookup("project", str(ids[0]))
+        return policy.Accessed(str(ids[0]), project if isinstance(project, Project) else None)
 
     async def _lookup(self, kind: str, arg: object) -> object:
         key = (kind, arg)
         value = self.store.peek(key)
         return await self.store.fetch(key) if value is MISS else value
+
+
+Aim = Target | PackageQuery  # what a request touches: a route's target, or a package to find
+NO_PACKAGE = object()  # the package lookup found no such package
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,7 +460,13 @@ def _audit(
 
 
 def _access(route: Route) -> policy.Access:
-    return policy.Access(route.name, route.permissions, route.controllable, route.own_project_only)
+    return policy.Access(
+        route.name,
+        route.permissions,
+        route.controllable,
+        route.own_project_only,
+        public_features=visibility.public_features(route.method, route.path),
+    )
 
 
 def _label(project: Project) -> str:
@@ -368,12 +477,44 @@ def _bad_target(refusal: Refusal, audit: Audit | None = None) -> Decision:
     return policy.deny(Reason.BAD_TARGET, f"400 Bad request - {refusal.detail}", audit or Audit())
 
 
+def unknown_credential_mode(settings: Settings) -> UnknownCredential:
+    """`--unknown-credential` with `auto` resolved: `upstream` when upstream validation is on."""
+    mode = settings.unknown_credential
+    if mode is UnknownCredential.AUTO:
+        upstream = settings.upstream_validation
+        return UnknownCredential.UPSTREAM if upstream else UnknownCredential.FORWARD
+    return mode
+
+
+def _package_lookup(settings: Settings) -> PackageLookup | None:
+    token = settings.package_lookup_token
+    if token is None:
+        return None
+    if settings.upstream is None:
+        raise ConfigError("--package-lookup-token needs --upstream (the API server to ask)")
+    return PackageLookup(
+        settings.upstream,
+        api_prefix=settings.api_prefix,
+        relative_url_root=settings.relative_url_root,
+        token=token.get_secret_value(),
+        timeout=settings.store_timeout,
+        ttl=settings.package_lookup_ttl,
+        size=settings.cache_size,
+    )
+
+
 def _validator(settings: Settings) -> UpstreamValidator | None:
+    if settings.unknown_credential is UnknownCredential.UPSTREAM and not (
+        settings.upstream_validation
+    ):
+        raise ConfigError(
+            "--unknown-credential upstream needs --upstream-validation (the upstream's "
+            "GET /api/v4/job is what tells a job token from another credential); use "
+            "--unknown-credential forward to pass unrecognised credentials on instead"
+        )
     if not settings.upstream_validation:
         return None
     if settings.upstream is None:
-        from gateway.errors import ConfigError
-
         raise ConfigError("--upstream-validation needs --upstream (the API server to ask)")
     return UpstreamValidator(
         settings.upstream,
@@ -382,4 +523,6 @@ def _validator(settings: Settings) -> UpstreamValidator | None:
         timeout=settings.store_timeout,
         ttl=settings.cache_ttl,
         size=settings.cache_size,
+        negative_ttl=settings.negative_cache_ttl,
+        negative_size=settings.negative_cache_size,
     )

@@ -9,6 +9,9 @@ Source: `Ci::JobToken::Policies::POLICIES` in GitLab's `lib/ci/job_token/policie
   allowlist entries still carry them).
 - skratsch-solutions/gitlabhq `doc/ci/jobs/fine_grained_permissions.md` @ 008551ba: READ_BADGES,
   ADMIN_BADGES ("Badges endpoints").
+- skratsch-solutions/gitlabhq `doc/ci/jobs/fine_grained_permissions.md` @ b3c84db4 (the current
+  page, tests/fixtures/pages/): uses read_/admin_pipelines, read_merge_requests,
+  read_repositories, read_work_items and no name outside this set.
 - `admin_repositories`: ProjectPolicy#cross_project_push_allowed_for_job_token? checks
   `policies_allowed?(project, [:admin_repositories])` (git push with a job token).
 A name outside this set is an error in a route file or a grant: GitLab's own doc generator

@@ -4,8 +4,6 @@
   authorizes the job token against), derived from the matched params.
 - `SPANNING_PARAMS`: params GitLab declares with a `/.+/` requirement (they span segments).
 - `OWN_PROJECT_ONLY_PREFIXES`: routes a job token may only use on its own project.
-- `TOKEN_EXCHANGE_PATHS`: routes that trade a job token for another credential the gateway
-  cannot judge.
 """
 
 from __future__ import annotations
@@ -20,26 +18,12 @@ __all__ = [
     "OWN_PROJECT_ONLY_PREFIXES",
     "SPANNING_PARAMS",
     "TARGET_RULES",
-    "TOKEN_EXCHANGE_PATHS",
     "Derive",
     "TargetRule",
     "derived_ref",
     "is_own_project_only",
     "target_rule_for",
 ]
-
-
-# Conan's `users/authenticate` answers a job token with a GitLab-signed Conan JWT
-# (Gitlab::ConanToken; lib/api/concerns/packages/conan_endpoints.rb), which the client then
-# sends as `Authorization: Bearer` on every Conan route. The gateway cannot verify or map it
-# to a job, so it would forward those requests unjudged: a job token's fine-grained grants
-# could be bypassed through the exchange. The exchange is refused for job tokens instead.
-TOKEN_EXCHANGE_PATHS = frozenset(
-    {
-        "/packages/conan/v1/users/authenticate",
-        "/projects/:id/packages/conan/v1/users/authenticate",
-    }
-)
 
 
 class Derive(StrEnum):

@@ -21,9 +21,21 @@ How a request is read (its media type, parameter names, Authorization scheme, Ba
 small named function each, below, mirroring Rack/ActionPack; tests/oracle/ holds them to the
 Ruby originals (docs/security.md, "Reading requests as GitLab's own parsers do").
 
+Some route families read more carriers (`gateway.carriers`: a bare `Authorization` value, its
+last word, Basic with any user name, a named header such as `X-Nuget-Apikey`, the token a Conan
+or Terraform registry JWT wraps); `configure` compiles them, with the instance's job-token
+prefix, once at start-up.
+
+A value is a job token when it carries GitLab's prefix or sits in a carrier only job tokens use.
+An unprefixed value in a carrier GitLab shares with other credentials (Bearer, Basic, a bare
+Authorization, a named header) may be either (job tokens of GitLab < 16.9 have no prefix):
+`read` returns it as a `Candidate`, which the gate resolves (store, then the upstream's
+`GET /api/v4/job`, or forwarded, per `--unknown-credential`).
+
 Because the gateway must authorize the token the upstream will authenticate with, any request
 where that is ambiguous is refused (`Conflict`): two different job tokens anywhere, a job token
-next to another credential, a repeated credential header, or a nested `job_token[]` parameter.
+next to another credential (a candidate counts as either), two different candidates, a repeated
+credential header, or a nested `job_token[]` parameter.
 
 Only a SHA-256 digest and a short fingerprint of it leave this module (the raw value stays on
 `Credential`, excluded from its repr, for the optional upstream validation).
@@ -42,7 +54,8 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
 
-from gateway import multipart
+from gateway import conan_jwt, multipart
+from gateway.carriers import DEFAULT, CarrierMap, Family, Reading
 from gateway.drafts import check_layouts
 from gateway.request import Headers, RequestView
 
@@ -50,6 +63,7 @@ __all__ = [
     "JOB_TOKEN_PREFIX",
     "MAX_JOB_TOKEN_SIZE_BYTES",
     "BodyError",
+    "Candidate",
     "Carrier",
     "Conflict",
     "Credential",
@@ -58,6 +72,7 @@ __all__ = [
     "authorization_scheme",
     "basic_credentials",
     "body_kind",
+    "configure",
     "credential_param",
     "digest",
     "extract",
@@ -67,6 +82,7 @@ __all__ = [
     "param_base",
     "parse_form",
     "part_params",
+    "read",
     "reads_param",
     "ruby_decode64",
     "same_credential",
@@ -250,6 +266,13 @@ class Carrier(StrEnum):
     PRIVATE_TOKEN_PARAM = "private_token parameter"
     DEPLOY_TOKEN_HEADER = "DEPLOY-TOKEN header"
     AUTHORIZATION = "Authorization header"
+    # Family carriers (gateway.carriers.Reading)
+    AUTHORIZATION_VALUE = "Authorization value"
+    AUTHORIZATION_LAST_WORD = "Authorization last word"
+    BASIC_ANY_USER = "Authorization Basic (any user)"
+    CONAN_JWT = "Conan JWT"
+    TOKEN_PARAM_JWT = "token parameter JWT"
+    API_KEY_HEADER = "token header"  # a family's named header (`http_header`): X-Nuget-Apikey
 
 
 # GitLab's precedence among job-token carriers (first wins); see the module docstring.
@@ -281,6 +304,47 @@ _HEADERS: dict[str, Carrier] = {
     "DEPLOY-TOKEN": Carrier.DEPLOY_TOKEN_HEADER,
     "DEPLOY_TOKEN": Carrier.DEPLOY_TOKEN_HEADER,
 }
+
+
+class _Config:
+    """What `configure` compiled: the job-token prefixes and the route families."""
+
+    __slots__ = ("carriers", "named", "others", "prefixes")
+
+    def __init__(self, prefixes: tuple[str, ...], carriers: CarrierMap) -> None:
+        self.prefixes = prefixes
+        self.carriers = carriers
+        # Other GitLab token types, with the instance prefix too: never job tokens.
+        instance = prefixes[1][: -len(JOB_TOKEN_PREFIX)] if len(prefixes) > 1 else ""
+        self.others = _OTHER_TOKEN_PREFIXES + tuple(
+            instance + other for other in _OTHER_TOKEN_PREFIXES if instance
+        )
+        # The families' named headers, folded as Rack folds them (HTTP_X_NUGET_APIKEY).
+        self.named = frozenset(_FOLD.sub("_", name) for name in carriers.headers)
+
+
+_CONFIG = _Config((JOB_TOKEN_PREFIX,), CarrierMap(api_prefix="/api/v4", relative_url_root=""))
+
+
+def configure(*, job_token_prefix: str, api_prefix: str, relative_url_root: str) -> None:
+    """Compile the carriers of every route family for this API prefix, and the job-token
+    prefixes, for every later `extract` in this process (the gate calls it at start-up).
+
+    `glcbt-` is always a job token's prefix (`Ci::Build::TOKEN_PREFIX`, app/models/ci/build.rb;
+    `Authn::Tokens::CiJobToken.prefix?`, lib/authn/tokens/ci_job_token.rb); an instance prefix
+    puts its own string in front of it (`Authn::TokenField::PrefixHelper
+    .prepend_instance_prefix`, lib/authn/token_field/prefix_helper.rb: `"#{instance_prefix}
+    #{prefix}"`, newer GitLab `"#{instance_prefix}-#{prefix}"`), so `job_token_prefix` is that
+    string as it appears in the tokens, separator included.
+    """
+    global _CONFIG
+    prefixes: tuple[str, ...] = (JOB_TOKEN_PREFIX,)
+    if job_token_prefix:
+        prefixes += (job_token_prefix + JOB_TOKEN_PREFIX,)
+    _CONFIG = _Config(
+        prefixes, CarrierMap(api_prefix=api_prefix, relative_url_root=relative_url_root)
+    )
+    _HEADER_MEMO.clear()
 
 
 def digest(token: str) -> str:
@@ -340,18 +404,48 @@ class Malformed:
     why: str
 
 
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """An unrecognised value in a carrier GitLab shares between job tokens and other
+    credentials: a job token if the store or the upstream knows it, else another credential.
+    `others` names the carriers of other credentials next to it (a conflict if it is a job
+    token). `secret` is kept out of repr and logs."""
+
+    carrier: Carrier
+    digest: str
+    secret: str = field(repr=False, compare=False)
+    others: tuple[str, ...] = ()
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.digest)
+
+    def credential(self) -> Credential:
+        """This value as the job token it turned out to be."""
+        return _credential(self.carrier, self.digest, self.secret)
+
+    def conflict(self) -> Conflict | None:
+        """The conflict this value makes once known to be a job token (other credentials)."""
+        if not self.others:
+            return None
+        others = ", ".join(self.others)
+        detail = f"a job token ({self.carrier}) with other credentials ({others})"
+        return Conflict((str(self.carrier), *self.others), detail)
+
+
 class BodyError(ValueError):
     """A form or JSON body the gateway was asked to inspect does not parse."""
 
 
-Extraction = Credential | Conflict | Malformed | None
+Extraction = Credential | Candidate | Conflict | Malformed | None
 
 
 class _Found(NamedTuple):  # scratch value of `extract`: a tuple is the cheapest to build
     carrier: Carrier
     value: str
-    job: bool  # a job token (else another credential)
+    job: bool  # a job token (else another credential, or a candidate)
     problem: str | None = None  # a carrier whose value GitLab would read unpredictably
+    maybe: bool = False  # not `job`, but GitLab may read it as a job token: a candidate
 
 
 def body_kind(headers: Headers, method: str) -> str | None:
@@ -486,7 +580,7 @@ def _body_params(view: RequestView) -> list[tuple[str, object]]:
     return pairs
 
 
-def _from_params(pairs: Iterable[tuple[str, object]]) -> Iterator[_Found]:
+def _from_params(pairs: Iterable[tuple[str, object]], family: Family) -> Iterator[_Found]:
     for key, value in pairs:
         carrier, bracket = _param_carrier(key)
         if carrier is None:
@@ -498,6 +592,14 @@ def _from_params(pairs: Iterable[tuple[str, object]]) -> Iterator[_Found]:
                 carrier, "", job=carrier is not Carrier.PRIVATE_TOKEN_PARAM, problem=problem
             )
         elif value:  # GitLab uses `.presence`: an empty value is absent
+            if carrier is Carrier.TOKEN_PARAM and Reading.TOKEN_PARAM_JWT in family.readings:
+                # The Terraform registry's `?token=<JWT>`: the job token is its `token` claim.
+                wrapped = conan_jwt.claim(value, "token")
+                if wrapped is not None:
+                    found = _classify(Carrier.TOKEN_PARAM_JWT, wrapped)
+                    if found is not None:
+                        yield found
+                    continue
             found = _classify(carrier, value)
             if found is not None:
                 yield found
@@ -513,49 +615,100 @@ def _param_carrier(key: str) -> tuple[Carrier | None, bool]:
 
 
 def _classify(carrier: Carrier, value: str) -> _Found | None:
-    prefixed = value.startswith(JOB_TOKEN_PREFIX)
     if carrier in (Carrier.PRIVATE_TOKEN_HEADER, Carrier.PRIVATE_TOKEN_PARAM):
-        # A glcbt- PAT is skipped by GitLab (auth_finders.rb), so by us too.
-        return None if prefixed else _Found(carrier, value, job=False)
+        # A glcbt- PAT is skipped by GitLab (find_personal_access_token: `current_token
+        # .start_with?(::Ci::Build::TOKEN_PREFIX)`, the bare prefix), so it is absent here too.
+        return None if value.startswith(JOB_TOKEN_PREFIX) else _Found(carrier, value, job=False)
     if carrier in (Carrier.JOB_TOKEN_PARAM, Carrier.JOB_TOKEN_HEADER):
         return _Found(carrier, value, job=True)
+    config = _CONFIG
     if carrier is Carrier.TOKEN_PARAM:
-        return _Found(carrier, value, job=not value.startswith(_OTHER_TOKEN_PREFIXES))
-    # Bearer, access_token, bearer_token, DEPLOY-TOKEN: a job token only when prefixed
-    return _Found(carrier, value, job=prefixed)
+        return _Found(carrier, value, job=not value.startswith(config.others))
+    prefixed = value.startswith(config.prefixes)
+    if carrier is Carrier.DEPLOY_TOKEN_HEADER:  # never a job token for GitLab: stricter
+        return _Found(carrier, value, job=prefixed)
+    # Bearer, access_token and bearer_token params: `find_user_from_job_bearer_token` runs
+    # Ci::AuthJobFinder on any OAuth value (lib/gitlab/auth/auth_finders.rb), and the family
+    # carriers run TokenResolver's job finder on any value (`with_job_token`): unprefixed, it
+    # is a job token of GitLab < 16.9 or another credential, so a candidate.
+    maybe = not prefixed and not value.startswith(config.others)
+    return _Found(carrier, value, job=prefixed, maybe=maybe)
 
 
-def _from_authorization(value: str) -> _Found | None:
-    # One split for every scheme (`authorization_scheme`, ActionPack's): `Basic<TAB>...` is
-    # Basic there. Doorkeeper's Bearer rule is narrower (`/^Bearer /i`,
-    # Doorkeeper::OAuth::Token.from_bearer_authorization): whatever it reads, this reads too.
+def _from_authorization(value: str, family: Family) -> list[_Found]:
+    """What GitLab reads from one Authorization value on a route of `family`.
+
+    One split for every scheme (`authorization_scheme`, ActionPack's): `Basic<TAB>...` is
+    Basic there. Doorkeeper's Bearer rule is narrower (`/^Bearer /i`,
+    Doorkeeper::OAuth::Token.from_bearer_authorization): whatever it reads, this reads too.
+    """
     scheme, param = authorization_scheme(value)
     if scheme is None:
-        return None
+        return []
+    found: list[_Found | None] = []
+    readings = family.readings
     rest = (param or "").strip(_RUBY_SPACE)
-    if scheme.lower() == "bearer" and rest:
-        return _classify(Carrier.BEARER, rest)
-    if scheme.lower() == "basic" and rest:
-        return _from_basic(rest)
-    return _Found(Carrier.AUTHORIZATION, value, job=False)
+    lower = scheme.lower()
+    if lower == "bearer" and rest:
+        wrapped = conan_jwt.conan_access_token(rest) if Reading.CONAN_JWT in readings else None
+        if wrapped is not None:  # a Conan JWT: it wraps the credential GitLab reads
+            found.append(_classify(Carrier.CONAN_JWT, wrapped))
+        else:
+            found.append(_classify(Carrier.BEARER, rest))
+    elif lower == "basic" and rest:
+        found.append(_from_basic(rest, any_user=Reading.BASIC_ANY_USER in readings))
+    elif Reading.HTTP_TOKEN in readings and param is None:
+        # `http_token` (TokenLocator#extract_from_http_token): the whole value is the token
+        # (RubyGems clients send it bare). A value with a scheme is no token GitLab finds.
+        found.append(_classify(Carrier.AUTHORIZATION_VALUE, scheme))
+    elif Reading.BEARER_LAST_WORD not in readings:  # (there, the last word is what is read)
+        found.append(_Found(Carrier.AUTHORIZATION, value, job=False))
+    if Reading.BEARER_LAST_WORD in readings:
+        # `http_bearer_token` (TokenLocator#extract_from_http_bearer_token):
+        # `password.split(' ').last`, Ruby's awk-style split, whatever the scheme.
+        last = _RUBY_SPACES.split(value.strip(_RUBY_SPACE))[-1]
+        found.append(_classify(Carrier.AUTHORIZATION_LAST_WORD, last))
+    if Reading.BASIC_ANY_USER in readings and "Basic " in value and scheme != "Basic":
+        # PackagesManagerClientsHelpers#decode_token reads whatever follows the first
+        # "Basic " anywhere in the value (`split('Basic ', 2).second`), with Ruby's lenient
+        # Base64: what it would read is unknowable, so refused.
+        problem = "Authorization holds 'Basic ' where GitLab's package helpers would read it"
+        found.append(_Found(Carrier.BASIC_ANY_USER, "", job=True, problem=problem))
+    return [item for item in found if item is not None]
 
 
-def _hidden_basic(value: str) -> list[_Found]:
+def _hidden_basic(value: str, family: Family) -> list[_Found]:
     """Job tokens GitLab's scheme-blind Basic readings find in an Authorization value
     (`basic_credentials`, `packages_basic_password`): a user `gitlab-ci-token` or a prefixed
-    password, whatever the scheme. Only job tokens are kept: any Authorization value is already
-    a credential of its own (`_from_authorization`), so another one adds nothing."""
+    password, whatever the scheme; on a family whose helpers take any user's Basic password,
+    an unprefixed password too (a candidate). Only job tokens (and candidates) are kept: any
+    Authorization value is already a credential of its own (`_from_authorization`)."""
     found: list[_Found] = []
+    prefixes = _CONFIG.prefixes
+    any_user = Reading.BASIC_ANY_USER in family.readings
     pair = basic_credentials(value)
-    if pair is not None and (pair[0] == CI_JOB_USER or pair[1].startswith(JOB_TOKEN_PREFIX)):
-        found.append(_Found(Carrier.BASIC, pair[1], job=True))
+    if pair is not None:
+        if pair[0] == CI_JOB_USER or pair[1].startswith(prefixes):
+            found.append(_Found(Carrier.BASIC, pair[1], job=True))
+        elif any_user and _token_shaped(pair[1]):
+            found.append(_classify(Carrier.BASIC_ANY_USER, pair[1]))  # type: ignore[arg-type]
     password = packages_basic_password(value)
-    if password is not None and password.startswith(JOB_TOKEN_PREFIX):
-        found.append(_Found(Carrier.BASIC, password, job=True))
+    if password is not None:
+        if password.startswith(prefixes):
+            found.append(_Found(Carrier.BASIC, password, job=True))
+        elif any_user and _token_shaped(password):
+            found.append(_classify(Carrier.BASIC_ANY_USER, password))  # type: ignore[arg-type]
     return found
 
 
-def _from_basic(encoded: str) -> _Found | None:
+def _token_shaped(value: str) -> bool:
+    """Could this be a job token at all (printable ASCII, no space)? Decoding any Bearer value
+    as Base64 yields bytes: only a token-shaped password is a candidate (a job token always is
+    one; garbage would make every Bearer on those routes two credentials)."""
+    return bool(value) and value.isascii() and value.isprintable() and " " not in value
+
+
+def _from_basic(encoded: str, *, any_user: bool = False) -> _Found | None:
     try:
         user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
@@ -564,8 +717,11 @@ def _from_basic(encoded: str) -> _Found | None:
     if not sep or not password:
         # `find_user_from_job_token_basic_auth` needs login and password present.
         return _Found(Carrier.BASIC, password, job=False) if user or password else None
-    job = user == CI_JOB_USER or password.startswith(JOB_TOKEN_PREFIX)
-    return _Found(Carrier.BASIC, password, job=job)
+    if user == CI_JOB_USER:
+        return _Found(Carrier.BASIC, password, job=True)
+    if any_user:  # find_job_from_http_basic_auth: any user name, any password
+        return _classify(Carrier.BASIC_ANY_USER, password)
+    return _Found(Carrier.BASIC, password, job=password.startswith(_CONFIG.prefixes))
 
 
 def _header_carrier(name: str) -> Carrier | None:
@@ -578,6 +734,8 @@ def _header_carrier(name: str) -> Carrier | None:
         carrier = _HEADERS.get(_FOLD.sub("_", upper))
     if carrier is None and upper == "AUTHORIZATION":
         carrier = Carrier.AUTHORIZATION
+    if carrier is None and _FOLD.sub("_", upper) in _CONFIG.named:
+        carrier = Carrier.API_KEY_HEADER  # read on its family's routes only (`_from_headers`)
     return carrier
 
 
@@ -588,7 +746,7 @@ _HEADER_MEMO: dict[str, Carrier | None] = {}
 _HEADER_MEMO_SIZE = 512
 
 
-def _from_headers(headers: Headers) -> tuple[list[_Found], list[str]]:
+def _from_headers(headers: Headers, family: Family) -> tuple[list[_Found], list[str]]:
     found: list[_Found] = []
     repeated: list[str] = []
     seen: list[Carrier] = []
@@ -602,58 +760,109 @@ def _from_headers(headers: Headers) -> tuple[list[_Found], list[str]]:
                 memo[name] = carrier
         if carrier is None:
             continue
+        if carrier is Carrier.API_KEY_HEADER and not _reads_header(family, name):
+            continue  # another family's header: GitLab does not read it here
         if seen.count(carrier) == 1:  # its second occurrence
             repeated.append(f"{carrier} repeated")
         seen.append(carrier)
         if carrier is Carrier.AUTHORIZATION:
-            item = _from_authorization(value)
-            found.extend(_hidden_basic(value))
-        else:
-            value = value.strip()
-            if carrier is Carrier.JOB_TOKEN_HEADER:  # the usual carrier: `_classify`, inlined
-                item = _Found(carrier, value, True) if value else None
-            else:
-                item = _classify(carrier, value) if value else None
-        if item is not None:
+            found.extend(_from_authorization(value, family))
+            found.extend(_hidden_basic(value, family))
+            continue
+        value = value.strip()
+        if not value:
+            continue
+        if carrier is Carrier.JOB_TOKEN_HEADER:  # the usual carrier: `_classify`, inlined
+            found.append(_Found(carrier, value, True))
+        elif (item := _classify(carrier, value)) is not None:
             found.append(item)
     return found, repeated
 
 
-def extract(view: RequestView, body_params: Sequence[tuple[str, object]] = ()) -> Extraction:
+def _reads_header(family: Family, name: str) -> bool:
+    folded = _FOLD.sub("_", name.upper())
+    return any(_FOLD.sub("_", header.upper()) == folded for header in family.headers)
+
+
+def extract(
+    view: RequestView, body_params: Sequence[tuple[str, object]] = ()
+) -> Credential | Conflict | Malformed | None:
+    """`read`, for callers that judge definite job tokens only: a `Candidate` is None."""
+    found = read(view, body_params)
+    return None if isinstance(found, Candidate) else found
+
+
+def read(view: RequestView, body_params: Sequence[tuple[str, object]] = ()) -> Extraction:
     """The job token GitLab would authenticate this request with, or why there is none.
 
     Returns None when no job token is present (other credentials alone are not ours to judge),
     a `Conflict` when the credentials are ambiguous, `Malformed` for a token GitLab rejects on
-    sight, else the `Credential`. Raises `BodyError` when `view.body` should be a form, JSON or
-    multipart body and does not parse (Rails would answer 400; we cannot tell what it would
-    read), or is multipart that readers could read differently (`multipart.Scanner`).
-    `body_params` are the parameters of a body read elsewhere (a streamed multipart body,
-    `gateway.bodyguard`), judged exactly as if `view.body` held them.
+    sight, a `Candidate` for one unrecognised value GitLab may read as a job token or as another
+    credential (the caller finds out which), else the `Credential`. The carriers read are those
+    of the request-target's route family (`configure`). Raises `BodyError` when `view.body`
+    should be a form, JSON or multipart body and does not parse (Rails would answer 400; we
+    cannot tell what it would read), or is multipart that readers could read differently
+    (`multipart.Scanner`). `body_params` are the parameters of a body read elsewhere (a
+    streamed multipart body, `gateway.bodyguard`), judged exactly as if `view.body` held them.
     """
-    found, repeated = _from_headers(view.headers)
+    target = view.target
+    # Every family lives under a `packages` segment: other targets skip the expression.
+    family = (
+        _CONFIG.carriers.family_for(target) if "packages" in target or "%" in target else DEFAULT
+    )
+    found, repeated = _from_headers(view.headers, family)
     pairs = _params(view)
     if body_params:
         _refuse_method_override(view.method, body_params)
         pairs = [*pairs, *body_params]
     if pairs:
-        found.extend(_from_params(pairs))
+        found.extend(_from_params(pairs, family))
     if len(found) == 1 and not repeated:  # the common case: one carrier
         chosen = found[0]
         if not chosen.job:
-            return None
+            return _candidate(chosen, []) if chosen.maybe else None
         if chosen.problem:
             return _conflict(found, [], repeated)
     else:
         jobs = [item for item in found if item.job]
         if not jobs:
-            return None
-        others = [item for item in found if not item.job]
+            return _without_job_token(found, repeated)
+        values = {item.value for item in jobs if not item.problem}
+        # A candidate holding the very value of a job token is that job token.
+        others = [
+            item
+            for item in found
+            if (not item.job and not item.maybe) or (item.maybe and item.value not in values)
+        ]
         if conflict := _conflict(jobs, others, repeated):
             return conflict
         chosen = min(jobs, key=lambda item: _RANK.get(item.carrier, len(_RANK)))
     if why := _malformation(chosen):
         return Malformed(chosen.carrier, why)
     return _credential(chosen.carrier, digest(chosen.value), chosen.value)
+
+
+def _without_job_token(found: list[_Found], repeated: list[str]) -> Extraction:
+    """No definite job token: None, or the one candidate (two different ones, or a candidate
+    in a repeated header, are a conflict: either could be the job token GitLab reads)."""
+    maybes = [item for item in found if item.maybe]
+    if not maybes:
+        return None
+    if len({item.value for item in maybes}) > 1 or repeated:
+        reasons = [*repeated]
+        if len({item.value for item in maybes}) > 1:
+            reasons.append("different unrecognised credentials in " + _names(maybes))
+        carriers = tuple(dict.fromkeys(str(item.carrier) for item in found))
+        return Conflict(carriers, "; ".join(reasons))
+    chosen = min(maybes, key=lambda item: _RANK.get(item.carrier, len(_RANK)))
+    return _candidate(chosen, [item for item in found if not item.maybe])
+
+
+def _candidate(item: _Found, others: list[_Found]) -> Candidate | None:
+    if _malformation(item):
+        return None  # no job token GitLab could find: another credential
+    names = tuple(dict.fromkeys(str(other.carrier) for other in others))
+    return Candidate(item.carrier, digest(item.value), item.value, names)
 
 
 def same_credential(one: Extraction, other: Extraction) -> bool:

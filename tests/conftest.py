@@ -15,7 +15,8 @@ import pytest
 pytest_plugins: list[str] = ["fixtures.upstream", "fixtures.proxy", "fixtures.registry"]
 
 REPO = Path(__file__).resolve().parent.parent
-SEED_PAGE = REPO.parent / "shared" / "seed" / "000_bfd2f6b9226250fa.txt"
+SEED_PAGE = REPO / "tests" / "fixtures" / "pages" / "000_bfd2f6b9226250fa.txt"
+CURRENT_PAGE = REPO / "tests" / "fixtures" / "pages" / "current-skratsch-b3c84db4.md"
 
 
 def free_port() -> int:

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, SEED_PAGE
+from conftest import CURRENT_PAGE, REPO, SEED_PAGE
 
 COMMITTED = REPO / "policies" / "routes.yaml"
+COMMITTED_CURRENT = REPO / "policies" / "routes-current.yaml"
 
 
 def run(
@@ -106,6 +107,107 @@ def test_a_bad_route_file_is_a_one_line_error(tmp_path: Path) -> None:
     assert_one_line_error(
         run("routes", "--routes", str(bad)), f"{bad}:4: routes[0] (GET /x)", "permissions"
     )
+
+
+def test_the_route_table_setting_takes_a_shipped_name() -> None:
+    assert "188 routes: 159 controllable, 29 None" in run("routes", "--routes", "current").stdout
+    assert "150 routes: 125 controllable, 25 None" in run("routes", "--routes", "seed").stdout
+    document = json_of(run("routes", "--json", env={"GATEWAY_ROUTES": "current"}))
+    assert document["source"] == str(COMMITTED_CURRENT)
+    assert len(document["routes"]) == 188
+    args = ("check", "GET", "/api/v4/projects/1/pipelines", "--json")
+    assert json_of(run(*args, "--routes", "current"))["route"]["permissions"] == ["read_pipelines"]
+    assert json_of(run(*args))["result"] == "no_route"
+
+
+# --------------------------------------------------------------------------- routes --diff
+
+DIFF_CHANGED = """changed permissions (5):
+  ~ GET    /groups/:id/-/packages/npm/*package_name  [read_packages] -> [None]
+  ~ GET    /groups/:id/-/packages/pypi/files/:sha256/*file_identifier  [read_packages] -> [None]
+  ~ GET    /packages/npm/*package_name  [read_packages] -> [None]
+  ~ GET    /projects/:id/packages/:package_id/pipelines  [read_packages] -> [read_pipelines]
+  ~ PUT    /projects/:id/pipelines/:pipeline_id/metadata  [admin_jobs] -> [admin_pipelines]
+
+38 added, 0 removed, 5 changed, 145 unchanged
+"""
+
+
+def test_routes_diff_seed_to_current() -> None:
+    result = run("routes", "--diff", "seed", "current")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:2] == [
+        "--- seed: policies/routes.yaml (150 routes)",
+        "+++ current: policies/routes-current.yaml (188 routes)",
+    ]
+    assert lines[3] == "added (38):"
+    assert "  + GET    /projects/:id/jobs  [read_jobs]" in lines
+    assert "  + GET    /projects/:id/pipelines  [read_pipelines]" in lines
+    assert "  + GET    /projects/:id/packages/conan/v2/users/authenticate  [None]" in lines
+    added = lines[4 : lines.index("removed (0):") - 1]
+    assert len(added) == 38
+    assert added == sorted(added, key=lambda line: (line.split()[2], line.split()[1]))
+    assert "removed (0):\n  (none)\n" in result.stdout
+    assert result.stdout.endswith(DIFF_CHANGED)
+    # Stable: the same bytes every run; names and paths are interchangeable.
+    by_path = run("routes", "--diff", str(COMMITTED), "policies/routes-current.yaml")
+    assert by_path.stdout.splitlines()[2:] == lines[2:]
+    assert run("routes", "--diff", "seed", "current").stdout == result.stdout
+
+
+def test_the_readme_shows_the_real_diff_output() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    shown = "$ python -m gateway routes --diff seed current\n"
+    assert shown + run("routes", "--diff", "seed", "current").stdout + "```" in readme
+
+
+def test_routes_diff_the_other_way_and_json() -> None:
+    back = run("routes", "--diff", "current", "seed").stdout
+    assert "added (0):" in back
+    assert "removed (38):" in back
+    assert (
+        "  ~ PUT    /projects/:id/pipelines/:pipeline_id/metadata  [admin_pipelines] -> [admin_jobs]"
+        in back
+    )
+    document = json_of(run("routes", "--diff", "seed", "current", "--json"))
+    assert document["a"] == {"table": "seed", "file": str(COMMITTED), "routes": 150}
+    assert document["b"]["routes"] == 188
+    assert len(document["added"]) == 38
+    assert document["removed"] == []
+    assert document["unchanged"] == 145
+    assert {
+        "method": "PUT",
+        "path": "/projects/:id/pipelines/:pipeline_id/metadata",
+        "before": ["admin_jobs"],
+        "after": ["admin_pipelines"],
+    } in document["changed"]
+    assert {
+        "method": "GET",
+        "path": "/packages/npm/*package_name",
+        "before": ["read_packages"],
+        "after": None,
+    } in document["changed"]
+
+
+def test_routes_diff_of_a_table_with_itself_is_empty() -> None:
+    result = run("routes", "--diff", "current", "current")
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[-1] == "0 added, 0 removed, 0 changed, 188 unchanged"
+
+
+def test_routes_diff_errors_exit_2(tmp_path: Path) -> None:
+    assert_one_line_error(
+        run("routes", "--diff", "seed", "newest"),
+        "newest: no such route file (and not a shipped table: seed, current)",
+    )
+    bad = tmp_path / "routes.yaml"
+    bad.write_text("version: 1\nsource: t\nroutes:\n- method: GET\n  path: /x\n", encoding="utf-8")
+    assert_one_line_error(run("routes", "--diff", str(bad), "seed"), f"{bad}:4: routes[0] (GET /x)")
+    assert run("routes", "--diff", "seed").returncode == 2
+    refused = run("routes", "--diff", "seed", "current", "--overlaps")
+    assert refused.returncode == 2
+    assert "not allowed with" in refused.stderr
 
 
 # --------------------------------------------------------------------------- check
@@ -227,3 +329,34 @@ def test_policies_import_reports_the_line_of_a_bad_row(tmp_path: Path) -> None:
 def test_policies_needs_an_action() -> None:
     assert run("policies").returncode == 2
     assert run("policies", "import").returncode == 2
+
+
+def test_policies_import_of_the_current_page(tmp_path: Path) -> None:
+    result = run("policies", "import", str(CURRENT_PAGE), "-o", str(tmp_path / "current.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "imported 188 routes (29 None)" in result.stdout
+    assert (tmp_path / "current.yaml").read_bytes() == COMMITTED_CURRENT.read_bytes()
+    # Without -o, each format goes to the file its shipped table name selects.
+    result = run("policies", "import", str(CURRENT_PAGE), cwd=tmp_path)
+    assert result.stdout.strip().endswith("into policies/routes-current.yaml")
+    assert (tmp_path / "policies" / "routes-current.yaml").read_bytes() == (
+        COMMITTED_CURRENT.read_bytes()
+    )
+    assert not (tmp_path / "policies" / "routes.yaml").exists()
+    absent = tmp_path / "absent.md"
+    assert_one_line_error(run("policies", "import", str(absent)), f"{absent}: cannot read page")
+
+
+def test_policies_import_reports_the_line_of_a_bad_current_row(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "## Available API endpoints\n\n### Pipelines endpoints\n\n"
+        "| Permission | API endpoint | Permission name | Scope |\n"
+        "| --- | --- | --- | --- |\n"
+        "| Updates pipeline metadata | `PUT /projects/:id/pipelines/:pipeline_id/metadata` "
+        "| `ADMIN_PIPELINES` | Read |\n",
+        encoding="utf-8",
+    )
+    result = run("policies", "import", str(page), "-o", str(tmp_path / "out.yaml"))
+    assert_one_line_error(result, f"{page}:7: Scope 'Read' does not match the names")
+    assert not (tmp_path / "out.yaml").exists()

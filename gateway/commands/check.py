@@ -150,7 +150,7 @@ def _match_lines(found: RouteMatch) -> list[str]:
 # `Gate.evaluate` the proxy runs (route, target, permissions needed and granted, verdict).
 # Exit 0 allowed, 1 denied.
 
-DECISION_SETTINGS = {"store", "store_timeout", "require_job_token", "git_http"}
+DECISION_SETTINGS = {"store", "store_timeout", "require_job_token", "git_http", "job_token_prefix"}
 
 
 def add_decision_arguments(parser: argparse.ArgumentParser) -> None:

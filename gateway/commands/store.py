@@ -124,7 +124,7 @@ def _list(args: argparse.Namespace) -> int:
 def _document(listing: Listing) -> dict[str, Any]:
     grants = listing.grants
     return {
-        "projects": [{"id": p.id, "path": p.path} for p in grants.projects],
+        "projects": [p.describe() for p in grants.projects],  # with visibility when not private
         "jobs": [_job(job) for job in grants.jobs],
         "allowlists": [_allowlist(a) for a in grants.allowlists],
         "revoked": {
@@ -163,11 +163,19 @@ def _allowlist(allowlist: Allowlist) -> dict[str, Any]:
     }
 
 
+def _visibility_text(project: dict[str, Any]) -> str:
+    """`  (public; repository enabled)` for a project that is not private, else nothing."""
+    if "visibility" not in project and "features" not in project:
+        return ""
+    features = ", ".join(f"{k} {v}" for k, v in project.get("features", {}).items())
+    return f"  ({project.get('visibility', 'private')}{'; ' + features if features else ''})"
+
+
 def _print_text(document: dict[str, Any]) -> None:
     paths = {p["id"]: p["path"] for p in document["projects"]}
     print(f"projects ({len(document['projects'])}):")
     for p in document["projects"]:
-        print(f"  #{p['id']:<8} {p['path']}")
+        print(f"  #{p['id']:<8} {p['path']}{_visibility_text(p)}")
     print(f"jobs ({len(document['jobs'])}):")
     for j in document["jobs"]:
         state = "revoked" if j["revoked"] else f"expires {j['expires_at'] or 'never'}"

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -177,6 +178,8 @@ class RedisStore:
                 allowlists.append(_allowlist(json.loads(raw)))
         digests, job_ids = await self._revocations()
         jobs = [_revoked(j) if j.digest in digests or j.job_id in job_ids else j for j in jobs]
+        by_id = {p.id: p for p in projects}  # a job's project with its visibility, as loaded
+        jobs = [replace(j, project=by_id.get(j.project.id, j.project)) for j in jobs]
         return Listing(
             Grants(
                 tuple(sorted(projects, key=lambda p: p.id)),
@@ -206,7 +209,7 @@ def _revoked(job: Job) -> Job:
 def _serialize(grants: Grants) -> dict[str, str]:
     content: dict[str, str] = {}
     for project in grants.projects:
-        encoded = json.dumps({"id": project.id, "path": project.path})
+        encoded = json.dumps(project.describe())  # with its visibility and features
         content[f"{PREFIX}project:{project.id}"] = encoded
         content[f"{PREFIX}projectpath:{project.key}"] = encoded
     for job in grants.jobs:
@@ -238,7 +241,7 @@ def _serialize(grants: Grants) -> dict[str, str]:
 
 
 def _project(data: dict[str, Any]) -> Project:
-    return Project(int(data["id"]), str(data["path"]))
+    return Project.from_description(data)  # records written before visibility read as private
 
 
 def _job(raw: str) -> Job:

@@ -259,8 +259,8 @@ class Reference:
         if isinstance(segments, Refuse):
             return segments
         route, params = self.match(method, segments) or (None, {})
-        if route is None or route.path.endswith("/packages/conan/v1/users/authenticate"):
-            return Deny(NOT_AVAILABLE)  # (the Conan JWT exchange: route_facts.py)
+        if route is None:
+            return Deny(NOT_AVAILABLE)
         job = self.jobs.get(sha256(token.encode()).hexdigest())
         if job is None or job[2]:
             return Deny("token_invalid_or_expired", 401)
@@ -290,6 +290,12 @@ class Reference:
             template == "/packages/conan/v1/conans/search"
         ):
             return Forward("uncontrolled_endpoint")
+        if template.endswith(("/npm/-/npm/v1/security/advisories/bulk", "/audits/quick")) and (
+            not template.startswith("/projects/")
+        ):
+            # No package name, so GitLab's `project_id_or_nil` finds nothing and no project is
+            # checked (lib/api/concerns/packages/npm_endpoints.rb, redirect_or_present_audit_report).
+            return Forward("package_not_found")
         ref = self._target_ref(template, params)
         if ref is None:
             return Deny("target_unresolved")
