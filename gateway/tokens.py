@@ -683,6 +683,9 @@ def _hidden_basic(value: str, family: Family) -> list[_Found]:
     password, whatever the scheme; on a family whose helpers take any user's Basic password,
     an unprefixed password too (a candidate). Only job tokens (and candidates) are kept: any
     Authorization value is already a credential of its own (`_from_authorization`)."""
+    scheme, _ = authorization_scheme(value)
+    if scheme is None or scheme.lower() == "basic":
+        return []  # `_from_basic` reads it (strictly: what it cannot decode is refused)
     found: list[_Found] = []
     prefixes = _CONFIG.prefixes
     any_user = Reading.BASIC_ANY_USER in family.readings
