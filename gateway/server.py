@@ -26,7 +26,7 @@ from gateway import metrics
 from gateway.admin import Readiness, create_admin_app
 from gateway.app import GATE, GateService, create_app, dispatch_directly, runner_options
 from gateway.errors import ConfigError
-from gateway.settings import Settings
+from gateway.settings import Engine, Settings
 
 __all__ = [
     "check_extensions",
@@ -102,6 +102,12 @@ async def run_worker(
         from gateway.authz.listener import run_alone
 
         return await run_alone(settings, admin=admin, reuse_port=reuse_port, on_ready=on_ready)
+    if settings.engine is Engine.LEAN:
+        from gateway.engine import run_lean_worker
+
+        return await run_lean_worker(
+            settings, admin=admin, reuse_port=reuse_port, on_ready=on_ready
+        )
     draining = asyncio.Event()
     decision = None
     proxy = web.AppRunner(create_app(settings), **runner_options(settings))

@@ -24,6 +24,7 @@ from gateway.errors import ConfigError
 __all__ = [
     "DEFAULT_ROUTES",
     "SHIPPED_TABLES",
+    "Engine",
     "HostPolicy",
     "LogFormat",
     "Mode",
@@ -72,6 +73,11 @@ class HostPolicy(StrEnum):
     UPSTREAM = "upstream"
 
 
+class Engine(StrEnum):
+    AIOHTTP = "aiohttp"
+    LEAN = "lean"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, extra="forbid", frozen=True, validate_default=True
@@ -88,6 +94,11 @@ class Settings(BaseSettings):
         9090, ge=0, le=65535, description="Port of the admin listener (health, readiness, metrics)."
     )
     workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port.")
+    engine: Engine = Field(
+        Engine.AIOHTTP,
+        description="Proxy listener engine: `aiohttp`, or `lean` (asyncio Protocols, llhttp both "
+        "ways, a keep-alive upstream pool).",
+    )
     decision_port: int | None = Field(
         None,
         ge=0,

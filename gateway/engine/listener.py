@@ -1,0 +1,235 @@
+"""The lean proxy listener and `serve --engine lean`'s worker lifecycle.
+
+`start_proxy(settings, gate)` binds the proxy port with `ClientConnection`s, an upstream
+`Pool` and a `LeanProxy`; `run_lean_worker` is `gateway.server.run_worker` for this engine:
+the same gate (store, cache, route table, SIGHUP reload), the decision listener beside it when
+configured, the admin listener, and on SIGTERM a drain of up to `grace_period` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import structlog
+
+from gateway import metrics
+from gateway.decision import Reason
+from gateway.engine.connection import ClientConnection, Handler
+from gateway.engine.proxy import LeanProxy, refusal_bytes
+from gateway.errors import ConfigError
+from gateway.exchange import Recorder
+from gateway.handler import Decider, Refuse
+from gateway.headers import HeaderPolicy
+from gateway.responses import gitlab_message
+from gateway.settings import Settings
+from gateway.wire import Limits
+from gateway.wire.client import Pool
+
+__all__ = ["LeanListener", "LeanServer", "run_lean_worker", "start_proxy"]
+
+_log = structlog.get_logger("gateway.engine")
+# The machinery's own refusals, with the aiohttp engine's statuses (its parser answers 400 to
+# every head over a limit).
+_MACHINE_REASONS = {408: Reason.CLIENT_TIMEOUT}
+
+
+class LeanServer:
+    """The listening socket and its connections (what `ClientConnection` needs)."""
+
+    def __init__(self, handler: Handler, limits: Limits) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[ClientConnection] = set()
+        self.idle = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._overloaded = self.refusal(503, "too many connections")
+
+    def refusal(self, status: int, detail: str) -> bytes:
+        """A refusal the machinery makes (malformed head, limits, timeouts); it closes."""
+        status = 400 if status in (414, 431) else status
+        reason = _MACHINE_REASONS.get(status, Reason.BAD_FRAMING)
+        if status == 503:
+            reason, detail = Reason.OVERLOADED, ""
+        verdict = Refuse(reason, status, gitlab_message(status, detail or None), close=True)
+        return refusal_bytes(verdict, None)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        assert self._server is not None
+        return [sock.getsockname()[:2] for sock in self._server.sockets]
+
+    async def start(self, host: str, port: int, *, reuse_port: bool) -> None:
+        def protocol() -> asyncio.BaseProtocol:
+            if len(self.connections) < self.limits.max_connections:
+                return ClientConnection(self)
+            metrics.CONNECTIONS_REFUSED.inc()
+            return _Overloaded(self._overloaded)
+
+        self._server = await self.loop.create_server(
+            protocol, host, port, reuse_port=reuse_port or None, backlog=1024
+        )
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; requests in flight get up to `grace` seconds; then close all."""
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.drain_connection()
+        if self.connections:
+            self.idle.clear()
+            try:
+                async with asyncio.timeout(grace):
+                    while self.connections:
+                        await self.idle.wait()
+                        self.idle.clear()
+            except TimeoutError:
+                pass
+        for connection in list(self.connections):
+            connection.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+class _Overloaded(asyncio.Protocol):
+    """Over `max_connections`: the 503 and a close, before reading anything."""
+
+    def __init__(self, answer: bytes) -> None:
+        self._answer = answer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(self._answer)
+        transport.close()
+
+
+class LeanListener:
+    """A started lean proxy listener; `stop` drains it and closes the upstream pool."""
+
+    def __init__(self, server: LeanServer, pool: Pool, recorder: Recorder) -> None:
+        self.server = server
+        self._pool = pool
+        self._recorder = recorder
+
+    @property
+    def port(self) -> int:
+        return int(self.server.addresses[0][1])
+
+    @property
+    def urls(self) -> list[str]:
+        return [
+            f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+            for host, port in self.server.addresses
+        ]
+
+    async def stop(self, grace: float) -> None:
+        try:
+            await self.server.stop(grace)
+        finally:
+            self._pool.close()
+            self._recorder.close()
+
+
+def limits_for(settings: Settings) -> Limits:
+    return Limits(
+        max_line_size=settings.max_line_size,
+        max_field_size=settings.max_field_size,
+        max_headers=settings.max_headers,
+        max_body=0,  # bodies stream through the Task; never buffered by the connection
+        header_timeout=settings.client_header_timeout,
+        body_timeout=settings.client_body_timeout,
+        max_connections=settings.max_connections,
+    )
+
+
+async def start_proxy(
+    settings: Settings,
+    gate: Decider,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    reuse_port: bool = False,
+) -> LeanListener:
+    """Bind the lean proxy listener; a bind failure is a one-line ConfigError."""
+    if settings.upstream is None:
+        raise ConfigError("--upstream / GATEWAY_UPSTREAM is required to serve")
+    target = urlsplit(settings.upstream)
+    upstream_host = target.hostname or "localhost"
+    tls = ssl.create_default_context() if target.scheme == "https" else None
+    upstream_port = target.port or (443 if tls is not None else 80)
+    pool = Pool(
+        upstream_host,
+        upstream_port,
+        limit=settings.pool_limit,
+        idle_timeout=settings.keepalive_timeout,
+        connect_timeout=settings.connect_timeout,
+        tls=tls,
+    )
+    recorder = Recorder()
+    proxy = LeanProxy(
+        settings, gate, HeaderPolicy(settings), recorder, pool, target.netloc or upstream_host
+    )
+    server = LeanServer(proxy.handle, limits_for(settings))
+    bind_host = settings.host if host is None else host
+    bind_port = settings.port if port is None else port
+    try:
+        await server.start(bind_host, bind_port, reuse_port=reuse_port)
+    except OSError as exc:
+        pool.close()
+        recorder.close()
+        raise ConfigError(
+            f"--port / GATEWAY_PORT: cannot listen on {bind_host}:{bind_port}: "
+            f"{exc.strerror or exc}"
+        ) from None
+    return LeanListener(server, pool, recorder)
+
+
+async def run_lean_worker(
+    settings: Settings,
+    *,
+    admin: bool,
+    reuse_port: bool = False,
+    on_ready: Callable[[], None] | None = None,
+) -> int:
+    """`gateway.server.run_worker` on the lean engine (see the module docstring)."""
+    from gateway import server  # here: gateway.server calls this function lazily
+    from gateway.gate import Gate
+
+    draining = asyncio.Event()
+    gate = await Gate.open(settings)
+    listener: LeanListener | None = None
+    decision = None
+    admin_runner = None
+    try:
+        listener = await start_proxy(settings, gate, reuse_port=reuse_port)
+        if settings.decision_port is not None:
+            from gateway.authz.listener import start_listener
+
+            decision = await start_listener(settings, gate, reuse_port=reuse_port)
+        if admin:
+
+            async def readiness() -> tuple[bool, str]:
+                if draining.is_set():
+                    return False, "draining: shutting down"
+                return await gate.ready()
+
+            admin_runner = await server.start_admin(settings, readiness)
+        _log.info("listening", proxy=listener.urls, upstream=settings.upstream, engine="lean")
+        if on_ready is not None:
+            on_ready()
+        await server.wait_for_stop(lambda: server.reload_gate(gate))
+        _log.info("draining", grace_period=settings.grace_period)
+    finally:
+        draining.set()
+        if decision is not None:
+            await decision.stop(settings.grace_period)
+        if listener is not None:
+            await listener.stop(settings.grace_period)
+        if admin_runner is not None:
+            await admin_runner.cleanup()
+        await gate.close()
+    _log.info("stopped")
+    return 0
