@@ -166,7 +166,15 @@ def bare_proxy(ctx: Ctx) -> None:
     ctx.server = {"bare_proxy": pid}
 
 
-def gateway(workers: int, mode: str) -> Callable[[Ctx], None]:
+def bare_lean(ctx: Ctx) -> None:
+    up = _with_upstream(ctx)
+    pid, ctx.port = start_python(
+        ctx, "bare_lean", "bare_lean.py", ctx.cores.server, "--upstream", f"http://127.0.0.1:{up}"
+    )
+    ctx.server = {"bare_lean": pid}
+
+
+def gateway(workers: int, mode: str, engine: str = "aiohttp") -> Callable[[Ctx], None]:
     def start(ctx: Ctx) -> None:
         if ctx.gateway_problem:
             raise SetupFailed(ctx.gateway_problem)
@@ -174,7 +182,8 @@ def gateway(workers: int, mode: str) -> Callable[[Ctx], None]:
         ctx.port, admin = harness.free_port(), harness.free_port()
         argv = [PY, "-m", "gateway", "serve", "--upstream", f"http://127.0.0.1:{up}"]
         argv += ["--store", str(ctx.store_url), "--workers", str(workers), "--mode", mode]
-        argv += ["--port", str(ctx.port), "--admin-port", str(admin), *ctx.args.gateway_arg]
+        argv += ["--port", str(ctx.port), "--admin-port", str(admin), "--engine", engine]
+        argv += ctx.args.gateway_arg
         # Two workers cannot both have core 0: they get both cores and share core 1 with
         # the load generator and the stub (CPU per request stays comparable).
         where = (
@@ -287,6 +296,16 @@ SETUPS = (
     Setup("direct", "direct to the upstream stub", "reference", (), direct),
     Setup("bare_proxy", "bare aiohttp forwarder (no policy)", "reference", (), bare_proxy),
     Setup(
+        "bare_lean", "bare lean forwarder (gateway/engine, no policy)", "reference", (), bare_lean
+    ),
+    Setup(
+        "gateway_lean_1w",
+        "gateway, enforce, 1 worker, --engine lean",
+        "subject",
+        ("gateway",),
+        gateway(1, "enforce", "lean"),
+    ),
+    Setup(
         "gateway_enforce_1w",
         "gateway, enforce, 1 worker",
         "subject",
@@ -372,7 +391,7 @@ SETUPS = (
     ),
 )
 BY_NAME = {s.name: s for s in SETUPS}
-LARGE_SETUPS = ("direct", "bare_proxy", "gateway_enforce_1w")
+LARGE_SETUPS = ("direct", "bare_proxy", "gateway_enforce_1w", "bare_lean", "gateway_lean_1w")
 
 
 # --- load

@@ -163,10 +163,25 @@ class ClientConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._broke(400, "protocol upgrades and CONNECT are not supported")
+            if self._queue and self._task is None and len(self._queue) == 1:
+                # A complete head asking for a tunnel or an upgrade: the pipeline refuses it
+                # with its own reason (`plan.precheck`, close); nothing after it is parsed.
+                self._broken = (400, "protocol upgrades and CONNECT are not supported")
+                self._closing = True
+                self._pause(2)
+                self._start(self._queue[0])
+            else:
+                self._broke(400, "protocol upgrades and CONNECT are not supported")
+            return
         except (httptools.HttpParserError, _Refused) as exc:
             refusal = exc.refusal if isinstance(exc, _Refused) else None
             self._broke(*(refusal or (400, f"malformed request ({type(exc).__name__})")))
+            return
+        # SECURITY: a request's Task starts only once llhttp has accepted all the bytes of this
+        # read: some framing errors (`Transfer-Encoding: xchunked`) are raised after
+        # `on_headers_complete`, and such a request must never be acted on.
+        if self._queue and self._task is None and not self._discarding:
+            self._start(self._queue[0])
 
     def eof_received(self) -> bool | None:
         parsing = self._parsing
@@ -225,9 +240,7 @@ class ClientConnection(asyncio.Protocol):
         if not incoming.has_body:
             incoming.body.end()
         self._queue.append(incoming)
-        if len(self._queue) == 1:
-            self._start(incoming)
-        else:
+        if len(self._queue) > 1:
             self._pause(2)
 
     def on_body(self, body: bytes) -> None:

@@ -64,7 +64,14 @@ def framing_problem(version: str, headers: Headers) -> Refuse | None:
     if version == "1.0":
         detail = "Transfer-Encoding in an HTTP/1.0 request"
         return Refuse(Reason.BAD_FRAMING, 400, gitlab_message(400, detail), close=True)
-    if [c.strip().lower() for value in codings for c in value.split(",")] != ["chunked"]:
+    found = [c.strip().lower() for value in codings for c in value.split(",")]
+    if found[-1] != "chunked":
+        # RFC 9112 §6.3: chunked not final in a request: the length cannot be determined
+        # reliably, 400 and close (aiohttp's parser refuses these itself; httptools' llhttp
+        # build lets `xchunked` through to us).
+        detail = "the final transfer coding is not chunked"
+        return Refuse(Reason.BAD_FRAMING, 400, gitlab_message(400, detail), close=True)
+    if found != ["chunked"]:
         detail = "only the chunked transfer coding is supported"
         return Refuse(Reason.BAD_FRAMING, 501, gitlab_message(501, detail), close=True)
     return None
