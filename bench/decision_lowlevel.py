@@ -37,7 +37,7 @@ async def serve(host: str, port: int, store: str) -> None:
             request.method,
             request.raw_path,
             version,
-            request.headers,  # type: ignore[arg-type]  # a read-only CIMultiDictProxy
+            list(request.headers.items()),
             body,
             request.keep_alive,
             request.remote,

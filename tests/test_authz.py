@@ -14,7 +14,6 @@ import aiohttp
 import orjson
 import pytest
 from job_grants import APP, TOOL, a_gate
-from multidict import CIMultiDict
 
 from gateway.authz import DecisionService, start_listener
 from gateway.decision import Reason
@@ -48,7 +47,8 @@ async def a_listener() -> AsyncIterator[Callable[..., Any]]:
 
     async def start(**overrides: Any) -> Ask:
         overrides.setdefault("decision_port", 0)
-        gate = await a_gate(**overrides)
+        store = overrides.pop("store_obj", None)
+        gate = await a_gate(store, **overrides)
         listener = await start_listener(gate.settings, gate)
         started.append((listener, gate))
         base = f"http://127.0.0.1:{listener.port}"
@@ -281,9 +281,7 @@ async def test_a_cache_hit_is_answered_without_a_task() -> None:
     gate = await a_gate(decision_port=0)
     try:
         service = DecisionService(gate.settings, gate, Recorder())
-        headers = CIMultiDict(
-            [("X-Original-Method", "GET"), ("X-Original-URI", GRANTED), ("JOB-TOKEN", APP)]
-        )
+        headers = [("X-Original-Method", "GET"), ("X-Original-URI", GRANTED), ("JOB-TOKEN", APP)]
 
         def request() -> Request:
             return Request("GET", "/", "1.1", headers, b"", True, "127.0.0.1")
@@ -295,9 +293,7 @@ async def test_a_cache_hit_is_answered_without_a_task() -> None:
         again = service.handle(request())
         assert isinstance(again, Response), "a cache hit must not need a Task"
         assert again.status == 200
-        denied = Request(
-            "GET", "/", "1.1", CIMultiDict([("X-Original-Method", "GET")]), b"", True, "10.1.1.1"
-        )
+        denied = Request("GET", "/", "1.1", [("X-Original-Method", "GET")], b"", True, "10.1.1.1")
         answer = service.handle(denied)
         assert isinstance(answer, Response)
         assert answer.status == 403
@@ -370,3 +366,63 @@ def test_port_0_runs_the_decision_listener_alone_without_an_upstream(
     assert (status, headers["X-Gateway-Reason"]) == (200, "no_token")
     assert process.events("listening")[0]["proxy"] == []
     assert process.stop() == 0
+
+
+def test_every_worker_runs_a_decision_listener_on_the_shared_port(
+    a_gateway_process: Callable[..., Any],
+) -> None:
+    from conftest import free_port
+
+    port = free_port()
+    process = a_gateway_process(
+        "--upstream", "http://127.0.0.1:9", "--workers", "2", "--decision-port", str(port)
+    )
+    for _ in range(20):  # SO_REUSEPORT spreads connections over both workers
+        status, headers, _ = _get(
+            f"http://127.0.0.1:{port}/", {"X-Original-Method": "GET", "X-Original-URI": GRANTED}
+        )
+        assert (status, headers["X-Gateway-Reason"]) == (200, "no_token")
+    pids = {line["pid"] for line in process.wait_for_event("request", 20)}
+    assert len(pids) == 2, pids
+    assert process.stop() == 0
+
+
+def test_a_reload_reaches_the_decision_listener(
+    a_gateway_process: Callable[..., Any], tmp_path: Any
+) -> None:
+    import signal
+
+    from conftest import free_port
+    from job_grants import GRANTS_YAML
+
+    grants = tmp_path / "grants.yaml"
+    grants.write_text(GRANTS_YAML)
+    port = free_port()
+    process = a_gateway_process(
+        "--port", "0", "--decision-port", str(port), "--store", f"file://{grants}"
+    )
+    ask = {"X-Original-Method": "GET", "X-Original-URI": GRANTED, "JOB-TOKEN": APP}
+    status, headers, _ = _get(f"http://127.0.0.1:{port}/", ask)
+    assert (status, headers["X-Gateway-Reason"]) == (200, "policies_granted")
+    grants.write_text(GRANTS_YAML.replace("token: glcbt-app-job,", "token: glcbt-app-gone,"))
+    process.signal(signal.SIGHUP)
+    process.wait_for_event("reloaded")
+    status, headers, _ = _get(f"http://127.0.0.1:{port}/", ask)
+    assert (status, headers["X-Gateway-Reason"]) == (401, "token_invalid")
+
+
+async def test_a_store_that_cannot_answer_fails_closed(a_listener: Callable[..., Any]) -> None:
+    from job_grants import the_grants
+
+    from gateway.errors import StoreUnavailable
+    from gateway.grants import Job
+    from gateway.stores.memory import MemoryStore
+
+    class DownStore(MemoryStore):
+        async def job(self, digest: str) -> Job | None:
+            raise StoreUnavailable("down for the test")
+
+    ask = await a_listener(store_obj=DownStore(the_grants()))
+    answer = await ask(**nginx("GET", GRANTED), JOB_TOKEN=APP)
+    # 503 stays a 5xx: nginx turns it into a 500, Envoy and Traefik pass it on: never an allow.
+    assert (answer.status, answer.reason) == (503, "store_unavailable")

@@ -37,6 +37,7 @@ refuses what the listener cannot judge.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import re
@@ -64,16 +65,23 @@ _log = structlog.get_logger("gateway.authz")
 
 NGINX_HEADERS = ("X-Original-Method", "X-Original-URI")
 FORWARDED_HEADERS = ("X-Forwarded-Method", "X-Forwarded-Uri")
-_PROTOCOL = frozenset(fold(n) for n in (*NGINX_HEADERS, *FORWARDED_HEADERS))
+# What a check request's header is to the view (`DecisionService._kind`).
+_KEEP, _DROP, _REWRITE, _ENVOY_BODY, _NGINX_METHOD = 0, 1, 2, 3, 4
+_PROTOCOL_KINDS = {
+    name.lower(): _NGINX_METHOD + index
+    for index, name in enumerate((*NGINX_HEADERS, *FORWARDED_HEADERS))
+}
+_PROTOCOL_KINDS["x-envoy-auth-partial-body"] = _ENVOY_BODY
 # Dropped from the view: the check request's own framing and hop-by-hop headers, the
-# forwarding headers the asking proxy sets, the protocol headers, Envoy's marker.
-_DROP = (
+# forwarding headers the asking proxy sets, the protocol headers spelled otherwise.
+_DROP_NAMES = (
     HOP_BY_HOP
     | FORWARDING
-    | _PROTOCOL
-    | {"content-length", "expect", "x-envoy-auth-partial-body", "x-envoy-expected-rq-timeout-ms"}
+    | frozenset(fold(n) for n in (*NGINX_HEADERS, *FORWARDED_HEADERS))
+    | {"content-length", "expect", "x-envoy-expected-rq-timeout-ms"}
 )
 _REWRITES = REINTERPRETING - {"x-original-uri"}
+_MEMO = 512
 _METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 _PEER_MEMO = 256
@@ -109,7 +117,7 @@ class DecisionService:
             ipaddress.ip_network(cidr, strict=False) for cidr in settings.decision_trusted_peers
         )
         self._peers: dict[str | None, bool] = {}
-        self._drops: dict[str, bool] = {}  # header name -> dropped from the view (memo)
+        self._kinds: dict[str, int] = {}  # header name -> what it is to the view (memo)
         self._checks = {
             name: metrics.DECISION_CHECKS.labels(name)
             for name in ("nginx", "forwarded", "envoy", "none")
@@ -152,10 +160,33 @@ class DecisionService:
     # ---- the view
 
     def _view(self, request: Request, exchange: Exchange) -> RequestView:
+        """The original request, in one pass over the check request's headers."""
         if not self._trusts(request.peer):
+            self._checks["none"].inc()
             raise _Refusal(Reason.UNTRUSTED_PEER, "the decision listener does not trust this peer")
-        headers = request.headers
-        protocol, method, target = self._original(request)
+        kinds = self._kinds
+        kept: list[tuple[str, str]] = []
+        counts = [0, 0, 0, 0]  # X-Original-Method/-URI, X-Forwarded-Method/-Uri
+        values = ["", "", "", ""]
+        envoy_body: str | None = None
+        for name, value in request.fields:
+            kind = kinds.get(name)
+            if kind is None:
+                kind = self._kind(name)
+            if kind == _KEEP:
+                kept.append((name, value))
+            elif kind >= _NGINX_METHOD:
+                counts[kind - _NGINX_METHOD] += 1
+                values[kind - _NGINX_METHOD] = value
+            elif kind == _ENVOY_BODY:
+                envoy_body = value
+            elif kind == _REWRITE:
+                raise _Refusal(
+                    Reason.REINTERPRETING_HEADER,
+                    "a header that makes GitLab run another method or path than the one "
+                    "judged cannot be passed through the decision endpoint",
+                )
+        protocol, method, target = self._original(request, counts, values)
         exchange.protocol = protocol
         exchange.method, exchange.target = method, target
         self._checks[protocol].inc()
@@ -163,13 +194,12 @@ class DecisionService:
             raise _Refusal(Reason.BAD_CHECK_REQUEST, "the original method is not a token")
         if method == "CONNECT":
             raise _Refusal(Reason.BAD_TARGET, "CONNECT is not supported")
-        view_headers = self._headers(headers, protocol)
         body: bytes | None = None
-        if protocol == "envoy" and headers.get("x-envoy-auth-partial-body") == "false":
+        if protocol == "envoy" and envoy_body == "false":
             # Envoy's with_request_body: the whole body came along (partial ones are not used).
             body = request.body
-            view_headers["Content-Length"] = str(len(body))
-        view = RequestView(method, target, view_headers, body, request.peer)
+            kept.append(("Content-Length", str(len(body))))
+        view = RequestView(method, target, CIMultiDict(kept), body, request.peer)
         if body is None and self._gate.needs_body(view):
             raise _Refusal(
                 Reason.BODY_NOT_VISIBLE,
@@ -178,61 +208,49 @@ class DecisionService:
             )
         return view
 
-    def _original(self, request: Request) -> tuple[str, str, str]:
+    def _original(
+        self, request: Request, counts: list[int], values: list[str]
+    ) -> tuple[str, str, str]:
         """(protocol, method, target) of the original request; see the module docstring."""
-        headers = request.headers
-        nginx: list[list[str]] = [headers.getall(name, []) for name in NGINX_HEADERS]
-        forwarded: list[list[str]] = [headers.getall(name, []) for name in FORWARDED_HEADERS]
-        has_nginx, has_forwarded = any(nginx), any(forwarded)
+        has_nginx, has_forwarded = bool(counts[0] or counts[1]), bool(counts[2] or counts[3])
         target = request.target
-        prefixed = bool(self._prefix) and (
-            target == self._prefix or target.startswith(self._prefix + "/")
-        )
+        prefix = self._prefix
+        prefixed = bool(prefix) and (target == prefix or target.startswith(prefix + "/"))
         if has_nginx + has_forwarded + prefixed > 1:
             raise _Refusal(
                 Reason.BAD_CHECK_REQUEST,
                 "the check request names its original request in more than one way",
             )
-        for name, values in (("nginx", nginx), ("forwarded", forwarded)):
-            if any(values):
-                if [len(v) for v in values] != [1, 1]:
+        for name, first, present in (("nginx", 0, has_nginx), ("forwarded", 2, has_forwarded)):
+            if present:
+                if counts[first] != 1 or counts[first + 1] != 1:
                     raise _Refusal(
                         Reason.BAD_CHECK_REQUEST,
                         "the original method and target must each be given exactly once",
                     )
-                return name, values[0][0].strip(), values[1][0].strip()
-        if self._prefix:
+                return name, values[first].strip(), values[first + 1].strip()
+        if prefix:
             if not prefixed:
                 raise _Refusal(
                     Reason.BAD_CHECK_REQUEST, "the check request names no original request"
                 )
-            target = target[len(self._prefix) :]
+            target = target[len(prefix) :]
         return "envoy", request.method, target
 
-    def _headers(self, headers: CIMultiDict[str], protocol: str) -> CIMultiDict[str]:
-        """The original request's end-to-end headers (a new multidict: the caller may add)."""
-        drops = self._drops
-        kept: list[tuple[str, str]] = []
-        for name, value in headers.items():
-            dropped = drops.get(name)
-            if dropped is None:
-                folded = fold(name)
-                if folded == "x-original-uri":  # ours from nginx, exactly so; else a rewrite
-                    ours = protocol == "nginx" and name.lower() == "x-original-uri"
-                    dropped = True if ours else None
-                elif folded not in _REWRITES:
-                    dropped = folded in _DROP
-                    if len(drops) < _PEER_MEMO and len(name) <= 64:
-                        drops[name] = dropped
-            if dropped is None:
-                raise _Refusal(
-                    Reason.REINTERPRETING_HEADER,
-                    "a header that makes GitLab run another method or path than the one "
-                    "judged cannot be passed through the decision endpoint",
-                )
-            if not dropped:
-                kept.append((name, value))
-        return CIMultiDict(kept)
+    def _kind(self, name: str) -> int:
+        """What a header name is to the view (memoized per exact spelling, bounded)."""
+        lowered = name.lower()
+        kind = _PROTOCOL_KINDS.get(lowered)
+        if kind is None:
+            folded = fold(name)
+            # X-Original-URI spelled otherwise (X_Original_URI) is a rewrite header, not ours.
+            if folded in _REWRITES or folded == "x-original-uri":
+                kind = _REWRITE
+            else:
+                kind = _DROP if folded in _DROP_NAMES else _KEEP
+        if len(self._kinds) < _MEMO and len(name) <= 64:
+            self._kinds[name] = kind
+        return kind
 
     def _trusts(self, peer: str | None) -> bool:
         trusted = self._peers.get(peer)
@@ -252,6 +270,10 @@ class DecisionService:
     async def _later(self, view: RequestView, exchange: Exchange) -> Response:
         try:
             decision = await self._gate.evaluate(view)
+        except asyncio.CancelledError:  # the asking proxy went away: still one log line
+            exchange.status, exchange.transfer.error = 499, "client_disconnected"
+            self._recorder.finish(exchange)
+            raise
         except Exception:
             _log.exception("decision_failed", request_id=exchange.transfer.request_id)
             return self._finish(exchange, self._refuse(exchange, Reason.INTERNAL_ERROR, None))

@@ -17,6 +17,11 @@ cheap path) or an awaitable of one (run in a Task; the connection reads no furth
 until it is answered). `error(status, detail)` shapes the answers the machinery makes itself
 (400 malformed, 408 timeouts, 413, 431, 501, 503 over the connection limit); they all close.
 Pipelined requests are answered in order, one at a time; reading pauses while requests wait.
+
+Not here yet (what a forwarding engine, issue 13, adds on this base): request bodies are
+buffered whole up to `Limits.max_body` (enough for check requests; streaming with back-pressure
+needs a body callback), responses are whole buffers (no chunked or streamed answers), and there
+is no client side. No `Date` or `Server` header is sent.
 """
 
 from gateway.wire.server import Handler, Limits, Request, Response, WireServer

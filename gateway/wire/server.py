@@ -33,6 +33,10 @@ _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 # Idle (between requests): a silent close, as every HTTP server does with an idle keep-alive
 # connection; within a head or a body the client gets a 408 first.
 _IDLE, _HEAD, _BODY, _HANDLING = 0, 1, 2, 3
+# Headers `_Connection._framing` checks, found by their first byte before any lower-casing.
+_FRAMING_NAMES = frozenset({"transfer-encoding", "content-length", "expect"})
+_FRAMING_INITIALS = frozenset(bytes([c]) for c in b"TtCcEe")
+_STATUS_LINES: dict[int, bytes] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,16 +55,17 @@ class Limits:
 class Request:
     """One parsed request. `target` is the raw request-target (still percent-encoded);
     header names and values are decoded as aiohttp decodes them (UTF-8, surrogateescape), so
-    the same bytes read the same on either server."""
+    the same bytes read the same on either server. `fields` are the headers in order, as
+    received; `headers` is a case-insensitive multidict of them, built on first use."""
 
-    __slots__ = ("body", "headers", "keep_alive", "method", "peer", "target", "version")
+    __slots__ = ("_headers", "body", "fields", "keep_alive", "method", "peer", "target", "version")
 
     def __init__(
         self,
         method: str,
         target: str,
         version: str,
-        headers: CIMultiDict[str],
+        fields: list[tuple[str, str]],
         body: bytes,
         keep_alive: bool,
         peer: str | None,
@@ -68,10 +73,17 @@ class Request:
         self.method = method
         self.target = target
         self.version = version
-        self.headers = headers
+        self.fields = fields
         self.body = body
         self.keep_alive = keep_alive
         self.peer = peer
+        self._headers: CIMultiDict[str] | None = None
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        if self._headers is None:
+            self._headers = CIMultiDict(self.fields)
+        return self._headers
 
 
 @dataclass(slots=True)
@@ -99,7 +111,12 @@ def serialize(response: Response, *, head: bool, close: bool, http10_keep_alive:
     if "\r" in fields or "\n" in fields:
         raise ValueError("a response header contains CR or LF")
     lines = "".join([f"{name}: {value}\r\n" for name, value in response.headers])
-    reason = _REASONS.get(response.status, b"")
+    status_line = _STATUS_LINES.get(response.status)
+    if status_line is None:
+        reason = _REASONS.get(response.status, b"")
+        status_line = b"HTTP/1.1 %d %s\r\n" % (response.status, reason)
+        if len(_STATUS_LINES) < 128:
+            _STATUS_LINES[response.status] = status_line
     connection = (
         b"Connection: close\r\n"
         if close
@@ -108,7 +125,7 @@ def serialize(response: Response, *, head: bool, close: bool, http10_keep_alive:
     body = b"" if head else response.body
     return b"".join(
         (
-            b"HTTP/1.1 %d %s\r\n" % (response.status, reason),
+            status_line,
             lines.encode("latin-1"),
             b"Content-Length: %d\r\n" % len(response.body),
             connection,
@@ -160,6 +177,7 @@ class _Connection(asyncio.Protocol):
         self._method = ""
         self._version = ""
         self._in_message = False
+        self._framing_seen = False  # a Transfer-Encoding, Content-Length or Expect header
         # the one timer (a deadline checked lazily: no cancel/re-arm per request)
         self._phase = _IDLE
         self._deadline = 0.0
@@ -233,9 +251,10 @@ class _Connection(asyncio.Protocol):
             self._refuse(431, "too many headers")
         if len(name) + len(value) > self._limits.max_field_size:
             self._refuse(431, "a header is too long")
-        headers.append(
-            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        )
+        decoded = name.decode("utf-8", "surrogateescape")
+        if name[:1] in _FRAMING_INITIALS and decoded.lower() in _FRAMING_NAMES:
+            self._framing_seen = True  # checked at the end of the head (`_framing`)
+        headers.append((decoded, value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -243,9 +262,11 @@ class _Connection(asyncio.Protocol):
         self._version = parser.get_http_version()
         self._phase = _BODY
         self._deadline = self._loop.time() + self._limits.body_timeout
-        problem = self._framing()
-        if problem is not None:
-            self._refuse(*problem)
+        if self._framing_seen:
+            self._framing_seen = False
+            problem = self._framing()
+            if problem is not None:
+                self._refuse(*problem)
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
@@ -260,7 +281,7 @@ class _Connection(asyncio.Protocol):
             self._method,
             url.decode("utf-8", "surrogateescape"),
             self._version,
-            CIMultiDict(self._headers),
+            self._headers,
             body,
             self._parser.should_keep_alive(),
             self._peer,
