@@ -545,6 +545,22 @@ def attempt(ctx: Ctx, setup: Setup, round_no: int) -> dict[str, Any]:
     return record
 
 
+def _hot_route(mix_dir: Path, args: argparse.Namespace, mix: dict[str, Any]) -> dict[str, Any]:
+    """`--hot-route`: the mix's first allowed GET with a hot token, replayed alone (the
+    "one hot allowed route" figure of issue 13)."""
+    full = traffic.build(args.seed, args.mix_size, args.cold_tokens)
+    entry = next(
+        e
+        for e in full.entries
+        if e.token_kind == "hot" and e.forwarded and e.raw.startswith("GET ")
+    )
+    one = traffic.Mix([entry], full.source, full.routes, full.cold_tokens, {"hot_route": True})
+    traffic.write_lua(one, mix_dir / "mix.lua")
+    traffic.write_json(one, mix_dir / "mix.json")
+    target = entry.raw.split(" ", 2)[1]
+    return {**mix, "hot_route": target, "predicted_denied_share": 0.0}
+
+
 def run_setups(ctx: Ctx, names: list[str]) -> dict[str, dict[str, Any]]:
     """Runs the setups round-robin `--repeat` times (so that other work on the machine spreads
     over all of them), then keeps, per setup, the run with the median throughput. A run that
@@ -829,6 +845,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--large-bytes", type=int, default=GiB, help="size of the large-body transfers"
     )
     parser.add_argument("--no-large", action="store_true")
+    parser.add_argument(
+        "--hot-route",
+        action="store_true",
+        help="replay one allowed GET with a hot (cached) token instead of the mix",
+    )
     parser.add_argument("--no-micro", action="store_true")
     parser.add_argument(
         "--profile", default="bare_proxy,gateway_enforce_1w", help="setups to profile ('' = none)"
@@ -897,6 +918,8 @@ def main(argv: list[str] | None = None) -> int:
     tools = detect_tools(args)
     mix_dir = work / "mix"
     mix = traffic.write_all(mix_dir, args.seed, args.mix_size, args.cold_tokens)
+    if args.hot_route:
+        mix = _hot_route(mix_dir, args, mix)
     ctx = Ctx(
         args,
         harness.Cores.detect(not args.no_pin),
