@@ -95,9 +95,9 @@ class Settings(BaseSettings):
     )
     workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port.")
     engine: Engine = Field(
-        Engine.AIOHTTP,
-        description="Proxy listener engine: `aiohttp`, or `lean` (asyncio Protocols, llhttp both "
-        "ways, a keep-alive upstream pool).",
+        Engine.LEAN,
+        description="Proxy listener engine: `lean` (asyncio Protocols, llhttp both ways, a "
+        "keep-alive upstream pool) or `aiohttp` (aiohttp's server and client).",
     )
     decision_port: int | None = Field(
         None,

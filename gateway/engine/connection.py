@@ -27,6 +27,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
+import structlog
 from multidict import CIMultiDict
 
 from gateway.wire.pipe import Pipe
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["ClientConnection", "ClientGone", "Incoming", "ParseFailed"]
 
 _DISCARD_LIMIT = 1024 * 1024
+_log = structlog.get_logger("gateway.engine")
 _IDLE, _HEAD, _BUSY = 0, 1, 2
 
 
@@ -173,9 +175,14 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._broke(400, "protocol upgrades and CONNECT are not supported")
             return
-        except (httptools.HttpParserError, _Refused) as exc:
-            refusal = exc.refusal if isinstance(exc, _Refused) else None
-            self._broke(*(refusal or (400, f"malformed request ({type(exc).__name__})")))
+        except httptools.HttpParserError as exc:
+            # A callback's exception comes back wrapped (HttpParserCallbackError, context).
+            cause = exc.__context__
+            refusal = cause.refusal if isinstance(cause, _Refused) else None
+            # One INFO line naming the error class, as the aiohttp engine logs (gateway/log.py
+            # `_QuietParserErrors`); never the bytes, which may hold a token.
+            _log.info(f"malformed request refused: {type(exc).__name__}", peer=self.peer)
+            self._broke(*(refusal or (400, f"malformed request ({exc})")))
             return
         # SECURITY: a request's Task starts only once llhttp has accepted all the bytes of this
         # read: some framing errors (`Transfer-Encoding: xchunked`) are raised after
@@ -401,8 +408,10 @@ class ClientConnection(asyncio.Protocol):
         if self._loop.time() + 0.001 < self._deadline:
             self._timer = self._loop.call_at(self._deadline, self._check_deadline)
             return
-        if self._phase == _IDLE and not self._discarding:
-            self.transport.close()  # an idle keep-alive connection: a silent close
+        if self._phase == _IDLE or self._discarding:
+            # An idle keep-alive connection, or the unread rest of an answered request's body
+            # that stopped coming: a silent close (the answer has gone out already).
+            self.transport.close()
         else:
             self._refuse_and_close(408, "the client took too long to send its request")
 

@@ -234,12 +234,14 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(Malformed("an upgrade response"))
-        except _HeadDone:
-            # A response to HEAD: its head is the whole message. Bytes after it on the same
-            # read cannot belong to a request we sent: never reuse the connection.
-            self._message_done(reusable=False)
-        except (httptools.HttpParserError, _Refused) as exc:
-            self._fail(Malformed(f"{type(exc).__name__}: {exc}"))
+        except httptools.HttpParserError as exc:
+            # A callback's exception comes back wrapped (HttpParserCallbackError, context).
+            if isinstance(exc.__context__, _HeadDone):
+                # A response to HEAD: its head is the whole message. Bytes after it on the
+                # same read cannot belong to a request we sent: never reuse the connection.
+                self._message_done(reusable=False)
+            else:
+                self._fail(Malformed(f"{type(exc.__context__ or exc).__name__}: {exc}"))
         if self._failure is not None and self.transport is not None:
             self.transport.abort()
 
