@@ -1,10 +1,12 @@
-# syntax=docker/dockerfile:1
 # jobtoken-gateway: a policy gateway for GitLab CI/CD job tokens, as a container.
 #
 #   docker build -t jobtoken-gateway .
-#   docker run --rm -p 8080:8080 -p 9090:9090 \
+#   docker run --rm -p 8080:8080 -p 127.0.0.1:9090:9090 \
+#     --read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges \
 #     -e GATEWAY_UPSTREAM=http://api.internal:8081 \
 #     -v jtg-data:/var/lib/jobtoken-gateway jobtoken-gateway
+#
+# (README.md "The container image" has the full sequence, which tests/docker/ runs.)
 #
 # Ports: 8080 proxy, 9090 admin (/-/health, /-/ready, /metrics).
 # Volumes: /var/lib/jobtoken-gateway holds the embedded SQLite token store (written by the
@@ -13,7 +15,9 @@
 #
 # tests/test_docker.py lints this file with hadolint and tests/test_entrypoint.py runs its ENV,
 # ENTRYPOINT, CMD and HEALTHCHECK outside Docker against a real upstream: keep them in the
-# simple forms those tests parse (ENV key=value, exec-form JSON arrays).
+# simple forms those tests parse (ENV key=value, exec-form JSON arrays). No `# syntax=` line: the
+# engine's built-in frontend reads this file, so a build pulls nothing but the base image (offline
+# builds on a local base work: tests/docker/ builds it so, docker build --build-arg PYTHON_IMAGE=).
 
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 UPSTREAM_PORT ?= 8081
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-engines lint typecheck pytest pytest-aiohttp pytest-lean run bench bench-smoke routes system-deps clean
+.PHONY: venv test test-engines lint typecheck pytest pytest-aiohttp pytest-lean run bench bench-smoke routes system-deps docker-prepare clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
@@ -24,6 +24,11 @@ venv: $(STAMP)
 system-deps:
 	@./scripts/system-deps.sh
 
+# A Docker engine, compose v2 and the base images for the tests marked docker (tests/docker/),
+# prepared where it can be (root, packages reachable); elsewhere those tests skip with the reason.
+docker-prepare:
+	@./scripts/docker-prepare.sh
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gateway tests bench
 	$(VENV)/bin/ruff format --check gateway tests bench
@@ -34,7 +39,7 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-test: system-deps lint typecheck pytest
+test: system-deps docker-prepare lint typecheck pytest
 
 # The forwarding, fault, serve, real-client and security suites against one engine
 # (`serve --engine`; tests/fixtures/proxy.py reads TEST_GATEWAY_ENGINE). ~5 min each on 2 cores.

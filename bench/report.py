@@ -461,10 +461,49 @@ def finish(doc: dict[str, Any], results_dir: Path, *, readme: bool) -> None:
         update_readme(doc)
 
 
+DECISION_SETUPS = (
+    "nginx_auth_request",
+    "nginx_auth_request_gateway",
+    "envoy_ext_authz",
+    "envoy_ext_authz_gateway",
+    "decision_service",
+    "decision_gateway",
+    "decision_gateway_aiohttp",
+)
+
+
+def decision_markdown(doc: dict[str, Any]) -> str:
+    """Issue 12's figures from a round: the decision setups, their one-connection latency,
+    the decision targets and the profiles (bench/README.md, "The decision endpoint")."""
+    part = {
+        **doc,
+        "setups": {k: v for k, v in doc["setups"].items() if k in DECISION_SETUPS},
+        "targets": decision_targets(doc),
+    }
+    lines = [machine_line(doc), ""]
+    lines += busy_warning(doc)
+    lines += [*setups_table(part), "", *light_table(part), ""]
+    lines += ["Targets of issue 12 from this round:", "", *targets_table(part), ""]
+    lines.append(profile_markdown(doc))
+    return "\n".join(lines)
+
+
+def update_decision_readme(doc: dict[str, Any]) -> None:
+    """Rewrite the text between `<!-- bench:decision:begin/end -->` in bench/README.md."""
+    text = README.read_text(encoding="utf-8")
+    README.write_text(_replace(text, "decision", decision_markdown(doc)), encoding="utf-8")
+
+
 def main() -> None:
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else BENCH / "results" / "latest.json"
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    path = Path(args[0]) if args else BENCH / "results" / "latest.json"
     doc = json.loads(path.read_text(encoding="utf-8"))
     sys.path.insert(0, str(BENCH))
+    if "--decision" in sys.argv:  # issue 12's section; --write puts it into bench/README.md
+        if "--write" in sys.argv:
+            update_decision_readme(doc)
+        print(decision_markdown(doc))
+        return
     print(results_markdown(doc))
     print()
     print(profile_markdown(doc))

@@ -746,6 +746,7 @@ def prepare_gateway(ctx: Ctx) -> None:
         str(ctx.mix_dir / "grants.yaml"),
         "--store",
         ctx.store_url,
+        "--create",
     ]
     try:
         done = subprocess.run(

@@ -15,7 +15,7 @@ from typing import Any, Protocol, cast
 import aiohttp
 from aiohttp import web
 
-from gateway import forward
+from gateway import forward, observe
 from gateway.decision import Decision
 from gateway.errors import ConfigError
 from gateway.exchange import Recorder
@@ -155,11 +155,14 @@ def _proxy_context(settings: Settings) -> CleanupContext:
     async def context(app: web.Application) -> AsyncIterator[None]:
         headers = HeaderPolicy(settings)
         forwarder = forward.ClientForwarder(settings, app[SESSION], headers)
-        recorder = Recorder()
+        observing = observe.start(settings)  # None unless --observations (issue 14)
+        recorder = Recorder(observing[0] if observing else None)
         app[PROXY] = Proxy(settings, app[GATE], forwarder, headers, recorder)
         try:
             yield
         finally:
             recorder.close()
+            if observing is not None:
+                await observe.stop(observing[1])
 
     return context

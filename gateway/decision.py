@@ -24,6 +24,11 @@ class Reason(StrEnum):
     POLICIES_GRANTED = "policies_granted"
     UNCONTROLLED_ENDPOINT = "uncontrolled_endpoint"
     GIT_HTTP = "git_http"
+    OWN_JOB = "own_job"  # a runner route on the token's own job (authenticate_job!)
+    RUNNER_TOKEN = "runner_token"  # a runner route whose `token` is the runner's credential
+    TRIGGER_TOKEN = "trigger_token"  # the trigger route's `token` is not a job token
+    PUBLIC_ACCESS = "public_access"  # a public/internal project's rights for non-admitted sources
+    PACKAGE_NOT_FOUND = "package_not_found"  # group/instance package route: no package, no project
     # refused before any lookup
     BAD_TARGET = "bad_target"
     CREDENTIAL_CONFLICT = "credential_conflict"
@@ -39,12 +44,14 @@ class Reason(StrEnum):
     # denied after resolution
     TOKEN_INVALID = "token_invalid"
     TOKEN_EXPIRED = "token_expired"
+    TOKEN_REVOKED = "token_revoked"  # revoked in the store: GitLab's 401, a distinct log reason
     ROUTE_NOT_AVAILABLE = "route_not_available"
     NOT_ALLOWLISTED = "not_allowlisted"
     INSUFFICIENT_PERMISSIONS = "insufficient_permissions"
     NO_PERMISSIONS_GRANTED = "no_permissions_granted"
     REGISTRY_OTHER_PROJECT = "registry_other_project"
     TARGET_UNRESOLVED = "target_unresolved"
+    JOB_TOKEN_MISMATCH = "job_token_mismatch"  # a runner route on another job than the token's
     # infrastructure
     STORE_UNAVAILABLE = "store_unavailable"
     UPSTREAM_UNREACHABLE = "upstream_unreachable"
@@ -52,6 +59,7 @@ class Reason(StrEnum):
     UPSTREAM_BAD_RESPONSE = "upstream_bad_response"  # closed early, garbage, oversized headers
     INTERNAL_ERROR = "internal_error"  # a gateway fault before forwarding: fail closed
     OVERLOADED = "overloaded"  # over `max_connections`: refused before reading a request
+    DRAIN_CUT = "drain_cut"  # still running when SIGTERM's grace period ended: answered 503 or cut
     # the decision listener (gateway/authz)
     UNTRUSTED_PEER = "untrusted_peer"  # asked by a peer not in `decision_trusted_peers`
     BAD_CHECK_REQUEST = "bad_check_request"  # original method/target missing or ambiguous
@@ -73,18 +81,21 @@ STATUS: dict[Reason, int] = {
     Reason.TOKEN_REQUIRED: 401,
     Reason.TOKEN_INVALID: 401,
     Reason.TOKEN_EXPIRED: 401,
+    Reason.TOKEN_REVOKED: 401,
     Reason.ROUTE_NOT_AVAILABLE: 403,
     Reason.NOT_ALLOWLISTED: 403,
     Reason.INSUFFICIENT_PERMISSIONS: 403,
     Reason.NO_PERMISSIONS_GRANTED: 403,
     Reason.REGISTRY_OTHER_PROJECT: 403,
     Reason.TARGET_UNRESOLVED: 403,
+    Reason.JOB_TOKEN_MISMATCH: 403,
     Reason.STORE_UNAVAILABLE: 503,
     Reason.UPSTREAM_UNREACHABLE: 502,
     Reason.UPSTREAM_TIMEOUT: 504,
     Reason.UPSTREAM_BAD_RESPONSE: 502,
     Reason.INTERNAL_ERROR: 500,
     Reason.OVERLOADED: 503,
+    Reason.DRAIN_CUT: 503,
     Reason.UNTRUSTED_PEER: 403,
     Reason.BAD_CHECK_REQUEST: 403,
     Reason.BODY_NOT_VISIBLE: 403,
@@ -103,6 +114,10 @@ class Audit:
     route: str | None = None
     required: tuple[str, ...] = ()
     granted: tuple[str, ...] = ()
+    # The ids behind `source_project` and `target_project` (the target's only when the store
+    # knows it), so offline tools (`suggest`, `audit`) never have to parse a label.
+    source_project_id: int | None = None
+    target_project_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +151,9 @@ class _AuditDraft:
         "required",
         "route",
         "source_project",
+        "source_project_id",
         "target",
+        "target_project_id",
     )
 
 
@@ -152,6 +169,8 @@ def make_audit(
     route: str | None,
     required: tuple[str, ...],
     granted: tuple[str, ...],
+    source_project_id: int | None = None,
+    target_project_id: int | None = None,
 ) -> Audit:
     """`Audit(...)` with every field given, for the hot path."""
     draft: Any = _AuditDraft()
@@ -162,6 +181,8 @@ def make_audit(
     draft.route = route
     draft.required = required
     draft.granted = granted
+    draft.source_project_id = source_project_id
+    draft.target_project_id = target_project_id
     draft.__class__ = Audit
     audit: Audit = draft
     return audit

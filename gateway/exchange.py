@@ -2,17 +2,23 @@
 
 Log line fields (event `request`): request_id, method, path (token query parameters
 redacted), route, decision (allow|deny, absent when refused before the gate), reason, status,
-bytes_in, bytes_out, decision_ms, upstream_ms, total_ms, remote, the decision's audit fields
-(fingerprint, job_id, source_project, target_project, required, granted), `would_deny` in
-dry-run mode, `protocol` on the decision listener (nginx, forwarded, envoy) and `error` when
-something failed. Never a header, never a raw token.
+bytes_in, bytes_out, decision_ms, upstream_ms, total_ms, remote (the client: behind
+`trusted_proxies`, the right-most untrusted X-Forwarded-For address, see `client_address`),
+`peer` (the socket peer, when it differs from remote), the decision's audit fields
+(fingerprint, job_id, source_project, source_project_id, target_project,
+target_project_id, required, granted), `would_deny` in
+dry-run mode, `protocol` on the decision listener (nginx, forwarded, envoy) and `error`
+when something failed. Never a header, never a raw token.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import logging
+import re
 import secrets
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -24,8 +30,9 @@ from gateway.log import LineLogger, redact_target
 
 if TYPE_CHECKING:
     from gateway.handler import Verdict
+    from gateway.observe import Observer
 
-__all__ = ["Exchange", "Recorder", "RequestIds"]
+__all__ = ["Exchange", "Recorder", "RequestIds", "accepted_request_id", "client_address"]
 
 _MASK64 = (1 << 64) - 1
 _SCRAMBLE = 0x9E3779B97F4A7C15  # odd, so multiplying permutes 64-bit values (no collisions)
@@ -40,6 +47,7 @@ class Exchange:
     target: str
     remote: str | None
     started: float
+    peer: str | None = None  # the socket peer, when `remote` is a forwarded client address
     verdict: Verdict | None = None
     decision: Decision | None = None
     decision_seconds: float | None = None
@@ -73,15 +81,57 @@ class RequestIds:
         return f"{next(self._counter) * _SCRAMBLE & _MASK64:016x}"
 
 
+# An incoming X-Request-Id a trusted proxy set is kept (nginx's $request_id is 32 hex digits,
+# Envoy's a UUID, GitLab's correlation ids 26 characters) if it is short and made of these
+# characters only: it reaches log lines and the upstream's headers.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=@-]{1,128}")
+
+
+def accepted_request_id(values: Iterable[str]) -> str | None:
+    """The incoming X-Request-Id to keep (from a trusted hop only: the caller checks), or None
+    when there is none, several, or one too long or with other characters."""
+    found = list(values)
+    if len(found) != 1:
+        return None
+    value = found[0].strip()
+    return value if _REQUEST_ID.fullmatch(value) else None
+
+
+def client_address(
+    peer: str | None, forwarded_for: Iterable[str], trusts: Callable[[str | None], bool]
+) -> str | None:
+    """The client's address behind trusted proxies (nginx `real_ip_recursive on`, Envoy's
+    `xff_num_trusted_hops` without a fixed count): walk X-Forwarded-For from the right, skipping
+    trusted addresses; the first untrusted one is the client. If every address is trusted, the
+    left-most; a malformed entry stops the walk at the last trusted hop before it. A peer that
+    is not trusted is the client itself, whatever its headers say.
+    """
+    if not trusts(peer):
+        return peer
+    hops = [hop.strip() for value in forwarded_for for hop in value.split(",")]
+    client = peer
+    for hop in reversed(hops):
+        try:
+            address = str(ipaddress.ip_address(hop.removeprefix("[").split("]")[0]))
+        except ValueError:
+            return client
+        client = address
+        if not trusts(address):
+            return address
+    return client
+
+
 def _ms(seconds: float | None) -> float | None:
     """Milliseconds to the microsecond (durations are never negative: `round` costs 3x this)."""
     return None if seconds is None else int(seconds * 1_000_000 + 0.5) / 1000
 
 
 class Recorder:
-    """Writes the request line and updates the request metrics."""
+    """Writes the request line, updates the request metrics and, with `--observations`, counts
+    the decision in the observations aggregate (gateway/observe.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, observer: Observer | None = None) -> None:
+        self._observer = observer  # the optional aggregate for `suggest` (gateway/observe.py)
         self._log = LineLogger("gateway.request")
         self._info = self._log.enabled(logging.INFO)
         # Labelled children, built once each: `.labels()` costs ~0.7 us per call.
@@ -96,11 +146,15 @@ class Recorder:
 
     def finish(self, exchange: Exchange) -> None:
         reason = exchange.final_reason
+        total = perf_counter() - exchange.started
         self._count(exchange, reason)
+        metrics.REQUEST_SECONDS.observe(total)
+        if self._observer is not None and exchange.decision is not None:
+            self._observer.add(exchange.decision, exchange.would_deny)
         if exchange.status >= 500 or exchange.transfer.error:
-            self._log.log(logging.WARNING, "request", self._fields(exchange, reason))
+            self._log.log(logging.WARNING, "request", self._fields(exchange, reason, total))
         elif self._info:  # `--log-level warning` skips building the line at all
-            self._log.log(logging.INFO, "request", self._fields(exchange, reason))
+            self._log.log(logging.INFO, "request", self._fields(exchange, reason, total))
 
     def _count(self, exchange: Exchange, reason: str) -> None:
         key = (reason, exchange.status)
@@ -123,7 +177,7 @@ class Recorder:
                 denials = self._denials[reason] = metrics.DRY_RUN_DENIALS.labels(reason)
             denials.inc()
 
-    def _fields(self, exchange: Exchange, reason: str) -> dict[str, Any]:
+    def _fields(self, exchange: Exchange, reason: str, total: float) -> dict[str, Any]:
         transfer = exchange.transfer
         fields: dict[str, Any] = {
             "request_id": transfer.request_id,
@@ -135,9 +189,11 @@ class Recorder:
             "bytes_out": transfer.bytes_out,
             "decision_ms": _ms(exchange.decision_seconds),
             "upstream_ms": _ms(transfer.upstream_seconds),
-            "total_ms": _ms(perf_counter() - exchange.started),
+            "total_ms": _ms(total),
             "remote": exchange.remote,
         }
+        if exchange.peer is not None:
+            fields["peer"] = exchange.peer
         if exchange.protocol is not None:
             fields["protocol"] = exchange.protocol
         if exchange.decision is not None:
@@ -162,8 +218,12 @@ def _add_audit(fields: dict[str, Any], decision: Decision) -> None:
         fields["job_id"] = audit.job_id
     if audit.source_project is not None:
         fields["source_project"] = audit.source_project
+    if audit.source_project_id is not None:
+        fields["source_project_id"] = audit.source_project_id
     if audit.target is not None:
         fields["target_project"] = audit.target
+    if audit.target_project_id is not None:
+        fields["target_project_id"] = audit.target_project_id
     if audit.required:
         fields["required"] = list(audit.required)
     if audit.granted:

@@ -30,6 +30,7 @@ from gateway import metrics
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from gateway.headers import HeaderPolicy, response_headers
 from gateway.request import RequestView
+from gateway.responses import REQUEST_ID_HEADER
 from gateway.settings import Settings
 
 __all__ = [
@@ -78,6 +79,7 @@ class Transfer:
     """One forwarding leg: created with the request id, filled in with what happened."""
 
     request_id: str
+    status: int = 0  # the status sent to the client, once its headers went out
     bytes_in: int = 0
     bytes_out: int = 0
     upstream_seconds: float | None = None
@@ -275,8 +277,10 @@ class ClientForwarder:
                 body=body, status=upstream.status, reason=upstream.reason, headers=headers
             )
         )
+        response.headers[REQUEST_ID_HEADER] = transfer.request_id  # the gateway's, as on refusals
         try:
             await response.prepare(request)  # a StreamResponse sends its headers now
+            transfer.status = upstream.status
             if failure is not None:
                 raise failure
             if body is not None:

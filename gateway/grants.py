@@ -5,6 +5,10 @@ The values are small frozen dataclasses read on the hot path. The file model is 
 `extra="forbid"`; `load_grants` validates everything and names the file, the entry
 (`jobs[2].project`) and the reason of the first problems found, or returns a complete `Grants`.
 
+A project may also carry its visibility (`private`, the default, `internal` or `public`) and the
+access levels of the features GitLab consults for job tokens on public and internal projects
+(`gateway.visibility`); they only change decisions for sources the allowlist does not admit.
+
 GitLab's model (app/models/ci/job_token/allowlist.rb, project_scope_link.rb, group_scope_link.rb):
 an allowlist belongs to the *accessed* project; each entry admits a source project or a group
 (which covers its subgroups) with `default_permissions` (legacy, unrestricted) or a list of
@@ -30,12 +34,15 @@ from gateway.errors import PolicyFileError
 from gateway.permissions import KNOWN_POLICIES
 
 __all__ = [
+    "FEATURES",
+    "FEATURE_LEVELS",
     "Allowlist",
     "AllowlistEntry",
     "EntryKind",
     "Grants",
     "Job",
     "Project",
+    "Visibility",
     "ancestors",
     "build_grants",
     "expand",
@@ -51,14 +58,86 @@ MAX_ID = 2**63 - 1  # GitLab's ids are bigints
 GROUP_LINK_LIMIT = 200  # app/models/ci/job_token/group_scope_link.rb; the doc caps entries at 200
 
 
+class Visibility(StrEnum):
+    """`Gitlab::VisibilityLevel` (lib/gitlab/visibility_level.rb): PRIVATE 0, INTERNAL 10, PUBLIC 20."""
+
+    PRIVATE = "private"
+    INTERNAL = "internal"
+    PUBLIC = "public"
+
+
+# `ProjectFeature` access levels (app/models/project_feature.rb): DISABLED 0, PRIVATE 10 (project
+# members only), ENABLED 20 (everyone with access to the project), PUBLIC 30.
+FEATURE_LEVELS: Mapping[str, int] = {"disabled": 0, "private": 10, "enabled": 20, "public": 30}
+# The features GitLab's routes name in `allow_public_access_for_enabled_project_features` and
+# `ProjectPolicy` consults for job tokens (`job_token_access_allowed_to?`), app/policies/project_policy.rb.
+FEATURES = frozenset(
+    {
+        "builds",
+        "container_registry",
+        "environments",
+        "issues",
+        "package_registry",
+        "releases",
+        "repository",
+    }
+)
+_UNLISTED_FEATURE = FEATURE_LEVELS["private"]  # not stated: members only (fail closed)
+
+
 @dataclass(frozen=True, slots=True)
 class Project:
     id: int
     path: str  # full path as written; compared case-insensitively (find_by_full_path)
+    visibility: Visibility = Visibility.PRIVATE  # GitLab's default for a new project
+    features: tuple[tuple[str, int], ...] = ()  # (feature, ProjectFeature level), sorted
 
     @property
     def key(self) -> str:
         return self.path.lower()
+
+    @property
+    def slug(self) -> str:
+        """Rails' `Project#path`: the project's own path segment (`app` for `acme/app`)."""
+        return self.path.rpartition("/")[2]
+
+    @property
+    def public_or_internal(self) -> bool:
+        return self.visibility is not Visibility.PRIVATE
+
+    def feature_level(self, feature: str) -> int:
+        """The feature's `ProjectFeature` level; an unlisted feature counts as PRIVATE (10)."""
+        for name, level in self.features:
+            if name == feature:
+                return level
+        return _UNLISTED_FEATURE
+
+    def describe(self) -> dict[str, Any]:
+        """The interchange form (`projects[]` of a grants file), for stores that keep JSON."""
+        data: dict[str, Any] = {"id": self.id, "path": self.path}
+        if self.visibility is not Visibility.PRIVATE:
+            data["visibility"] = self.visibility.value
+        if self.features:
+            data["features"] = {name: _level_name(level) for name, level in self.features}
+        return data
+
+    @classmethod
+    def from_description(cls, data: Mapping[str, Any]) -> Project:
+        """The inverse of `describe` (raises KeyError/ValueError on a malformed record)."""
+        features = data.get("features") or {}
+        return cls(
+            int(data["id"]),
+            str(data["path"]),
+            Visibility(data.get("visibility", "private")),
+            tuple(sorted((str(k), FEATURE_LEVELS[v]) for k, v in features.items())),
+        )
+
+
+def _level_name(level: int) -> str:
+    for name, value in FEATURE_LEVELS.items():
+        if value == level:
+            return name
+    raise ValueError(f"unknown feature level {level}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +250,19 @@ class _ProjectModel(BaseModel):
     model_config = _Strict
     id: int = Field(gt=0)
     path: str = Field(pattern=_PATH.pattern)
+    visibility: Literal["private", "internal", "public"] = "private"
+    features: dict[str, Literal["disabled", "private", "enabled", "public"]] = Field(
+        default_factory=dict
+    )
+
+    @model_validator(mode="after")
+    def _known_features(self) -> _ProjectModel:
+        unknown = sorted(set(self.features) - FEATURES)
+        if unknown:
+            raise ValueError(
+                f"unknown feature {', '.join(unknown)} (known: {', '.join(sorted(FEATURES))})"
+            )
+        return self
 
 
 class _JobModel(BaseModel):
@@ -252,7 +344,8 @@ class _Index:
         self.by_id: dict[int, Project] = {}
         self.by_path: dict[str, Project] = {}
         for i, item in enumerate(projects):
-            project = Project(item.id, item.path)
+            features = tuple(sorted((k, FEATURE_LEVELS[v]) for k, v in item.features.items()))
+            project = Project(item.id, item.path, Visibility(item.visibility), features)
             if item.id in self.by_id:
                 problems.append(f"projects[{i}].id: duplicate project id {item.id}")
             if project.key in self.by_path:

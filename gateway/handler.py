@@ -19,6 +19,7 @@ Each request ends with exactly one log line and its metrics (`gateway.exchange`)
 from __future__ import annotations
 
 import asyncio
+import weakref
 from dataclasses import dataclass, replace
 from time import perf_counter
 from typing import Protocol
@@ -31,11 +32,17 @@ from aiohttp.http_exceptions import HttpProcessingError
 from gateway import bodyguard, metrics, multipart, routes
 from gateway.decision import Audit, Decision, Reason
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
-from gateway.exchange import Exchange, Recorder, RequestIds
+from gateway.exchange import (
+    Exchange,
+    Recorder,
+    RequestIds,
+    accepted_request_id,
+    client_address,
+)
 from gateway.forward import BodyTooLarge, ClientBodyError, Forwarder, Transfer
 from gateway.headers import HeaderPolicy, is_upgrade
 from gateway.request import RequestView
-from gateway.responses import gitlab_message, refusal
+from gateway.responses import REASON_HEADER, gitlab_message, refusal
 from gateway.settings import Mode, Settings
 
 __all__ = ["EXCHANGE", "Decider", "Permit", "Proxy", "Refuse"]
@@ -91,6 +98,11 @@ class Proxy:
         self._headers = headers
         self._recorder = recorder
         self._ids = RequestIds()
+        self._trusts = headers.trusts
+        # Requests being handled (their tasks), for the drain (`wait_idle`, `cut`).
+        self._running: dict[asyncio.Task[object], Exchange] = {}
+        self._idle = asyncio.Event()
+        self._cut: weakref.WeakSet[asyncio.Task[object]] = weakref.WeakSet()
         self._dry_run = settings.mode is Mode.DRY_RUN
         self._inspect_limit = settings.body_inspect_limit
         if settings.max_body_size:
@@ -103,17 +115,62 @@ class Proxy:
             self._begin(request)
         )
         metrics.IN_FLIGHT.inc()
+        task = asyncio.current_task()
+        if task is not None:
+            self._running[task] = exchange
         try:
             response = await self._respond(request, exchange)
-        except asyncio.CancelledError:  # the client went away (handler_cancellation)
-            exchange.status, exchange.transfer.error = 499, "client_disconnected"
-            raise
+        except asyncio.CancelledError:
+            if task is None or task not in self._cut:  # the client went away (handler_cancellation)
+                exchange.status, exchange.transfer.error = 499, "client_disconnected"
+                raise
+            # SIGTERM's grace period ended (`cut`): answer 503 if nothing was sent yet.
+            exchange.transfer.error = "drain_cut"
+            sent = exchange.transfer.status
+            if sent or task.uncancel() > 0:
+                exchange.reason, exchange.status = Reason.DRAIN_CUT, sent or 503
+                raise
+            response = self._refuse(exchange, Refuse(Reason.DRAIN_CUT, 503, gitlab_message(503)))
+            response.force_close()
+            exchange.status = 503
         else:
             exchange.status = exchange.status or response.status
         finally:
             metrics.IN_FLIGHT.dec()
+            if task is not None:
+                self._running.pop(task, None)
+                if not self._running:
+                    self._idle.set()
             self._recorder.finish(exchange)
         return response
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being handled now."""
+        return len(self._running)
+
+    async def wait_idle(self, within: float) -> bool:
+        """Wait (at most `within` s) until no request is being handled; True if none is."""
+        if self._running and within > 0:
+            self._idle.clear()
+            try:
+                async with asyncio.timeout(within):
+                    while self._running:
+                        await self._idle.wait()
+                        self._idle.clear()
+            except TimeoutError:
+                pass
+        return not self._running
+
+    def cut(self) -> int:
+        """End of the drain: cancel every request still running. One whose response has not
+        started is answered 503 (reason `drain_cut`); one whose response is streaming is cut
+        (logged `drain_cut` with the status already sent). Returns how many were cut."""
+        tasks = list(self._running)
+        for task in tasks:
+            self._cut.add(task)
+            task.cancel("drain_cut")
+        return len(tasks)
 
     async def expect(self, request: web.Request) -> None:
         """Decide on the headers alone, then send `100 Continue` only if the request may go on.
@@ -137,14 +194,28 @@ class Proxy:
             return  # the client is gone; `handle` finds out when it reads the body
 
     def _begin(self, request: web.Request) -> Exchange:
-        exchange = Exchange(
+        peer = request.remote
+        if self._headers.trusts(peer):
+            # Behind a trusted proxy: the log shows the real client (the proxy in `peer`), and
+            # the proxy's request id is kept, so one id follows the request through every hop.
+            headers = request.headers
+            remote = client_address(peer, headers.getall("X-Forwarded-For", ()), self._trusts)
+            kept = accepted_request_id(headers.getall("X-Request-Id", ()))
+            return Exchange(
+                transfer=Transfer(request_id=kept or self._ids.new()),
+                method=request.method,
+                target=request.raw_path,
+                remote=remote,
+                started=perf_counter(),
+                peer=peer if remote != peer else None,
+            )
+        return Exchange(
             transfer=Transfer(request_id=self._ids.new()),
             method=request.method,
             target=request.raw_path,
-            remote=request.remote,
+            remote=peer,
             started=perf_counter(),
         )
-        return exchange
 
     async def _respond(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         verdict = exchange.verdict
@@ -297,6 +368,10 @@ class Proxy:
             status=verdict.status,
             request_id=exchange.transfer.request_id,
         )
+        if verdict.reason is Reason.TOKEN_REVOKED:
+            # The answer stays GitLab's (and an unknown token's) to the client: only the log
+            # line and the metrics tell a revoked token from an unknown one.
+            response.headers[REASON_HEADER] = Reason.TOKEN_INVALID.value
         if verdict.close:
             response.force_close()  # says `Connection: close`
         return response

@@ -9,7 +9,8 @@
 - `Content-Length` and `Transfer-Encoding` stay in the view even when `Connection` lists them:
   the body is there either way and the gate must be able to inspect it.
 - `X-Request-Id` from the client is dropped: the gateway sends its own id upstream, so an
-  upstream log correlation id is never client-chosen.
+  upstream log correlation id is never client-chosen (one from a trusted proxy, if well-formed,
+  becomes the gateway's own id: `gateway.exchange.accepted_request_id`).
 - Forwarding headers (`X-Forwarded-*`, `Forwarded`, `X-Real-Ip`, ...) are kept only from a peer
   in `trusted_proxies`; otherwise they are dropped and rebuilt from the socket (§1.11).
 - `Host`: `preserve` forwards the client's Host (GitLab builds URLs from it, as behind nginx);

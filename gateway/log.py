@@ -28,6 +28,7 @@ import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from gateway import tokens
 from gateway.settings import LogFormat, Settings
 
 __all__ = [
@@ -42,11 +43,23 @@ __all__ = [
 
 REDACTED = "[REDACTED]"
 
-# Query parameters GitLab reads credentials from: `job_token` (CI job tokens, API and package
-# endpoints), `private_token`/`access_token` (PATs, OAuth), `token` (e.g. the deprecated
-# trigger/runner endpoints), `bearer_token`. GitLab: lib/gitlab/auth/auth_finders.rb
-# (JOB_TOKEN_PARAM, PRIVATE_TOKEN_PARAM, ...).
-TOKEN_PARAMS = frozenset({"job_token", "token", "private_token", "access_token", "bearer_token"})
+# Query parameters GitLab reads credentials from: every name `tokens.credential_param` knows
+# (`job_token`, `token`, `access_token`, `bearer_token`, `private_token`: lib/gitlab/auth/
+# auth_finders.rb, config/initializers/doorkeeper.rb), plus secrets that are no job-token
+# carrier: `feed_token`/`rss_token` (AuthFinders#find_user_from_feed_token).
+TOKEN_PARAMS = frozenset(
+    {
+        "job_token",
+        "token",
+        "private_token",
+        "access_token",
+        "bearer_token",
+        "feed_token",
+        "rss_token",
+    }
+)
+# The separators `tokens.parse_form` splits on (Rack 2's `[&;] *`), kept to rebuild the target.
+_QUERY_SEP = re.compile(r"([&;] *)")
 
 # GitLab-issued secrets carry a `gl<kind>-` prefix (glcbt- job tokens, glpat-, glrt-, ...).
 # Free text from other libraries is scrubbed of anything shaped like one.
@@ -55,30 +68,43 @@ _SCRUBBED_KEYS = ("event", "error", "exception")
 
 
 def redact_target(target: str) -> str:
-    """The request target with the value of every token-bearing query parameter redacted.
+    """The request target with the value of every credential-bearing query parameter redacted.
 
-    Names are compared after percent-decoding (Rack decodes them: `job%5Ftoken` is
-    `job_token`), case-insensitively, ignoring a `[...]` suffix. Rack before 3.0 also splits
-    the query on `;`, so a `;`-separated token parameter is redacted up to the next `&`.
+    The query is split as `tokens.parse_form` splits it (on `&` and `;`, as Rack 2 does) and
+    each name is read by `tokens.credential_param` after percent-decoding: whatever name the
+    extractor reads a credential from (`[job_token]`, `job_token]`, `%5Bjob_token%5D`,
+    `job%5Ftoken`, `x=1;[token]=...`) is redacted, so the two cannot disagree. Names are also
+    compared lower-cased (redacting more is harmless).
     """
     path, sep, query = target.partition("?")
     if not sep:
         return target
-    return path + "?" + "&".join(_redact_pair(pair) for pair in query.split("&"))
-
-
-def _redact_pair(pair: str) -> str:
-    pieces = pair.split(";")
+    pieces = _QUERY_SEP.split(query)  # pair, separator, pair, ...
+    out: list[str] = []
+    redacting = False  # Rack 3 splits on `&` only: `job_token=a;b` is the value `a;b` there
     for index, piece in enumerate(pieces):
+        if index % 2:  # a separator
+            redacting = redacting and not piece.startswith("&")
+            if not redacting:
+                out.append(piece)
+            continue
+        if redacting:
+            continue
         name, eq, _ = piece.partition("=")
         if eq and _is_token_name(name):
-            return ";".join([*pieces[:index], f"{name}={REDACTED}"])
-    return pair
+            out.append(f"{name}={REDACTED}")
+            redacting = True
+        else:
+            out.append(piece)
+    return path + "?" + "".join(out)
 
 
 def _is_token_name(name: str) -> bool:
-    decoded = unquote_plus(name).strip().lower()
-    return decoded.split("[", 1)[0] in TOKEN_PARAMS
+    decoded = unquote_plus(name)
+    if tokens.credential_param(decoded) is not None:
+        return True
+    base = tokens.param_base(decoded.lower())
+    return base is not None and base[0] in TOKEN_PARAMS
 
 
 def scrub(text: str) -> str:

@@ -1,6 +1,6 @@
 """Responses the gateway makes itself: GitLab-shaped JSON errors, always with a reason header.
 
-GitLab's API answers errors as `{"message": "<status> <phrase>[ - detail]"}` (lib/api/helpers.rb
+GitLab's API answers errors as `{"message":"<status> <phrase>[ - detail]"}` (lib/api/helpers.rb
 `render_api_error!`, `bad_request!`, `unauthorized!`, `forbidden!`). Every response the gateway
 makes (as opposed to forwards) carries `X-Gateway-Reason: <reason code>`, so a client or an
 operator can always tell the gateway's answer from the upstream's; it also carries the request id.
@@ -41,7 +41,9 @@ def refusal(
     """A gateway-made JSON error. `status` defaults to the reason's (`decision.STATUS`) and the
     message to GitLab's text for that status. Never put a credential in `message`."""
     status = status or STATUS.get(reason, 403)
-    body = json.dumps({"message": message or gitlab_message(status)})
+    # Compact, as Grape's JSON error formatter writes it (`Grape::Json.dump`): GitLab's bodies
+    # are `{"message":"403 Forbidden - …"}`, byte for byte.
+    body = json.dumps({"message": message or gitlab_message(status)}, separators=(",", ":"))
     response = web.Response(status=status, text=body, content_type="application/json")
     response.headers[REASON_HEADER] = reason.value
     response.headers["Cache-Control"] = "no-cache"

@@ -4,8 +4,8 @@
   authorizes the job token against), derived from the matched params.
 - `SPANNING_PARAMS`: params GitLab declares with a `/.+/` requirement (they span segments).
 - `OWN_PROJECT_ONLY_PREFIXES`: routes a job token may only use on its own project.
-- `TOKEN_EXCHANGE_PATHS`: routes that trade a job token for another credential the gateway
-  cannot judge.
+- `WORKHORSE_BODY_FILES`: routes whose request body Workhorse takes as an uploaded file, so
+  Rails never reads parameters from it (`is_workhorse_body_file`).
 """
 
 from __future__ import annotations
@@ -20,29 +20,14 @@ __all__ = [
     "OWN_PROJECT_ONLY_PREFIXES",
     "SPANNING_PARAMS",
     "TARGET_RULES",
-    "TOKEN_EXCHANGE_PATHS",
+    "WORKHORSE_BODY_FILES",
     "Derive",
     "TargetRule",
     "derived_ref",
     "is_own_project_only",
+    "is_workhorse_body_file",
     "target_rule_for",
 ]
-
-
-# Conan's `users/authenticate` answers a job token with a GitLab-signed Conan JWT
-# (Gitlab::ConanToken; lib/api/concerns/packages/conan_endpoints.rb), which the client then
-# sends as `Authorization: Bearer` on every Conan route. The gateway cannot verify or map it
-# to a job, so it would forward those requests unjudged: a job token's fine-grained grants
-# could be bypassed through the exchange. The exchange is refused for job tokens instead.
-TOKEN_EXCHANGE_PATHS = frozenset(
-    {
-        "/packages/conan/v1/users/authenticate",
-        "/projects/:id/packages/conan/v1/users/authenticate",
-        # Conan v2, listed by the current page (policies/routes-current.yaml) with the v1 row's
-        # description "Authenticate user against conan CLI": the same token exchange.
-        "/projects/:id/packages/conan/v2/users/authenticate",
-    }
-)
 
 
 class Derive(StrEnum):
@@ -89,8 +74,16 @@ TARGET_RULES: tuple[TargetRule, ...] = (
     TargetRule("/groups/:id", TargetKind.GROUP, "id"),
     # Composer's group endpoints live under the singular `group` (lib/api/composer_packages.rb).
     TargetRule("/group/:id", TargetKind.GROUP, "id"),
-    # GET /jobs/:id/artifacts: authorize_job_token_policies!(current_job.project) (lib/api/ci/jobs.rb).
+    # GET /jobs/:id/artifacts: authenticate_job_via_dependent_job! then
+    # authorize_job_token_policies!(current_job.project), current_job = Ci::Build.find_by_id(
+    # params[:id]) (lib/api/ci/runner.rb, lib/api/ci/helpers/runner.rb); the runner routes
+    # PUT /jobs/:id, PATCH /jobs/:id/trace, POST /jobs/:id/artifacts(/authorize) name the job
+    # the token must belong to (`authenticate_job!`).
     TargetRule("/jobs/:id", TargetKind.JOB, "id"),
+    # Runner routes that name no job: `token` is the runner's credential
+    # (lib/api/ci/runner.rb `post '/request'`, `resource :runners`; `authenticate_runner!`).
+    TargetRule("/jobs/request", TargetKind.NONE),
+    TargetRule("/runners", TargetKind.NONE),
     # GET /job, /job/allowed_agents: the token's own job (lib/api/ci/jobs.rb, current_authenticated_job).
     TargetRule("/job", TargetKind.OWN),
     # Conan v1 instance routes: ApiHelpers#project -> find_project!(Metadatum.full_path_from(
@@ -128,6 +121,8 @@ TARGET_RULES: tuple[TargetRule, ...] = (
 SPANNING_PARAMS: Mapping[str, frozenset[str]] = {
     "/projects/:id/jobs/artifacts/:ref_name/download": frozenset({"ref_name"}),
     "/projects/:id/jobs/artifacts/:ref_name/raw/*artifact_path": frozenset({"ref_name"}),
+    # post ":id/(ref/:ref/)trigger/pipeline", requirements: { ref: /.+/ } (lib/api/ci/triggers.rb)
+    "/projects/:id/(ref/:ref/)trigger/pipeline": frozenset({"ref"}),
 }
 
 # Container registry routes are `job_token_scope: :project`: a job token may only reach its
@@ -148,4 +143,48 @@ def is_own_project_only(template: str) -> bool:
     return any(
         TargetRule(prefix, TargetKind.PROJECT).applies_to(template)
         for prefix in OWN_PROJECT_ONLY_PREFIXES
+    )
+
+
+# Routes whose body Workhorse takes as an uploaded file (`requestBodyUploader`,
+# upload.RequestBody): it stores the body and hands Rails a form naming the file, so Rails never
+# parses the client's body for parameters and a job token inside it authenticates nothing
+# (gitlab workhorse/internal/upstream/routes.go, `configureRoutes`). Each entry: method, a
+# template prefix (whole segments, as TargetRule), and the templates under it Workhorse routes
+# elsewhere. Not listed: multipart uploads (`mimeMultipartUploader`: NuGet, PyPI, Helm, job
+# artifacts) keep their other fields as params; `repository/commits` and `repository/files`
+# bodies are read back into params (lib/api/helpers/commits_body_uploader_helper.rb).
+WORKHORSE_BODY_FILES: tuple[tuple[str, str, frozenset[str]], ...] = (
+    # `apiProjectPattern+/terraform/state/.*` POST -> requestBodyUploader; `.../lock` -> proxy
+    (
+        "POST",
+        "/projects/:id/terraform/state",
+        frozenset({"/projects/:id/terraform/state/:name/lock"}),
+    ),
+    ("PUT", "/projects/:id/packages/maven", frozenset()),  # `/packages/maven/`
+    # `/packages/npm/.*` PUT; `/packages/npm/-/package/[^/]+/dist-tags/[^/]+` -> proxy
+    (
+        "PUT",
+        "/projects/:id/packages/npm",
+        frozenset({"/projects/:id/packages/npm/-/package/*package_name/dist-tags/:tag"}),
+    ),
+    ("PUT", "/packages/conan", frozenset()),  # `apiPattern+v4/packages/conan/`
+    ("PUT", "/projects/:id/packages/conan", frozenset()),
+    ("PUT", "/projects/:id/packages/generic", frozenset()),
+    ("PUT", "/projects/:id/packages/ml_models", frozenset()),
+    ("PUT", "/projects/:id/packages/debian", frozenset()),
+    ("POST", "/projects/:id/packages/rpm", frozenset()),
+    ("POST", "/projects/:id/packages/rubygems", frozenset()),
+    ("PUT", "/projects/:id/packages/terraform/modules", frozenset()),
+)
+
+
+def is_workhorse_body_file(method: str, template: str) -> bool:
+    """Does Workhorse take this route's request body as an uploaded file (never parsed by
+    Rails for parameters)? See WORKHORSE_BODY_FILES."""
+    return any(
+        method == listed
+        and TargetRule(prefix, TargetKind.PROJECT).applies_to(template)
+        and template not in elsewhere
+        for listed, prefix, elsewhere in WORKHORSE_BODY_FILES
     )

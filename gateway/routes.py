@@ -2,7 +2,8 @@
 
 CONTRACT (other modules rely on these names; the implementation may change freely):
 - `Route`, `Target`, `TargetKind`, `RouteMatch`, `Refusal`, `RefusalReason` as exported here.
-- `RouteTable.load(path) -> RouteTable` (raises `PolicyFileError`), `RouteTable.compile(routes)`.
+- `RouteTable.load(path, supplementary=None) -> RouteTable` (raises `PolicyFileError`),
+  `RouteTable.compile(routes)`.
 - `RouteTable.match(method, raw_target) -> RouteMatch | Refusal | None`: None = no route.
 - `RouteTable.in_api(raw_target) -> bool`; module-level `check_target(raw_target) -> Refusal | None`.
 - `RouteTable.overlaps()`: pairs of templates some path matches both ways (template intersection).
@@ -27,7 +28,8 @@ Where each part lives (this module keeps the table and re-exports the whole cont
 - `gateway.route_trie`: the segment trie and its walk (step 4), building the RouteMatch.
 - `gateway.route_facts`: GitLab facts with their sources (target rules, spanning params,
   own-project-only routes).
-- `gateway.route_file`: the routes.yaml schema and its error messages.
+- `gateway.route_file`: the routes.yaml and routes-supplementary.yaml schemas and their error
+  messages; `RouteTable.load(..., supplementary=...)` compiles both into one trie.
 - `gateway.route_overlaps`: template intersection for `overlaps`.
 """
 
@@ -60,7 +62,7 @@ from gateway.route_file import RouteEntry, RouteFile
 from gateway.route_overlaps import Overlap, find_overlaps
 from gateway.route_templates import Segment, SegmentKind, Template, parse_template
 from gateway.route_trie import Caps, Leaf, Node, build_match, walk
-from gateway.route_values import METHODS, Route, RouteMatch, Target, TargetKind
+from gateway.route_values import METHODS, Route, RouteMatch, RouteRule, Target, TargetKind
 
 __all__ = [
     "METHODS",
@@ -75,6 +77,7 @@ __all__ = [
     "RouteEntry",
     "RouteFile",
     "RouteMatch",
+    "RouteRule",
     "RouteTable",
     "Segment",
     "SegmentKind",
@@ -124,14 +127,28 @@ class RouteTable:
 
     @classmethod
     def load(
-        cls, path: Path | str, *, api_prefix: str = "/api/v4", relative_url_root: str = ""
+        cls,
+        path: Path | str,
+        *,
+        api_prefix: str = "/api/v4",
+        relative_url_root: str = "",
+        supplementary: Path | str | None = None,
     ) -> RouteTable:
-        """Read, validate and compile a route file. Raises PolicyFileError naming the file,
-        the line and the entry (`routes[3] GET /x`) when anything is wrong."""
+        """Read, validate and compile a route file, and the supplementary route file beside it
+        when given (policies/routes-supplementary.yaml), into one trie. Raises PolicyFileError
+        naming the file, the line and the entry (`routes[3] GET /x`) when anything is wrong, and
+        when a supplementary route repeats or shadows a generated one (same method and paths):
+        the generated table must stay the only source for the routes it lists."""
         path = Path(path)
         routes = route_file.read_routes(path)
+        source = str(path)
+        if supplementary is not None:
+            extra = route_file.read_supplementary(Path(supplementary))
+            _check_supplementary(routes, extra, Path(supplementary))
+            routes = [*routes, *extra]
+            source = f"{path} + {supplementary}"
         return cls.compile(
-            routes, api_prefix=api_prefix, relative_url_root=relative_url_root, source=str(path)
+            routes, api_prefix=api_prefix, relative_url_root=relative_url_root, source=source
         )
 
     @classmethod
@@ -273,6 +290,17 @@ class RouteTable:
 
     def __len__(self) -> int:
         return len(self.routes)
+
+
+def _check_supplementary(generated: list[Route], extra: list[Route], path: Path) -> None:
+    """A supplementary route may not repeat a generated one (same method and template), nor
+    another supplementary one; overlapping shapes are caught when the trie is built."""
+    seen = {(route.method, route.path) for route in generated}
+    for route in extra:
+        key = (route.method, route.path)
+        if key in seen:
+            raise PolicyFileError(f"{path}: {route.name} conflicts with the generated route table")
+        seen.add(key)
 
 
 _SLASHES = re.compile("//+")

@@ -6,25 +6,37 @@ serve(settings) -> exit code   (gateway.supervisor.serve)
   - one process: proxy and admin listeners on one uvloop event loop, or
   - `--workers N`: a supervisor (gateway.supervisor) running the admin listener and N
     worker processes sharing the proxy port with SO_REUSEPORT.
-Signals: SIGTERM/SIGINT stop accepting, drain in-flight requests for up to `grace_period`
-seconds, then exit 0. SIGHUP re-reads the route table and store (`gate.reload()`); an
+Signals: SIGTERM/SIGINT stop accepting and drain in-flight requests; the drain ends within
+`grace_period` seconds in total (`drain`: requests still running are then answered 503
+`drain_cut`, or cut), then exit 0. SIGHUP re-reads the route table and store (`gate.reload()`); an
 invalid one is refused, logged with the reason, and the previous state keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
 import signal
 from collections.abc import Callable, Coroutine
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from gateway import metrics
 from gateway.admin import Readiness, create_admin_app
-from gateway.app import GATE, GateService, create_app, dispatch_directly, runner_options
+from gateway.app import (
+    GATE,
+    PROXY,
+    GateService,
+    create_app,
+    dispatch_directly,
+    runner_options,
+)
 from gateway.errors import ConfigError
 from gateway.settings import Engine, Settings
 
@@ -32,10 +44,15 @@ __all__ = [
     "check_extensions",
     "check_serving",
     "decision_only",
+    "drain",
+    "effective_config",
+    "group_metrics",
     "listen",
     "reload_gate",
+    "routes_digest",
     "run_worker",
     "start_admin",
+    "store_kind",
     "wait_for_stop",
 ]
 
@@ -110,8 +127,10 @@ async def run_worker(
         )
     draining = asyncio.Event()
     decision = None
-    proxy = web.AppRunner(create_app(settings), **runner_options(settings))
+    options = {**runner_options(settings), "shutdown_timeout": _shutdown_timeout(settings)}
+    proxy = web.AppRunner(create_app(settings), **options)
     admin_runner: web.AppRunner | None = None
+    stopping = False
     try:
         await proxy.setup()  # opens the gate and the upstream session: ConfigError stops here
         dispatch_directly(proxy)
@@ -124,22 +143,35 @@ async def run_worker(
             reuse_port=reuse_port,
             limit=settings.max_connections,
         )
+        metrics.init_labels(store_kind(settings.store))
+        group: metrics.GroupMetrics | None = None
         if settings.decision_port is not None:
             from gateway.authz.listener import start_listener
 
             decision = await start_listener(settings, gate, reuse_port=reuse_port)
         if admin:
-            admin_runner = await start_admin(settings, _readiness(gate, draining))
-        _log.info("listening", proxy=_addresses(proxy), upstream=settings.upstream)
+            registry = metrics.collecting_registry(None)
+            group = group_metrics(settings, registry)
+            admin_runner = await start_admin(settings, _readiness(gate, draining), registry)
+        _log.info(
+            "listening",
+            proxy=_addresses(proxy),
+            decision=decision.urls if decision is not None else None,
+            upstream=settings.upstream,
+            mode=settings.mode.value,
+            config=effective_config(settings),
+        )
         if on_ready is not None:
             on_ready()
-        await wait_for_stop(lambda: reload_gate(gate))
-        _log.info("draining", grace_period=settings.grace_period)
+        await wait_for_stop(lambda: reload_gate(gate, settings, group))
+        stopping = True
     finally:
         draining.set()  # readiness turns 503 while in-flight requests finish
-        if decision is not None:
-            await decision.stop(settings.grace_period)
-        await proxy.cleanup()  # stops accepting, waits up to grace_period, then closes
+        stops = [decision.stop(settings.grace_period)] if decision is not None else []
+        if stopping:
+            stops.append(drain(proxy, settings.grace_period))
+        await asyncio.gather(*stops)  # both listeners drain within the one grace period
+        await proxy.cleanup()  # closes what is left (idle connections, cut requests)
         if admin_runner is not None:
             await admin_runner.cleanup()
     _log.info("stopped")
@@ -149,6 +181,71 @@ async def run_worker(
 def decision_only(settings: Settings) -> bool:
     """`--port 0 --decision-port P`: the decision listener runs without the proxy."""
     return settings.port == 0 and settings.decision_port is not None
+
+
+def _cut_window(grace: float) -> float:
+    """The end of the grace period kept for answering the requests cut by the drain."""
+    return min(1.0, grace * 0.2)
+
+
+def _shutdown_timeout(settings: Settings) -> float:
+    """aiohttp's own shutdown waits this long for a handler, then as long again after
+    cancelling it: after `drain`, only the cut requests' answers are left to write."""
+    return max(_cut_window(settings.grace_period) / 4, 0.001)
+
+
+async def drain(runner: web.AppRunner, grace: float) -> None:
+    """SIGTERM: stop accepting, let in-flight requests finish, and end within `grace` seconds.
+
+    Like nginx's graceful shutdown and Envoy's drain: the listener closes at once, idle
+    keep-alive connections are closed, running requests get the grace period minus a cut
+    window (min(1 s, 20%)); those still running then are cut (`Proxy.cut`: 503 `drain_cut` when
+    their response has not started). aiohttp's own shutdown (which alone would wait up to twice
+    its timeout) then only has the cut requests' answers to write.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    proxy = runner.app[PROXY]
+    _log.info("draining", grace_period=grace, in_flight=proxy.in_flight)
+    for site in list(runner.sites):
+        await site.stop()  # stop accepting new connections
+    server = runner.server
+    if server is not None:
+        server.pre_shutdown()  # idle keep-alive connections close; busy ones after their answer
+    window = _cut_window(grace)
+    if not await proxy.wait_idle(grace - window):
+        cut = proxy.cut()
+        _log.warning("drain_cut", requests=cut, grace_period=grace)
+        await proxy.wait_idle(window / 2)
+    _log.info("drained", seconds=round(loop.time() - started, 3))
+
+
+def effective_config(settings: Settings) -> dict[str, Any]:
+    """Every setting's value in force, as the start-up line and `/-/ready` show it: URLs
+    without their password (a Redis store URL may carry one), paths absolute (a relative
+    SQLite store too: sqlite:///gateway.db shows as sqlite:////<working directory>/gateway.db)."""
+    config: dict[str, Any] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if isinstance(value, str) and "@" in value and "://" in value:
+            value = redact_url(value)
+        config[name] = value
+    config["routes"] = str(Path(settings.routes).resolve())
+    store = settings.store
+    if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
+        # sqlite:///gateway.db (the default) is relative to the working directory: show the
+        # file actually in use.
+        config["store"] = "sqlite:///" + str(Path(store[len("sqlite:///") :]).absolute())
+    return config
+
+
+def redact_url(url: str) -> str:
+    """`scheme://user:***@host/...`: the password (or a lone secret user part) replaced."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        return url.replace(f":{parts.password}@", ":***@", 1)
+    if parts.username is not None:  # redis://secret@host: a password given without a user
+        return url.replace(f"{parts.username}@", "***@", 1)
+    return url
 
 
 def _readiness(gate: GateService, draining: asyncio.Event) -> Readiness:
@@ -161,7 +258,8 @@ def _readiness(gate: GateService, draining: asyncio.Event) -> Readiness:
 
 
 class BoundedSite(web.TCPSite):
-    """A TCPSite that answers connections beyond `limit` with 503 and closes them at once.
+    """A TCPSite that answers connections beyond `limit` with 503 `overloaded` and closes them
+    (`_Overloaded`).
 
     aiohttp accepts connections without bound; each costs memory and a file descriptor, so a
     flood of idle connections could exhaust a worker. (`start` mirrors TCPSite.start with a
@@ -180,7 +278,9 @@ class BoundedSite(web.TCPSite):
         assert server is not None
 
         def protocol() -> asyncio.BaseProtocol:
-            return server() if len(server.connections) < self._limit else _Overloaded()
+            if len(server.connections) < self._limit:
+                return server()
+            return _Overloaded(self._limit)
 
         self._server = await asyncio.get_running_loop().create_server(
             protocol, self._host, self._port, backlog=self._backlog, reuse_port=self._reuse_port
@@ -188,20 +288,70 @@ class BoundedSite(web.TCPSite):
         self._bound_port = self._server.sockets[0].getsockname()[1]
 
 
-_OVERLOADED_BODY = b'{"message": "503 Service Unavailable"}'
+_OVERLOADED_BODY = b'{"message":"503 Service Unavailable"}'
 _OVERLOADED = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    b"X-Gateway-Reason: overloaded\r\nConnection: close\r\n"
-    b"Content-Length: %d\r\n\r\n%s" % (len(_OVERLOADED_BODY), _OVERLOADED_BODY)
+    b"X-Gateway-Reason: overloaded\r\nRetry-After: 1\r\nCache-Control: no-cache\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_OVERLOADED_BODY), _OVERLOADED_BODY)
 )
+OVERLOAD_LINGER = 2.0  # seconds a refused connection may keep sending before it is aborted
+OVERLOAD_LOG_EVERY = 10.0  # at most one `connections_refused` line per this many seconds
+
+
+class _RefusalLog:
+    """One WARNING line per `OVERLOAD_LOG_EVERY` seconds with the count since the last one: a
+    connection flood must not flood the log (the metric counts every refusal)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._last = float("-inf")
+
+    def note(self, limit: int) -> None:
+        self._count += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._last >= OVERLOAD_LOG_EVERY:
+            _log.warning("connections_refused", count=self._count, max_connections=limit)
+            self._count, self._last = 0, now
+
+
+_refusals = _RefusalLog()
 
 
 class _Overloaded(asyncio.Protocol):
+    """A connection over `max_connections`: answer 503 `overloaded` at once, without reading
+    the request, then close cleanly.
+
+    The answer is written, then the write side is shut (FIN after the answer), and what the
+    client sends meanwhile is read and dropped until it closes its side (at most
+    `OVERLOAD_LINGER` s): closing a socket with unread bytes would send a RST, and a RST can
+    destroy the answer in the client's receive buffer (nginx's lingering close, for the same
+    reason).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._timer: asyncio.TimerHandle | None = None
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A streaming protocol is given a Transport (asyncio docs, "Streaming Protocols");
+        # uvloop's has that interface without subclassing asyncio.Transport, so no isinstance.
+        stream = cast(asyncio.Transport, transport)
         metrics.CONNECTIONS_REFUSED.inc()
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(_OVERLOADED)
-        transport.close()
+        _refusals.note(self._limit)
+        stream.write(_OVERLOADED)
+        if stream.can_write_eof():
+            stream.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(OVERLOAD_LINGER, stream.abort)
+
+    def data_received(self, data: bytes) -> None:
+        return None  # the request is never read: dropped
+
+    def eof_received(self) -> bool:
+        return False  # the client is done: the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 async def listen(
@@ -230,11 +380,12 @@ async def listen(
 
 
 async def start_admin(
-    settings: Settings, readiness: Readiness, multiproc_dir: str | None = None
+    settings: Settings, readiness: Readiness, registry: CollectorRegistry
 ) -> web.AppRunner:
-    """Start the admin listener; the caller cleans the returned runner up."""
-    app = create_admin_app(readiness, metrics.collecting_registry(multiproc_dir))
-    runner = web.AppRunner(app, access_log=None)
+    """Start the admin listener serving `registry`; the caller cleans the runner up."""
+    info = {"mode": settings.mode.value, "config": effective_config(settings)}
+    app = create_admin_app(readiness, registry, info)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     try:
         await listen(
@@ -245,6 +396,35 @@ async def start_admin(
         raise
     _log.info("admin_listening", admin=_addresses(runner))
     return runner
+
+
+_GROUPS: dict[int, metrics.GroupMetrics] = {}
+
+
+def group_metrics(settings: Settings, registry: CollectorRegistry) -> metrics.GroupMetrics:
+    """The process group's metrics in `registry` (made once per registry: tests start several
+    gateways in one process, and a registry refuses a name twice)."""
+    group = _GROUPS.get(id(registry))
+    if group is None:
+        group = metrics.GroupMetrics(
+            registry, mode=settings.mode.value, routes_sha256=routes_digest(settings)
+        )
+        _GROUPS[id(registry)] = group
+    return group
+
+
+def routes_digest(settings: Settings) -> str:
+    """The route table file's SHA-256 (first 12 hex digits), as `gateway_build_info` shows it."""
+    try:
+        return hashlib.sha256(Path(settings.routes).read_bytes()).hexdigest()[:12]
+    except OSError:
+        return "unreadable"
+
+
+def store_kind(url: str) -> str:
+    """The store kind a URL names, as the `store` label of gateway_store_lookups_total."""
+    scheme = urlsplit(url).scheme
+    return "redis" if scheme in ("redis", "rediss", "unix") else scheme
 
 
 async def wait_for_stop(
@@ -272,21 +452,29 @@ async def wait_for_stop(
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def reload_gate(gate: GateService) -> bool:
-    """SIGHUP: re-read the route table and store; on failure keep serving the previous state."""
+async def reload_gate(
+    gate: GateService, settings: Settings, group: metrics.GroupMetrics | None = None
+) -> bool:
+    """SIGHUP: re-read the route table and store; on failure keep serving the previous state.
+
+    `group` (the process that owns the admin listener) counts the reload once per gateway;
+    workers reload without counting."""
     try:
         await gate.reload()
     except ConfigError as exc:
-        metrics.RELOADS.labels("failed").inc()
+        if group is not None:
+            group.reloaded(False)
         _log.warning("reload_failed", error=str(exc), kept="previous route table and store")
         return False
     except Exception as exc:
-        metrics.RELOADS.labels("failed").inc()
+        if group is not None:
+            group.reloaded(False)
         error = f"{type(exc).__name__}: {exc}"
         _log.exception("reload_failed", error=error, kept="previous route table and store")
         return False
-    metrics.RELOADS.labels("ok").inc()
-    _log.info("reloaded")
+    if group is not None:
+        group.reloaded(True, routes_digest(settings))
+    _log.info("reloaded", mode=settings.mode.value)
     return True
 
 

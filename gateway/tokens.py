@@ -18,9 +18,21 @@ GitLab reads credentials in this order (`API::APIGuard#find_user_from_sources`, 
 
 `params` is Rails/Grape params: the query string plus a form or JSON body (top-level keys).
 
+Some route families read more carriers (`gateway.carriers`: a bare `Authorization` value, its
+last word, Basic with any user name, a named header such as `X-Nuget-Apikey`, the token a Conan
+or Terraform registry JWT wraps); `configure` compiles them, with the instance's job-token
+prefix, once at start-up.
+
+A value is a job token when it carries GitLab's prefix or sits in a carrier only job tokens use.
+An unprefixed value in a carrier GitLab shares with other credentials (Bearer, Basic, a bare
+Authorization, a named header) may be either (job tokens of GitLab < 16.9 have no prefix):
+`read` returns it as a `Candidate`, which the gate resolves (store, then the upstream's
+`GET /api/v4/job`, or forwarded, per `--unknown-credential`).
+
 Because the gateway must authorize the token the upstream will authenticate with, any request
 where that is ambiguous is refused (`Conflict`): two different job tokens anywhere, a job token
-next to another credential, a repeated credential header, or a nested `job_token[]` parameter.
+next to another credential (a candidate counts as either), two different candidates, a repeated
+credential header, or a nested `job_token[]` parameter.
 
 Only a SHA-256 digest and a short fingerprint of it leave this module (the raw value stays on
 `Credential`, excluded from its repr, for the optional upstream validation).
@@ -39,7 +51,8 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
 
-from gateway import multipart
+from gateway import conan_jwt, multipart
+from gateway.carriers import DEFAULT, CarrierMap, Family, Reading
 from gateway.drafts import check_layouts
 from gateway.request import Headers, RequestView
 
@@ -47,17 +60,24 @@ __all__ = [
     "JOB_TOKEN_PREFIX",
     "MAX_JOB_TOKEN_SIZE_BYTES",
     "BodyError",
+    "Candidate",
     "Carrier",
     "Conflict",
     "Credential",
     "Extraction",
     "Malformed",
+    "authorization_scheme",
     "body_kind",
+    "configure",
+    "credential_param",
     "digest",
     "extract",
     "fingerprint",
+    "media_type",
+    "param_base",
     "parse_form",
     "part_params",
+    "read",
     "reads_param",
     "same_credential",
 ]
@@ -81,11 +101,89 @@ _JSON_TYPES = frozenset(
     {"application/json", "text/x-json", "application/jsonrequest", "application/vnd.git-lfs+json"}
 )
 _FORM_TYPE = "application/x-www-form-urlencoded"
-# Rack's query parser splits on & (and ; in Rack 2) and drops spaces after a separator.
+# Rack's query parser splits on & (and ; in Rack 2) and drops spaces after a separator; a form
+# body only on & (Rack 2.2 `Rack::Request#POST`: `parse_query(form_vars, '&')`).
 _PAIR_SEP = re.compile(r"[&;] *")
+_BODY_PAIR_SEP = re.compile(r"& *")
 _METHOD_KEY = re.compile(r"\s*[\[\]]*_method\]*\s*")  # Rack::MethodOverride's param
 _FOLD = re.compile(r"[^A-Z0-9]")
-_KEY_BASE = re.compile(r"[^\[\]]+")
+# Rack::QueryParser#normalize_params (lib/rack/query_parser.rb): `%r(\A[\[\]]*([^\[\]]+)\]*)`.
+_KEY_BASE = re.compile(r"[\[\]]*([^\[\]]+)\]*")
+# Rack::MediaType SPLIT_PATTERN (lib/rack/media_type.rb) and ActionDispatch's
+# `content_mime_type` (`/^([^,;]*)/`): the media type ends at the first `;` or `,`.
+_MEDIA_END = re.compile(r"[;,]")
+# Ruby's whitespace for `String#split(" ")` (awk-style split): ASCII space, \t \n \v \f \r.
+_RUBY_SPACE = " \t\n\v\f\r"
+_RUBY_SPACES = re.compile(r"[ \t\n\v\f\r]+")
+# The errors a body parser can raise on hostile input: ValueError (JSONDecodeError,
+# UnicodeDecodeError, int-digit limits), RecursionError (deep JSON nesting), OverflowError.
+_PARSE_ERRORS = (ValueError, UnicodeError, RecursionError, OverflowError)
+
+
+# ---------------------------------------------------------------- the request-reading primitives
+# Small named functions, one per thing Rails reads, shared by every caller (the extractor, the
+# log's redaction, the streamed-body guard) so that they cannot disagree.
+
+
+def media_type(content_type: str | None) -> str | None:
+    """The media type of a Content-Type value as Rack reads it: cut at the first `;` or `,`,
+    stripped, lower-cased; None when there is none (absent or blank).
+
+    Rack: `Rack::MediaType.type` (lib/rack/media_type.rb, split on `[;,]`) and
+    `Rack::Request#content_type` (an empty CONTENT_TYPE is nil). ActionPack:
+    `ActionDispatch::Http::MimeNegotiation#content_mime_type` (`/^([^,;]*)/`, strip, downcase).
+    Python's `strip` removes more than Ruby's whitespace: a superset, so stricter only.
+    """
+    if content_type is None or not content_type.strip():
+        return None
+    return _MEDIA_END.split(content_type, 1)[0].strip().lower()
+
+
+def authorization_scheme(value: str) -> tuple[str | None, str | None]:
+    """(scheme, parameter) of an Authorization value as ActionPack splits it.
+
+    ActionController::HttpAuthentication::Basic `auth_scheme` / `auth_param`
+    (actionpack/lib/action_controller/metal/http_authentication.rb) are
+    `request.authorization.to_s.split(" ", 2)`: Ruby's awk-style split, which skips leading
+    whitespace and cuts at the first run of any ASCII whitespace (tab included), keeping the
+    rest (trailing whitespace too). The scheme is compared case-insensitively by callers
+    (`has_basic_credentials?` downcases it). (None, None) for a blank value.
+    """
+    text = value.lstrip(_RUBY_SPACE)
+    if not text:
+        return None, None
+    cut = _RUBY_SPACES.search(text)
+    if cut is None:
+        return text, None
+    return text[: cut.start()], text[cut.end() :]
+
+
+def param_base(key: str) -> tuple[str, bool] | None:
+    """The top-level params key a parameter name fills in Rack, and whether Rack nests its value
+    there (an Array or Hash instead of a string); None for a name that fills none.
+
+    `Rack::QueryParser#normalize_params` (lib/rack/query_parser.rb): leading brackets are
+    dropped and trailing `]` ignored, so `[job_token]`, `job_token]` and `[[job_token]]` all
+    are `job_token`; anything after (`job_token[]`, `job_token[x]`, `job_token]x`) nests
+    (`job_token[` is a key of its own: counted as nested, which refuses, never forwards).
+    Surrounding whitespace is ignored too (Rack keeps it: a superset, so stricter only).
+    """
+    name = key.strip()
+    match = _KEY_BASE.match(name)
+    if match is None:
+        return None
+    return match.group(1), match.end() != len(name)
+
+
+def credential_param(key: str) -> str | None:
+    """The credential parameter (`job_token`, `token`, `access_token`, `bearer_token`,
+    `private_token`) a decoded parameter name fills in Rails' params, or None.
+
+    The one notion of "credential parameter name": `extract` reads exactly these, and the
+    log's redaction (`gateway.log.redact_target`) redacts at least these.
+    """
+    base = param_base(key)
+    return base[0] if base is not None and base[0] in _PARAMS else None
 
 
 class Carrier(StrEnum):
@@ -102,6 +200,13 @@ class Carrier(StrEnum):
     PRIVATE_TOKEN_PARAM = "private_token parameter"
     DEPLOY_TOKEN_HEADER = "DEPLOY-TOKEN header"
     AUTHORIZATION = "Authorization header"
+    # Family carriers (gateway.carriers.Reading)
+    AUTHORIZATION_VALUE = "Authorization value"
+    AUTHORIZATION_LAST_WORD = "Authorization last word"
+    BASIC_ANY_USER = "Authorization Basic (any user)"
+    CONAN_JWT = "Conan JWT"
+    TOKEN_PARAM_JWT = "token parameter JWT"
+    API_KEY_HEADER = "token header"  # a family's named header (`http_header`): X-Nuget-Apikey
 
 
 # GitLab's precedence among job-token carriers (first wins); see the module docstring.
@@ -133,6 +238,47 @@ _HEADERS: dict[str, Carrier] = {
     "DEPLOY-TOKEN": Carrier.DEPLOY_TOKEN_HEADER,
     "DEPLOY_TOKEN": Carrier.DEPLOY_TOKEN_HEADER,
 }
+
+
+class _Config:
+    """What `configure` compiled: the job-token prefixes and the route families."""
+
+    __slots__ = ("carriers", "named", "others", "prefixes")
+
+    def __init__(self, prefixes: tuple[str, ...], carriers: CarrierMap) -> None:
+        self.prefixes = prefixes
+        self.carriers = carriers
+        # Other GitLab token types, with the instance prefix too: never job tokens.
+        instance = prefixes[1][: -len(JOB_TOKEN_PREFIX)] if len(prefixes) > 1 else ""
+        self.others = _OTHER_TOKEN_PREFIXES + tuple(
+            instance + other for other in _OTHER_TOKEN_PREFIXES if instance
+        )
+        # The families' named headers, folded as Rack folds them (HTTP_X_NUGET_APIKEY).
+        self.named = frozenset(_FOLD.sub("_", name) for name in carriers.headers)
+
+
+_CONFIG = _Config((JOB_TOKEN_PREFIX,), CarrierMap(api_prefix="/api/v4", relative_url_root=""))
+
+
+def configure(*, job_token_prefix: str, api_prefix: str, relative_url_root: str) -> None:
+    """Compile the carriers of every route family for this API prefix, and the job-token
+    prefixes, for every later `extract` in this process (the gate calls it at start-up).
+
+    `glcbt-` is always a job token's prefix (`Ci::Build::TOKEN_PREFIX`, app/models/ci/build.rb;
+    `Authn::Tokens::CiJobToken.prefix?`, lib/authn/tokens/ci_job_token.rb); an instance prefix
+    puts its own string in front of it (`Authn::TokenField::PrefixHelper
+    .prepend_instance_prefix`, lib/authn/token_field/prefix_helper.rb: `"#{instance_prefix}
+    #{prefix}"`, newer GitLab `"#{instance_prefix}-#{prefix}"`), so `job_token_prefix` is that
+    string as it appears in the tokens, separator included.
+    """
+    global _CONFIG
+    prefixes: tuple[str, ...] = (JOB_TOKEN_PREFIX,)
+    if job_token_prefix:
+        prefixes += (job_token_prefix + JOB_TOKEN_PREFIX,)
+    _CONFIG = _Config(
+        prefixes, CarrierMap(api_prefix=api_prefix, relative_url_root=relative_url_root)
+    )
+    _HEADER_MEMO.clear()
 
 
 def digest(token: str) -> str:
@@ -192,18 +338,48 @@ class Malformed:
     why: str
 
 
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """An unrecognised value in a carrier GitLab shares between job tokens and other
+    credentials: a job token if the store or the upstream knows it, else another credential.
+    `others` names the carriers of other credentials next to it (a conflict if it is a job
+    token). `secret` is kept out of repr and logs."""
+
+    carrier: Carrier
+    digest: str
+    secret: str = field(repr=False, compare=False)
+    others: tuple[str, ...] = ()
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.digest)
+
+    def credential(self) -> Credential:
+        """This value as the job token it turned out to be."""
+        return _credential(self.carrier, self.digest, self.secret)
+
+    def conflict(self) -> Conflict | None:
+        """The conflict this value makes once known to be a job token (other credentials)."""
+        if not self.others:
+            return None
+        others = ", ".join(self.others)
+        detail = f"a job token ({self.carrier}) with other credentials ({others})"
+        return Conflict((str(self.carrier), *self.others), detail)
+
+
 class BodyError(ValueError):
     """A form or JSON body the gateway was asked to inspect does not parse."""
 
 
-Extraction = Credential | Conflict | Malformed | None
+Extraction = Credential | Candidate | Conflict | Malformed | None
 
 
 class _Found(NamedTuple):  # scratch value of `extract`: a tuple is the cheapest to build
     carrier: Carrier
     value: str
-    job: bool  # a job token (else another credential)
+    job: bool  # a job token (else another credential, or a candidate)
     problem: str | None = None  # a carrier whose value GitLab would read unpredictably
+    maybe: bool = False  # not `job`, but GitLab may read it as a job token: a candidate
 
 
 def body_kind(headers: Headers, method: str) -> str | None:
@@ -218,10 +394,9 @@ def body_kind(headers: Headers, method: str) -> str | None:
     if len(types) > 1:
         # Which one would Rack read (one CONTENT_TYPE in its env)? Inspect, then refuse.
         return "ambiguous"
-    raw = types[0] if types else None
-    if raw is None:
+    media = media_type(types[0] if types else None)
+    if media is None:  # `Rack::Request#form_data?`: a POST without a media type is a form
         return "form" if method == "POST" else None
-    media = raw.split(";", 1)[0].strip().lower()
     if media == _FORM_TYPE:
         return "form"
     if media in _JSON_TYPES:
@@ -231,10 +406,11 @@ def body_kind(headers: Headers, method: str) -> str | None:
     return None
 
 
-def parse_form(raw: str) -> list[tuple[str, str]]:
-    """application/x-www-form-urlencoded pairs as Rack reads them, repeated keys kept."""
+def parse_form(raw: str, *, body: bool = False) -> list[tuple[str, str]]:
+    """application/x-www-form-urlencoded pairs as Rack reads them, repeated keys kept: a query
+    split on `&` and `;`, a form `body` on `&` only (`job_token=a;b` is the value `a;b` there)."""
     pairs = []
-    for part in _PAIR_SEP.split(raw):
+    for part in (_BODY_PAIR_SEP if body else _PAIR_SEP).split(raw):
         if not part:
             continue
         key, _, value = part.partition("=")
@@ -253,7 +429,7 @@ def _json_pairs(body: bytes) -> list[tuple[str, object]]:
 
     try:
         document = json.loads(body, object_pairs_hook=keep)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except _PARSE_ERRORS as exc:  # RecursionError: a deeply nested document (Rails: 400)
         raise BodyError(f"JSON body does not parse: {exc.__class__.__name__}") from None
     return pairs if isinstance(document, dict) else []
 
@@ -310,11 +486,23 @@ def _params(view: RequestView) -> list[tuple[str, object]]:
     if "token" in query or "%" in query:
         pairs.extend(parse_form(query))
     if view.body:
+        try:
+            pairs.extend(_body_params(view))
+        except BodyError:
+            raise
+        except _PARSE_ERRORS as exc:  # never a 500: every parser failure is `bad_body`
+            raise BodyError(f"the body does not parse: {exc.__class__.__name__}") from None
+    return pairs
+
+
+def _body_params(view: RequestView) -> list[tuple[str, object]]:
+    pairs: list[tuple[str, object]] = []
+    if view.body:
         kind = body_kind(view.headers, view.method)
         if kind == "ambiguous":
             raise BodyError("more than one Content-Type")
         if kind == "form":
-            form = parse_form(view.body.decode("utf-8", "surrogateescape"))
+            form = parse_form(view.body.decode("utf-8", "surrogateescape"), body=True)
             _refuse_method_override(view.method, form)
             pairs.extend(form)
         elif kind == "json":
@@ -326,7 +514,7 @@ def _params(view: RequestView) -> list[tuple[str, object]]:
     return pairs
 
 
-def _from_params(pairs: Iterable[tuple[str, object]]) -> Iterator[_Found]:
+def _from_params(pairs: Iterable[tuple[str, object]], family: Family) -> Iterator[_Found]:
     for key, value in pairs:
         carrier, bracket = _param_carrier(key)
         if carrier is None:
@@ -338,47 +526,92 @@ def _from_params(pairs: Iterable[tuple[str, object]]) -> Iterator[_Found]:
                 carrier, "", job=carrier is not Carrier.PRIVATE_TOKEN_PARAM, problem=problem
             )
         elif value:  # GitLab uses `.presence`: an empty value is absent
+            if carrier is Carrier.TOKEN_PARAM and Reading.TOKEN_PARAM_JWT in family.readings:
+                # The Terraform registry's `?token=<JWT>`: the job token is its `token` claim.
+                wrapped = conan_jwt.claim(value, "token")
+                if wrapped is not None:
+                    found = _classify(Carrier.TOKEN_PARAM_JWT, wrapped)
+                    if found is not None:
+                        yield found
+                    continue
             found = _classify(carrier, value)
             if found is not None:
                 yield found
 
 
 def _param_carrier(key: str) -> tuple[Carrier | None, bool]:
-    """The carrier a parameter key names, and whether Rack nests it (`job_token[]`)."""
-    # Rack's normalize_params drops leading brackets (`[job_token]` is `job_token`) and
-    # nests on `[`; we also ignore surrounding spaces, to read at least what Rack reads.
-    name = key.strip().lstrip("[]")
-    base = _KEY_BASE.match(name)
-    carrier = _PARAMS.get(base.group() if base else name)
-    return carrier, base is not None and "[" in name[base.end() :]
+    """The carrier a parameter key names, and whether Rack nests it (`job_token[]`):
+    `param_base`, the same reading as `credential_param` (and so the log's redaction)."""
+    base = param_base(key)
+    if base is None:
+        return None, False
+    return _PARAMS.get(base[0]), base[1]
 
 
 def _classify(carrier: Carrier, value: str) -> _Found | None:
-    prefixed = value.startswith(JOB_TOKEN_PREFIX)
     if carrier in (Carrier.PRIVATE_TOKEN_HEADER, Carrier.PRIVATE_TOKEN_PARAM):
-        # A glcbt- PAT is skipped by GitLab (auth_finders.rb), so by us too.
-        return None if prefixed else _Found(carrier, value, job=False)
+        # A glcbt- PAT is skipped by GitLab (find_personal_access_token: `current_token
+        # .start_with?(::Ci::Build::TOKEN_PREFIX)`, the bare prefix), so it is absent here too.
+        return None if value.startswith(JOB_TOKEN_PREFIX) else _Found(carrier, value, job=False)
     if carrier in (Carrier.JOB_TOKEN_PARAM, Carrier.JOB_TOKEN_HEADER):
         return _Found(carrier, value, job=True)
+    config = _CONFIG
     if carrier is Carrier.TOKEN_PARAM:
-        return _Found(carrier, value, job=not value.startswith(_OTHER_TOKEN_PREFIXES))
-    # Bearer, access_token, bearer_token, DEPLOY-TOKEN: a job token only when prefixed
-    return _Found(carrier, value, job=prefixed)
+        return _Found(carrier, value, job=not value.startswith(config.others))
+    prefixed = value.startswith(config.prefixes)
+    if carrier is Carrier.DEPLOY_TOKEN_HEADER:  # never a job token for GitLab: stricter
+        return _Found(carrier, value, job=prefixed)
+    # Bearer, access_token and bearer_token params: `find_user_from_job_bearer_token` runs
+    # Ci::AuthJobFinder on any OAuth value (lib/gitlab/auth/auth_finders.rb), and the family
+    # carriers run TokenResolver's job finder on any value (`with_job_token`): unprefixed, it
+    # is a job token of GitLab < 16.9 or another credential, so a candidate.
+    maybe = not prefixed and not value.startswith(config.others)
+    return _Found(carrier, value, job=prefixed, maybe=maybe)
 
 
-def _from_authorization(value: str) -> _Found | None:
-    scheme, _, rest = value.strip().partition(" ")
-    rest = rest.strip()
-    if scheme.lower() == "bearer" and rest:
-        return _classify(Carrier.BEARER, rest)
-    if scheme.lower() == "basic" and rest:
-        return _from_basic(rest)
-    if value.strip():
-        return _Found(Carrier.AUTHORIZATION, value, job=False)
-    return None
+def _from_authorization(value: str, family: Family) -> list[_Found]:
+    """What GitLab reads from one Authorization value on a route of `family`.
+
+    One split for every scheme (`authorization_scheme`, ActionPack's): `Basic<TAB>...` is
+    Basic there. Doorkeeper's Bearer rule is narrower (`/^Bearer /i`,
+    Doorkeeper::OAuth::Token.from_bearer_authorization): whatever it reads, this reads too.
+    """
+    scheme, param = authorization_scheme(value)
+    if scheme is None:
+        return []
+    found: list[_Found | None] = []
+    readings = family.readings
+    rest = (param or "").strip(_RUBY_SPACE)
+    lower = scheme.lower()
+    if lower == "bearer" and rest:
+        wrapped = conan_jwt.conan_access_token(rest) if Reading.CONAN_JWT in readings else None
+        if wrapped is not None:  # a Conan JWT: it wraps the credential GitLab reads
+            found.append(_classify(Carrier.CONAN_JWT, wrapped))
+        else:
+            found.append(_classify(Carrier.BEARER, rest))
+    elif lower == "basic" and rest:
+        found.append(_from_basic(rest, any_user=Reading.BASIC_ANY_USER in readings))
+    elif Reading.HTTP_TOKEN in readings and param is None:
+        # `http_token` (TokenLocator#extract_from_http_token): the whole value is the token
+        # (RubyGems clients send it bare). A value with a scheme is no token GitLab finds.
+        found.append(_classify(Carrier.AUTHORIZATION_VALUE, scheme))
+    elif Reading.BEARER_LAST_WORD not in readings:  # (there, the last word is what is read)
+        found.append(_Found(Carrier.AUTHORIZATION, value, job=False))
+    if Reading.BEARER_LAST_WORD in readings:
+        # `http_bearer_token` (TokenLocator#extract_from_http_bearer_token):
+        # `password.split(' ').last`, Ruby's awk-style split, whatever the scheme.
+        last = _RUBY_SPACES.split(value.strip(_RUBY_SPACE))[-1]
+        found.append(_classify(Carrier.AUTHORIZATION_LAST_WORD, last))
+    if Reading.BASIC_ANY_USER in readings and "Basic " in value and scheme != "Basic":
+        # PackagesManagerClientsHelpers#decode_token reads whatever follows the first
+        # "Basic " anywhere in the value (`split('Basic ', 2).second`), with Ruby's lenient
+        # Base64: what it would read is unknowable, so refused.
+        problem = "Authorization holds 'Basic ' where GitLab's package helpers would read it"
+        found.append(_Found(Carrier.BASIC_ANY_USER, "", job=True, problem=problem))
+    return [item for item in found if item is not None]
 
 
-def _from_basic(encoded: str) -> _Found | None:
+def _from_basic(encoded: str, *, any_user: bool = False) -> _Found | None:
     try:
         user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
@@ -387,8 +620,11 @@ def _from_basic(encoded: str) -> _Found | None:
     if not sep or not password:
         # `find_user_from_job_token_basic_auth` needs login and password present.
         return _Found(Carrier.BASIC, password, job=False) if user or password else None
-    job = user == CI_JOB_USER or password.startswith(JOB_TOKEN_PREFIX)
-    return _Found(Carrier.BASIC, password, job=job)
+    if user == CI_JOB_USER:
+        return _Found(Carrier.BASIC, password, job=True)
+    if any_user:  # find_job_from_http_basic_auth: any user name, any password
+        return _classify(Carrier.BASIC_ANY_USER, password)
+    return _Found(Carrier.BASIC, password, job=password.startswith(_CONFIG.prefixes))
 
 
 def _header_carrier(name: str) -> Carrier | None:
@@ -401,6 +637,8 @@ def _header_carrier(name: str) -> Carrier | None:
         carrier = _HEADERS.get(_FOLD.sub("_", upper))
     if carrier is None and upper == "AUTHORIZATION":
         carrier = Carrier.AUTHORIZATION
+    if carrier is None and _FOLD.sub("_", upper) in _CONFIG.named:
+        carrier = Carrier.API_KEY_HEADER  # read on its family's routes only (`_from_headers`)
     return carrier
 
 
@@ -411,7 +649,7 @@ _HEADER_MEMO: dict[str, Carrier | None] = {}
 _HEADER_MEMO_SIZE = 512
 
 
-def _from_headers(headers: Headers) -> tuple[list[_Found], list[str]]:
+def _from_headers(headers: Headers, family: Family) -> tuple[list[_Found], list[str]]:
     found: list[_Found] = []
     repeated: list[str] = []
     seen: list[Carrier] = []
@@ -425,57 +663,108 @@ def _from_headers(headers: Headers) -> tuple[list[_Found], list[str]]:
                 memo[name] = carrier
         if carrier is None:
             continue
+        if carrier is Carrier.API_KEY_HEADER and not _reads_header(family, name):
+            continue  # another family's header: GitLab does not read it here
         if seen.count(carrier) == 1:  # its second occurrence
             repeated.append(f"{carrier} repeated")
         seen.append(carrier)
         if carrier is Carrier.AUTHORIZATION:
-            item = _from_authorization(value)
-        else:
-            value = value.strip()
-            if carrier is Carrier.JOB_TOKEN_HEADER:  # the usual carrier: `_classify`, inlined
-                item = _Found(carrier, value, True) if value else None
-            else:
-                item = _classify(carrier, value) if value else None
-        if item is not None:
+            found.extend(_from_authorization(value, family))
+            continue
+        value = value.strip()
+        if not value:
+            continue
+        if carrier is Carrier.JOB_TOKEN_HEADER:  # the usual carrier: `_classify`, inlined
+            found.append(_Found(carrier, value, True))
+        elif (item := _classify(carrier, value)) is not None:
             found.append(item)
     return found, repeated
 
 
-def extract(view: RequestView, body_params: Sequence[tuple[str, object]] = ()) -> Extraction:
+def _reads_header(family: Family, name: str) -> bool:
+    folded = _FOLD.sub("_", name.upper())
+    return any(_FOLD.sub("_", header.upper()) == folded for header in family.headers)
+
+
+def extract(
+    view: RequestView, body_params: Sequence[tuple[str, object]] = ()
+) -> Credential | Conflict | Malformed | None:
+    """`read`, for callers that judge definite job tokens only: a `Candidate` is None."""
+    found = read(view, body_params)
+    return None if isinstance(found, Candidate) else found
+
+
+def read(view: RequestView, body_params: Sequence[tuple[str, object]] = ()) -> Extraction:
     """The job token GitLab would authenticate this request with, or why there is none.
 
     Returns None when no job token is present (other credentials alone are not ours to judge),
     a `Conflict` when the credentials are ambiguous, `Malformed` for a token GitLab rejects on
-    sight, else the `Credential`. Raises `BodyError` when `view.body` should be a form, JSON or
-    multipart body and does not parse (Rails would answer 400; we cannot tell what it would
-    read), or is multipart that readers could read differently (`multipart.Scanner`).
-    `body_params` are the parameters of a body read elsewhere (a streamed multipart body,
-    `gateway.bodyguard`), judged exactly as if `view.body` held them.
+    sight, a `Candidate` for one unrecognised value GitLab may read as a job token or as another
+    credential (the caller finds out which), else the `Credential`. The carriers read are those
+    of the request-target's route family (`configure`). Raises `BodyError` when `view.body`
+    should be a form, JSON or multipart body and does not parse (Rails would answer 400; we
+    cannot tell what it would read), or is multipart that readers could read differently
+    (`multipart.Scanner`). `body_params` are the parameters of a body read elsewhere (a
+    streamed multipart body, `gateway.bodyguard`), judged exactly as if `view.body` held them.
     """
-    found, repeated = _from_headers(view.headers)
+    target = view.target
+    # Every family lives under a `packages` segment: other targets skip the expression.
+    family = (
+        _CONFIG.carriers.family_for(target) if "packages" in target or "%" in target else DEFAULT
+    )
+    found, repeated = _from_headers(view.headers, family)
     pairs = _params(view)
     if body_params:
         _refuse_method_override(view.method, body_params)
         pairs = [*pairs, *body_params]
     if pairs:
-        found.extend(_from_params(pairs))
+        found.extend(_from_params(pairs, family))
     if len(found) == 1 and not repeated:  # the common case: one carrier
         chosen = found[0]
         if not chosen.job:
-            return None
+            return _candidate(chosen, []) if chosen.maybe else None
         if chosen.problem:
             return _conflict(found, [], repeated)
     else:
         jobs = [item for item in found if item.job]
         if not jobs:
-            return None
-        others = [item for item in found if not item.job]
+            return _without_job_token(found, repeated)
+        values = {item.value for item in jobs if not item.problem}
+        # A candidate holding the very value of a job token is that job token.
+        others = [
+            item
+            for item in found
+            if (not item.job and not item.maybe) or (item.maybe and item.value not in values)
+        ]
         if conflict := _conflict(jobs, others, repeated):
             return conflict
         chosen = min(jobs, key=lambda item: _RANK.get(item.carrier, len(_RANK)))
     if why := _malformation(chosen):
         return Malformed(chosen.carrier, why)
     return _credential(chosen.carrier, digest(chosen.value), chosen.value)
+
+
+def _without_job_token(found: list[_Found], repeated: list[str]) -> Extraction:
+    """No definite job token: None, or the one candidate (two different ones, or a candidate
+    in a repeated header, are a conflict: either could be the job token GitLab reads)."""
+    maybes = [item for item in found if item.maybe]
+    if not maybes:
+        return None
+    if len({item.value for item in maybes}) > 1 or repeated:
+        reasons = [*repeated]
+        if len({item.value for item in maybes}) > 1:
+            reasons.append("different unrecognised credentials in " + _names(maybes))
+        carriers = tuple(dict.fromkeys(str(item.carrier) for item in found))
+        return Conflict(carriers, "; ".join(reasons))
+    chosen = min(maybes, key=lambda item: _RANK.get(item.carrier, len(_RANK)))
+    return _candidate(chosen, [item for item in found if not item.maybe])
+
+
+def _candidate(item: _Found, others: list[_Found]) -> Candidate | None:
+    if _malformation(item):
+        return None  # no job token GitLab could find: another credential
+    names = tuple(dict.fromkeys(str(other.carrier) for other in others))
+    return Candidate(item.carrier, digest(item.value), item.value, names)
 
 
 def same_credential(one: Extraction, other: Extraction) -> bool:

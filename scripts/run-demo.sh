@@ -19,7 +19,7 @@ die() { echo "run-demo: $*" >&2; exit 1; }
 mkdir -p "$STATE_DIR"
 
 echo "run-demo: loading $GRANTS into $STORE"
-"$PY" -m gateway store load "$GRANTS" --store "$STORE" \
+"$PY" -m gateway store load "$GRANTS" --store "$STORE" --create \
   || die "'python -m gateway store load' failed (see above); the demo needs a seeded store"
 
 pids=()

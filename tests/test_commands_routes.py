@@ -59,7 +59,7 @@ def test_routes_prints_the_table() -> None:
 
 
 def test_routes_json_shape() -> None:
-    document = json_of(run("routes", "--json"))
+    document = json_of(run("routes", "--json", "--routes-supplementary", ""))
     assert document["prefix"] == "/api/v4"
     assert len(document["routes"]) == 150
     first = document["routes"][0]
@@ -70,6 +70,8 @@ def test_routes_json_shape() -> None:
         "controllable": True,
         "target": "project",
         "own_project_only": False,
+        "rule": "page",
+        "body_file": False,
         "description": "Delete a specific deployment",
     }
     registry = [r for r in document["routes"] if r["own_project_only"]]
@@ -85,11 +87,11 @@ def test_routes_json_shape() -> None:
 
 
 def test_routes_overlaps() -> None:
-    document = json_of(run("routes", "--overlaps", "--json"))
+    document = json_of(run("routes", "--overlaps", "--json", "--routes-supplementary", ""))
     assert len(document["overlaps"]) == 16
     assert set(document["overlaps"][0]) == {"first", "second", "witness", "winner", "significant"}
     assert not any(overlap["significant"] for overlap in document["overlaps"])
-    text = run("routes", "--overlaps").stdout
+    text = run("routes", "--overlaps", "--routes-supplementary", "").stdout
     assert text.startswith("16 overlapping pairs, 0 with different authorization")
 
 
@@ -112,9 +114,13 @@ def test_a_bad_route_file_is_a_one_line_error(tmp_path: Path) -> None:
 def test_the_route_table_setting_takes_a_shipped_name() -> None:
     assert "188 routes: 159 controllable, 29 None" in run("routes", "--routes", "current").stdout
     assert "150 routes: 125 controllable, 25 None" in run("routes", "--routes", "seed").stdout
-    document = json_of(run("routes", "--json", env={"GATEWAY_ROUTES": "current"}))
+    env = {"GATEWAY_ROUTES": "current", "GATEWAY_ROUTES_SUPPLEMENTARY": ""}
+    document = json_of(run("routes", "--json", env=env))
     assert document["source"] == str(COMMITTED_CURRENT)
     assert len(document["routes"]) == 188
+    # With the supplementary file (the default), its rows follow the page's.
+    document = json_of(run("routes", "--json", env={"GATEWAY_ROUTES": "current"}))
+    assert len(document["routes"]) == 188 + 46
     args = ("check", "GET", "/api/v4/projects/1/pipelines", "--json")
     assert json_of(run(*args, "--routes", "current"))["route"]["permissions"] == ["read_pipelines"]
     assert json_of(run(*args))["result"] == "no_route"
@@ -234,6 +240,8 @@ def test_check_a_matching_request() -> None:
             "controllable": True,
             "target": "project",
             "own_project_only": False,
+            "rule": "page",
+            "body_file": False,
             "description": "Get all tags for a given an NPM package",
         },
         "params": {"id": "group/sub", "package_name": "@scope/pkg"},

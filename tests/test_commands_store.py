@@ -27,7 +27,7 @@ def store(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def a_loaded_store(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path}/store.db"
-    result = store("load", str(write_grants(tmp_path / "grants.yaml")), "--store", url)
+    result = store("load", str(write_grants(tmp_path / "grants.yaml")), "--store", url, "--create")
     assert result.returncode == 0, result.stderr
     assert "7 projects, 4 jobs, 4 allowlists" in result.stdout
     return url

@@ -7,7 +7,7 @@ github.com/compose-spec/compose-spec `schema/compose-spec.json`), so nothing is 
 test time. Meaning: what `docker compose up` would get wrong but the schema allows: dangling or
 cyclic depends_on, replicas that disagree, ports that clash, commands the CLI rejects, settings
 that do not exist, a stop grace shorter than the drain. tests/test_entrypoint.py runs the
-commands for real.
+commands outside Docker; tests/docker/ runs both stacks under a real engine (where one exists).
 """
 
 from __future__ import annotations
@@ -85,7 +85,9 @@ def argv(service: dict[str, Any]) -> list[str]:
 
 
 def uses_our_image(service: dict[str, Any]) -> bool:
-    return service.get("build") == "." or service.get("image") == "jobtoken-gateway:local"
+    build = service.get("build")
+    context = build.get("context") if isinstance(build, dict) else build
+    return context == "." or service.get("image") == "jobtoken-gateway:local"
 
 
 def gateways(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -369,3 +371,39 @@ def test_sidecar_uses_the_images_sqlite_store_on_the_state_volume() -> None:
     volume_of = lambda svc: {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}  # noqa: E731
     assert volume_of(gateway)[state_dir] == volume_of(loader)[state_dir]
     assert loader["network_mode"] == "none", "loading a file needs no network"
+
+
+# --- images: the official ones, stand-ins only through variables ---------------------------------
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_files_name_the_official_images_and_take_others_through_variables(path: Path) -> None:
+    assert "jobtoken-gateway-ci" not in path.read_text(), "the tests' stand-ins stay out"
+    default = load(path, env={})
+    ours = {n: s for n, s in default["services"].items() if uses_our_image(s)}
+    assert ours
+    for name, service in ours.items():
+        assert service["image"] == "jobtoken-gateway:local", name
+        # A bare name: unset, the Dockerfile's own ARG default (the official python) applies.
+        assert service["build"]["args"] == ["PYTHON_IMAGE"], name
+    others = {n: s for n, s in default["services"].items() if not uses_our_image(s)}
+    for name, service in others.items():
+        assert service["image"].startswith("redis:"), name
+    env = {"GATEWAY_IMAGE": "local/gw:1", "REDIS_IMAGE": "local/redis:1"}
+    swapped = load(path, env=env)["services"]
+    assert {swapped[n]["image"] for n in ours} == {"local/gw:1"}
+    assert {swapped[n]["image"] for n in others} <= {"local/redis:1"}
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_published_ports_move_through_variables_and_admin_stays_local(path: Path) -> None:
+    default = load(path, env={})
+    names = sorted(set(re.findall(r"\$\{((?:PROXY|ADMIN)_PORT\w*):-\d+\}", path.read_text())))
+    assert names, "published ports are variables (the tests pick free ones)"
+    moved = load(path, env={name: str(20000 + n) for n, name in enumerate(names)})
+    before = sorted(p for svc in default["services"].values() for p in published(svc))
+    after = sorted(p for svc in moved["services"].values() for p in published(svc))
+    assert {host for _, host, _ in after} == {20000 + n for n in range(len(names))}
+    assert [(ip, c) for ip, _, c in sorted(before, key=lambda p: (p[2], p[0]))] == [
+        (ip, c) for ip, _, c in sorted(after, key=lambda p: (p[2], p[0]))
+    ]

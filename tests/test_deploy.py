@@ -8,7 +8,9 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from image_runner import (
     stop,
     wait_listening,
 )
+from readme_blocks import deployment_sections, readme_commands
 
 from gateway.cli import build_parser
 from gateway.settings import Settings, env_for
@@ -42,6 +45,48 @@ GITLAB_ONLY_TOKEN = "glcbt-known-to-gitlab-only"
 
 
 # --- Kubernetes ---------------------------------------------------------------------------------
+
+KUBERNETES_VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
+
+
+def kubernetes_validate(path: Path) -> subprocess.CompletedProcess[str]:
+    """kubernetes-validate (PyPI, a dev dependency) with its vendored OpenAPI schemas of the
+    Kubernetes release it defaults to; --strict rejects fields the schema does not know (a typo
+    such as `readinessProbes` would otherwise be dropped silently by the API server)."""
+    if not KUBERNETES_VALIDATE.exists():
+        pytest.fail(f"{KUBERNETES_VALIDATE} is missing: the dev extra installs it (make venv)")
+    return subprocess.run(
+        [str(KUBERNETES_VALIDATE), "--strict", "--no-warn", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_manifest_follows_the_kubernetes_schemas() -> None:
+    # No cluster runs here: this is what stands in for `kubectl apply --dry-run=server`.
+    path = REPO / "deploy" / "kubernetes" / "sidecar.yaml"
+    result = kubernetes_validate(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for document in K8S:
+        name = f"{document['kind'].lower()}/{document['metadata']['name']}"
+        assert f"passed for resource {name}" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("readinessProbe:", "readinessProbes:"),  # an unknown field
+        ("containerPort: 8080", "containerPort: proxy"),  # a wrong type
+        ("terminationGracePeriodSeconds: 45", "terminationGracePeriodSeconds: [45]"),
+    ],
+)
+def test_manifest_validation_catches_a_broken_manifest(old: str, new: str, tmp_path: Path) -> None:
+    text = (REPO / "deploy" / "kubernetes" / "sidecar.yaml").read_text()
+    assert old in text
+    broken = tmp_path / "sidecar.yaml"
+    broken.write_text(text.replace(old, new, 1))
+    assert kubernetes_validate(broken).returncode != 0
 
 
 def kind(name: str) -> dict[str, Any]:
@@ -167,11 +212,16 @@ def nginx_binary() -> str:
     return found
 
 
-def nginx_conf(root: Path, front: int, gateway: int, internal: int, workhorse: int) -> str:
-    """A whole nginx.conf around the two snippets; Workhorse's socket stands as the demo upstream."""
+def nginx_conf(
+    root: Path, front: int, gateway: int, internal: int, workhorse: int, runner_bypass: bool
+) -> str:
+    """A whole nginx.conf around the two snippets; Workhorse's socket stands as the demo upstream.
+    `runner_bypass` uncomments the recipe's `#runner-bypass` option, as its comment says to."""
     snippets = {}
     for name in ("http", "locations"):
         text = (NGINX / f"jobtoken-gateway-{name}.conf").read_text()
+        if runner_bypass:
+            text = text.replace("#runner-bypass ", "")
         text = text.replace(GATEWAY_AT, f"127.0.0.1:{gateway}").replace(
             INTERNAL_AT, f"127.0.0.1:{internal}"
         )
@@ -201,6 +251,20 @@ def gitlab_behind_nginx(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[int, RunningGateway]]:
     """client -> nginx (the recipe) -> gateway -> nginx internal server -> demo upstream."""
+    yield from behind_nginx(tmp_path_factory, runner_bypass=False)
+
+
+@pytest.fixture(scope="module")
+def runners_around_the_gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[int, RunningGateway]]:
+    """The same, with the recipe's runner-bypass option on."""
+    yield from behind_nginx(tmp_path_factory, runner_bypass=True)
+
+
+def behind_nginx(
+    tmp_path_factory: pytest.TempPathFactory, *, runner_bypass: bool
+) -> Iterator[tuple[int, RunningGateway]]:
     binary = nginx_binary()
     container = Container(tmp_path_factory.mktemp("nginx-image"))
     root = tmp_path_factory.mktemp("nginx")
@@ -213,7 +277,8 @@ def gitlab_behind_nginx(
     gateway = None
     try:
         wait_listening(workhorse, demo, container.logs[-1])
-        (root / "nginx.conf").write_text(nginx_conf(root, front, gateway_port, internal, workhorse))
+        conf = nginx_conf(root, front, gateway_port, internal, workhorse, runner_bypass)
+        (root / "nginx.conf").write_text(conf)
         checked = subprocess.run(
             [binary, "-t", "-p", str(root), "-c", str(root / "nginx.conf")],
             capture_output=True,
@@ -229,7 +294,7 @@ def gitlab_behind_nginx(
         wait_listening(front, nginx, root / "error.log")
         settings = recipe_settings()
         settings["GATEWAY_UPSTREAM"] = f"http://127.0.0.1:{internal}"
-        init = ["store", "load", str(GRANTS)]
+        init = ["store", "load", str(GRANTS), "--create"]
         assert container.run([*IMAGE.entrypoint, *init]).returncode == 0
         gateway = start_gateway(
             container, "behind-nginx", GATEWAY_PORT=str(gateway_port), **settings
@@ -342,12 +407,46 @@ RUNNER_JOB = b'{"token": "glcbt-demo-app-job", "state": "running"}'
         ("POST", "/api/v4/runners/verify"),
     ],
 )
-def test_the_runner_api_goes_straight_to_gitlab(
+def test_the_runner_api_goes_through_the_gateway(
     gitlab_behind_nginx: tuple[int, RunningGateway], method: str, path: str
 ) -> None:
-    # The gateway would refuse these (403 route_not_available): runners must keep working.
+    # GitLab's rule for each runner route: the job's own token on its own job, the runner's
+    # token on /jobs/request and /runners (policies/routes-supplementary.yaml).
     headers = {"Content-Type": "application/json", "JOB-TOKEN": APP_JOB_TOKEN}
     status, _, body = through_nginx(gitlab_behind_nginx, path, method, RUNNER_JOB, **headers)
+    assert status == 200
+    assert body["raw_path"] == path
+    assert via_gateway(body)
+
+
+def test_a_job_token_on_another_job_is_refused_behind_nginx(
+    gitlab_behind_nginx: tuple[int, RunningGateway],
+) -> None:
+    headers = {"Content-Type": "application/json", "JOB-TOKEN": APP_JOB_TOKEN}
+    status, answer_headers, body = through_nginx(
+        gitlab_behind_nginx, "/api/v4/jobs/5002", "PUT", RUNNER_JOB, **headers
+    )
+    assert status == 403
+    assert answer_headers["X-Gateway-Reason"] == "job_token_mismatch"
+    assert body["message"] == "403 Forbidden"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("PUT", "/api/v4/jobs/5001"),
+        ("PATCH", "/api/v4/jobs/5001/trace"),
+        ("POST", "/api/v4/jobs/5001/artifacts/authorize"),
+        ("POST", "/api/v4/jobs/5001/artifacts"),
+        ("POST", "/api/v4/jobs/request"),
+        ("POST", "/api/v4/runners/verify"),
+    ],
+)
+def test_the_runner_bypass_option_sends_the_runner_api_straight_to_gitlab(
+    runners_around_the_gateway: tuple[int, RunningGateway], method: str, path: str
+) -> None:
+    headers = {"Content-Type": "application/json", "JOB-TOKEN": APP_JOB_TOKEN}
+    status, _, body = through_nginx(runners_around_the_gateway, path, method, RUNNER_JOB, **headers)
     assert status == 200
     assert body["raw_path"] == path
     assert not via_gateway(body)
@@ -363,11 +462,11 @@ def test_the_runner_api_goes_straight_to_gitlab(
     ],
 )
 def test_only_the_exact_runner_calls_skip_the_gateway(
-    gitlab_behind_nginx: tuple[int, RunningGateway], method: str, path: str
+    runners_around_the_gateway: tuple[int, RunningGateway], method: str, path: str
 ) -> None:
     headers = {"Content-Type": "application/json", "JOB-TOKEN": APP_JOB_TOKEN}
     status, answer_headers, body = through_nginx(
-        gitlab_behind_nginx, path, method, RUNNER_JOB, **headers
+        runners_around_the_gateway, path, method, RUNNER_JOB, **headers
     )
     if status == 200:
         assert via_gateway(body), f"{method} {path} skipped the gateway"
@@ -391,3 +490,128 @@ def test_jobs_only_gitlab_knows_are_validated_through_the_internal_server(
     )
     assert status == 403
     assert headers["X-Gateway-Reason"] == "insufficient_permissions"
+
+
+# --- README "Deployment": the host commands, run as written -------------------------------------
+
+HOST_SECTION = "Running `serve` on a host"
+
+
+def _host_env(tmp_path: Path, proxy: int, admin: int) -> dict[str, str]:
+    # The README's `python` is this test run's interpreter; free ports through the settings'
+    # own variables (the commands stay as written: 8080/9090 are their defaults).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
+    env.update(GATEWAY_PORT=str(proxy), GATEWAY_ADMIN_PORT=str(admin), HOME=str(tmp_path))
+    return env
+
+
+def _start(command: str, cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            ["bash", "-c", command],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _ready(port: int, process: subprocess.Popen[bytes], log: Path, path: str = "/-/ready") -> None:
+    import http.client
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", path)
+            if conn.getresponse().status in (200, 404):
+                return
+        except OSError:
+            time.sleep(0.1)
+        finally:
+            conn.close()
+    raise AssertionError(f"not ready on {port}: {log.read_text()}")
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> int:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        return process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        return process.wait(timeout=10)
+
+
+def test_readme_host_commands_serve_and_stop_cleanly(tmp_path: Path) -> None:
+    import http.client
+
+    load, serve, serve_workers, demo = readme_commands(HOST_SECTION)
+    assert load.startswith("python -m gateway store load grants.yaml")
+    assert serve.startswith("python -m gateway serve --upstream http://127.0.0.1:8081")
+    assert "GATEWAY_WORKERS=4 python -m gateway serve" in serve_workers
+    assert demo.startswith("python -m gateway demo-upstream --port 8081")
+    (tmp_path / "grants.yaml").write_bytes(GRANTS.read_bytes())
+    proxy, admin, upstream = free_port(), free_port(), free_port()
+    env = _host_env(tmp_path, proxy, admin)
+    result = subprocess.run(
+        ["bash", "-c", load], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "gateway.db").is_file(), "sqlite:///gateway.db is the working directory's"
+    # The demo API on a free port instead of 8081, and the gateway in front of it.
+    processes = [
+        _start(demo.replace("8081", str(upstream)), tmp_path, env, tmp_path / "demo.log"),
+        _start(serve.replace(":8081", f":{upstream}"), tmp_path, env, tmp_path / "serve.log"),
+    ]
+    try:
+        _ready(upstream, processes[0], tmp_path / "demo.log", "/")
+        _ready(admin, processes[1], tmp_path / "serve.log")
+        for path, token, expected in (
+            (GRANTED, APP_JOB_TOKEN, 200),
+            (DENIED, APP_JOB_TOKEN, 403),
+        ):
+            conn = http.client.HTTPConnection("127.0.0.1", proxy, timeout=10)
+            conn.request("GET", path, headers={"JOB-TOKEN": token})
+            assert conn.getresponse().status == expected, path
+            conn.close()
+    finally:
+        codes = [_terminate(process) for process in reversed(processes)]
+    assert codes[0] == 0, (tmp_path / "serve.log").read_text()
+    # Several workers in front of a GitLab: it starts (nothing contacts the upstream before a
+    # request) and a SIGTERM drains and ends every worker with 0.
+    workers = _start(serve_workers, tmp_path, env, tmp_path / "workers.log")
+    try:
+        _ready(admin, workers, tmp_path / "workers.log")
+    finally:
+        assert _terminate(workers) == 0, (tmp_path / "workers.log").read_text()
+
+
+# Which test runs each README "Deployment" section's shell commands: every one, in order, read
+# from the README itself (tests/readme_blocks.py), changed only where a shared test machine must
+# (free ports, unique names, a local base image: tests/docker/conftest.py `adapt`).
+RUN_BY = {
+    HOST_SECTION: "tests/test_deploy.py",
+    "The container image": "tests/docker/test_image.py",
+    "Sidecar: one gateway next to one API server": "tests/docker/test_sidecar.py",
+    "Several replicas with Redis": "tests/docker/test_stack.py",
+    "In front of a self-managed GitLab behind its own nginx": "tests/docker/test_image.py",
+}
+# No cluster runs here: these commands are not run, what they apply is validated.
+VALIDATED_ONLY = {"Kubernetes sidecar": "test_manifest_follows_the_kubernetes_schemas"}
+
+
+def test_every_deployment_command_is_run_by_a_test_or_declared_validated_only() -> None:
+    assert set(deployment_sections()) == set(RUN_BY) | set(VALIDATED_ONLY)
+    for section, path in RUN_BY.items():
+        assert f'"{section}"' in (REPO / path).read_text(), f"{path} does not run {section!r}"
+    for section, test in VALIDATED_ONLY.items():
+        assert f"def {test}(" in Path(__file__).read_text()
+        for command in readme_commands(section):
+            assert command.startswith("kubectl "), command
+            for path in re.findall(r"(?:=|-f )((?:deploy|policies)/\S+)", command):
+                assert (REPO / path).is_file(), path

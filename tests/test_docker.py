@@ -1,6 +1,7 @@
 """The Dockerfile and .dockerignore, checked without a Docker engine: hadolint's findings, the
 build's layering and wheel-only installs, the runtime's user, ports, volumes and signals, and the
-settings the image sets. tests/test_entrypoint.py runs the image's commands for real."""
+settings the image sets. tests/test_entrypoint.py runs the image's commands outside Docker;
+tests/docker/test_image.py builds and runs the image under a real engine (where one exists)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,13 @@ def test_every_ignored_hadolint_rule_is_justified_inline() -> None:
             assert above.startswith("#"), why
             assert "hadolint" not in above, why
             assert len(above) > 20, why
+
+
+def test_the_build_pulls_no_frontend_image() -> None:
+    # A `# syntax=docker/dockerfile:1` directive makes BuildKit (compose's builder) pull the
+    # frontend from Docker Hub first: a build on a local base image would then need a registry.
+    directives = re.findall(r"^#\s*(\w+)\s*=", DOCKERFILE.read_text().split("\nARG", 1)[0], re.M)
+    assert "syntax" not in [d.lower() for d in directives]
 
 
 # --- build stage ------------------------------------------------------------------------------

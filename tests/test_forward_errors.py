@@ -22,7 +22,7 @@ async def test_an_unreachable_upstream_is_a_502(a_gateway, captured_logs):
     status, headers, body = await fetch(gateway.url + "/api/v4/projects")
 
     assert status == 502
-    assert body == b'{"message": "502 Bad Gateway"}'
+    assert body == b'{"message":"502 Bad Gateway"}'
     assert headers["X-Gateway-Reason"] == "upstream_unreachable"
     (line,) = captured_logs.events("request")
     assert line["status"] == 502
@@ -35,7 +35,7 @@ async def test_a_slow_upstream_is_a_504(an_upstream, a_gateway):
     status, headers, body = await fetch(gateway.url + "/-up-/slow?delay=3")
 
     assert status == 504
-    assert body == b'{"message": "504 Gateway Timeout"}'
+    assert body == b'{"message":"504 Gateway Timeout"}'
     assert headers["X-Gateway-Reason"] == "upstream_timeout"
 
 

@@ -134,12 +134,17 @@ async def test_an_unavailable_endpoint_is_allowlist_only(a_gateway: Any, an_upst
     await gate.close()
 
 
-async def test_the_conan_v2_token_exchange_is_refused_like_v1(
+async def test_the_conan_v2_token_exchange_is_an_ordinary_route(
     a_gateway: Any, an_upstream: Any
 ) -> None:
+    # The Conan JWT it issues is read on every Conan route (gateway/conan_jwt.py), so the
+    # exchange is decided like any `None` row: allowlisted sources only.
     gateway, gate = await a_gateway_on("current", a_gateway, an_upstream)
     target = f"{API}/projects/20/packages/conan/v2/users/authenticate"
     answer = await call("GET", gateway.url + target, headers={"JOB-TOKEN": APP})
-    assert (answer.status, answer.headers["X-Gateway-Reason"]) == (403, "route_not_available")
-    assert an_upstream.received == []
+    assert answer.status == 200
+    assert an_upstream.last.raw_path == target
+    answer = await call("GET", gateway.url + target, headers={"JOB-TOKEN": TOOL})
+    assert (answer.status, answer.headers["X-Gateway-Reason"]) == (403, "not_allowlisted")
+    assert len(an_upstream.received) == 1
     await gate.close()

@@ -15,6 +15,7 @@ from gateway import policy
 from gateway.decision import Audit, Reason
 from gateway.gate import Gate
 from gateway.grants import Allowlist, AllowlistEntry, EntryKind, Job, Project
+from gateway.routes import RouteTable
 
 API = "/api/v4"
 F = "403 Forbidden - "
@@ -165,7 +166,7 @@ TABLE = [
         f"{API}/projects/20/releases",
         Reason.NOT_ALLOWLISTED,
         403,
-        F + "Authentication by CI/CD job token not allowed from other/tool to project #20.",
+        F + "Authentication by CI/CD job token not allowed from tool to project #20.",
     ),
     (
         "a project the store does not know is an enabled, empty allowlist",
@@ -174,7 +175,7 @@ TABLE = [
         f"{API}/projects/999/releases",
         Reason.NOT_ALLOWLISTED,
         403,
-        F + "Authentication by CI/CD job token not allowed from acme/app to project #999.",
+        F + "Authentication by CI/CD job token not allowed from app to project #999.",
     ),
     (
         "None endpoint: no policy check",
@@ -273,9 +274,27 @@ TABLE = [
         "an instance endpoint owned by some project",
         APP,
         "GET",
+        f"{API}/packages/npm/@acme%2Fleft-pad",
+        Reason.TARGET_UNRESOLVED,
+        403,
+        None,
+    ),
+    (
+        "an unscoped npm name at instance level (older GitLab looked it up instance-wide)",
+        TOOL,
+        "GET",
         f"{API}/packages/npm/left-pad",
         Reason.TARGET_UNRESOLVED,
         403,
+        None,
+    ),
+    (
+        "an npm audit at instance level: GitLab checks no project",
+        TOOL,
+        "POST",
+        f"{API}/packages/npm/-/npm/v1/security/audits/quick",
+        Reason.PACKAGE_NOT_FOUND,
+        None,
         None,
     ),
     (
@@ -533,6 +552,7 @@ def test_needs_body_only_for_bodies_rails_would_parse() -> None:
     from gateway.request import RequestView
 
     gate = Gate.__new__(Gate)
+    gate.table = RouteTable.compile([])  # no route: no Workhorse body-file route either
 
     def view(method: str, **headers: str) -> RequestView:
         return RequestView(

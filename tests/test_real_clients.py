@@ -88,6 +88,7 @@ def a_token_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     grants.write_text(GRANTS)
     url = f"sqlite:///{directory / 'gateway.db'}"
     command = [sys.executable, "-m", "gateway", "store", "load", str(grants), "--store", url]
+    command.append("--create")
     loaded = run(command, dict(os.environ), directory)
     assert loaded.returncode == 0, loaded.stderr
     assert A_JOB_TOKEN not in (directory / "gateway.db").read_bytes().decode("latin-1")

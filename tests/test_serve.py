@@ -137,12 +137,18 @@ async def test_two_workers_share_the_port_and_the_metrics(an_upstream, a_gateway
 
 
 @pytest.mark.slow
-async def test_a_worker_that_dies_stops_the_service_with_exit_1(an_upstream, a_gateway_process):
+async def test_a_worker_that_dies_is_respawned(an_upstream, a_gateway_process):
     gateway = a_gateway_process("--upstream", an_upstream.url, "--workers", "2")
     (started,) = gateway.events("workers_started")
 
     os.kill(started["pids"][0], signal.SIGKILL)
 
-    assert await asyncio.to_thread(gateway.proc.wait, 20) == 1
-    (died,) = gateway.events("worker_died")
+    (died,) = await asyncio.to_thread(gateway.wait_for_event, "worker_died")
+    (respawned,) = await asyncio.to_thread(gateway.wait_for_event, "worker_respawned", 1, 30)
     assert died["worker"] == 0
+    assert died.get("signal") == "SIGKILL", died
+    assert "code" not in died
+    assert respawned["worker"] == 0
+    assert respawned["pid"] not in started["pids"]
+    assert gateway.proc.poll() is None  # still serving
+    assert await asyncio.to_thread(gateway.stop) == 0

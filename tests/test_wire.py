@@ -237,3 +237,28 @@ async def test_stop_lets_the_answer_in_progress_finish(a_server: Started) -> Non
     await stopping
     writer.close()
     idle_writer.close()
+
+
+async def test_expect_100_continue_is_answered_before_the_body(a_server: Started) -> None:
+    server, handler = await a_server(max_body=100)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(
+        b"PUT /e HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    assert (
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    )
+    writer.write(b"abc")
+    answers = responses(await asyncio.wait_for(reader.read(), 5))
+    writer.close()
+    assert [status for status, _, _ in answers] == [200]
+    assert handler.seen[0].body == b"abc"
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_read(a_server: Started) -> None:
+    server, handler = await a_server(max_body=10)
+    raw = await exchange(
+        server.port, b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n20\r\n" + b"x" * 32
+    )
+    assert responses(raw)[0][0] == 413
+    assert handler.seen == []

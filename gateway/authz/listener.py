@@ -102,6 +102,8 @@ async def run_alone(
     admin_runner = None
     try:
         listener = await start_listener(settings, gate, reuse_port=reuse_port)
+        metrics.init_labels(server.store_kind(settings.store))
+        group: metrics.GroupMetrics | None = None
         if admin:
 
             async def readiness() -> tuple[bool, str]:
@@ -109,11 +111,19 @@ async def run_alone(
                     return False, "draining: shutting down"
                 return await gate.ready()
 
-            admin_runner = await server.start_admin(settings, readiness)
-        _log.info("listening", proxy=[], decision=listener.urls)
+            registry = metrics.collecting_registry(None)
+            group = server.group_metrics(settings, registry)
+            admin_runner = await server.start_admin(settings, readiness, registry)
+        _log.info(
+            "listening",
+            proxy=[],
+            decision=listener.urls,
+            mode=settings.mode.value,
+            config=server.effective_config(settings),
+        )
         if on_ready is not None:
             on_ready()
-        await server.wait_for_stop(lambda: server.reload_gate(gate))
+        await server.wait_for_stop(lambda: server.reload_gate(gate, settings, group))
         _log.info("draining", grace_period=settings.grace_period)
     finally:
         draining.set()

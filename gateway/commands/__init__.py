@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from gateway.commands import check, demo, policies, routes, serve, store
+from gateway.commands import audit, check, demo, policies, routes, serve, store, suggest
 
 __all__ = ["COMMANDS"]
 
-COMMANDS: tuple[ModuleType, ...] = (serve, routes, check, policies, store, demo)
+COMMANDS: tuple[ModuleType, ...] = (serve, routes, check, policies, store, demo, suggest, audit)

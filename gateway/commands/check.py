@@ -12,13 +12,12 @@ import asyncio
 import json
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from multidict import CIMultiDict
 
 from gateway.commands.routes import TABLE_SETTINGS, load_table, route_dict
-from gateway.decision import Decision
+from gateway.decision import Decision, Reason
 from gateway.errors import ConfigError
 from gateway.gate import Gate
 from gateway.request import RequestView
@@ -150,7 +149,7 @@ def _match_lines(found: RouteMatch) -> list[str]:
 # `Gate.evaluate` the proxy runs (route, target, permissions needed and granted, verdict).
 # Exit 0 allowed, 1 denied.
 
-DECISION_SETTINGS = {"store", "store_timeout", "require_job_token", "git_http"}
+DECISION_SETTINGS = {"store", "store_timeout", "require_job_token", "git_http", "job_token_prefix"}
 
 
 def add_decision_arguments(parser: argparse.ArgumentParser) -> None:
@@ -184,11 +183,9 @@ def _view(args: argparse.Namespace) -> RequestView:
 
 
 def explain_decision(settings: Settings, args: argparse.Namespace) -> Decision:
-    """The gate's decision for the request the arguments describe (store I/O happens here)."""
-    if settings.store.startswith("sqlite:///"):
-        path = Path(settings.store[len("sqlite:///") :])
-        if not path.exists():
-            raise ConfigError(f"no token store at {settings.store} (load one with `store load`)")
+    """The gate's decision for the request the arguments describe (store I/O happens here).
+
+    A store that does not exist is a ConfigError (exit 2), as for `serve`."""
     view = _view(args)
 
     async def run() -> Decision:
@@ -209,6 +206,7 @@ def decision_dict(verdict: Decision) -> dict[str, Any]:
         "status": verdict.status,
         "message": verdict.message or None,
         "token": audit.fingerprint,
+        "revoked": verdict.reason is Reason.TOKEN_REVOKED,
         "job_id": audit.job_id,
         "source_project": audit.source_project,
         "target": audit.target,
@@ -226,6 +224,9 @@ def render_decision(verdict: Decision) -> str:
         lines.append(f"  message      {verdict.message}")
     if audit.fingerprint:
         job = f"job {audit.job_id} of {audit.source_project}" if audit.job_id else "no job found"
+        if verdict.reason is Reason.TOKEN_REVOKED:
+            job = f"job {audit.job_id}, revoked" if audit.job_id else "revoked"
+            job += " (lift with `store unrevoke`)"
         lines.append(f"  token        {audit.fingerprint}, {job}")
     if audit.target:
         lines.append(f"  accessed     {audit.target}")

@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway.errors import PolicyFileError
 from gateway.route_file import read_routes
-from gateway.routes import Overlap, Route, RouteTable
+from gateway.routes import Overlap, Route, RouteRule, RouteTable
 from gateway.settings import SHIPPED_TABLES, Settings, shipped_table
 
 __all__ = [
@@ -24,7 +24,7 @@ __all__ = [
     "route_dict",
 ]
 
-TABLE_SETTINGS = {"routes", "api_prefix", "relative_url_root"}
+TABLE_SETTINGS = {"routes", "routes_supplementary", "api_prefix", "relative_url_root"}
 
 
 def register(subparsers: Any) -> None:
@@ -55,11 +55,13 @@ def register(subparsers: Any) -> None:
 
 
 def load_table(settings: Settings) -> RouteTable:
-    """The route table the settings name (raises PolicyFileError, i.e. exit 2)."""
+    """The route table the settings name, with the supplementary file as the gate loads it
+    (raises PolicyFileError, i.e. exit 2)."""
     return RouteTable.load(
         settings.routes,
         api_prefix=settings.api_prefix,
         relative_url_root=settings.relative_url_root,
+        supplementary=settings.routes_supplementary,
     )
 
 
@@ -71,6 +73,8 @@ def route_dict(table: RouteTable, route: Route) -> dict[str, Any]:
         "controllable": route.controllable,
         "target": str(table.target_kind(route)),
         "own_project_only": route.own_project_only,
+        "rule": str(route.rule),
+        "body_file": route.body_file,
         "description": route.description,
     }
 
@@ -112,13 +116,18 @@ def _table_text(table: RouteTable) -> str:
     ]
     for route in table:
         permissions = ", ".join(route.permissions) if route.controllable else "None"
+        if route.rule is not RouteRule.PAGE:
+            permissions = f"None ({route.rule})"  # a supplementary row, decided by its rule
         scope = "own-project" if route.own_project_only else "-"
         kind = table.target_kind(route)
         lines.append(f"{route.method:<7}{permissions:<42}{kind:<11}{scope:<13}{route.path}")
-    uncontrolled = sum(not route.controllable for route in table)
+    page = [route for route in table if route.rule is RouteRule.PAGE]
+    uncontrolled = sum(not route.controllable for route in page)
     lines.append(
-        f"{len(table)} routes: {len(table) - uncontrolled} controllable, {uncontrolled} None"
+        f"{len(page)} routes: {len(page) - uncontrolled} controllable, {uncontrolled} None"
     )
+    if len(page) < len(table):
+        lines.append(f"+ {len(table) - len(page)} supplementary routes")
     return "\n".join(lines)
 
 

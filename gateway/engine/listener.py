@@ -203,8 +203,11 @@ async def run_lean_worker(
     listener: LeanListener | None = None
     decision = None
     admin_runner = None
+    stopping = False
     try:
         listener = await start_proxy(settings, gate, reuse_port=reuse_port)
+        metrics.init_labels(server.store_kind(settings.store))
+        group: metrics.GroupMetrics | None = None
         if settings.decision_port is not None:
             from gateway.authz.listener import start_listener
 
@@ -216,18 +219,29 @@ async def run_lean_worker(
                     return False, "draining: shutting down"
                 return await gate.ready()
 
-            admin_runner = await server.start_admin(settings, readiness)
-        _log.info("listening", proxy=listener.urls, upstream=settings.upstream, engine="lean")
+            registry = metrics.collecting_registry(None)
+            group = server.group_metrics(settings, registry)
+            admin_runner = await server.start_admin(settings, readiness, registry)
+        _log.info(
+            "listening",
+            proxy=listener.urls,
+            decision=decision.urls if decision is not None else None,
+            upstream=settings.upstream,
+            mode=settings.mode.value,
+            engine="lean",
+            config=server.effective_config(settings),
+        )
         if on_ready is not None:
             on_ready()
-        await server.wait_for_stop(lambda: server.reload_gate(gate))
-        _log.info("draining", grace_period=settings.grace_period)
+        await server.wait_for_stop(lambda: server.reload_gate(gate, settings, group))
+        stopping = True
     finally:
-        draining.set()
-        if decision is not None:
-            await decision.stop(settings.grace_period)
+        draining.set()  # readiness turns 503 while in-flight requests finish
+        stops = [decision.stop(settings.grace_period)] if decision is not None else []
         if listener is not None:
-            await listener.stop(settings.grace_period)
+            grace = settings.grace_period if stopping else 0.0
+            stops.append(listener.stop(grace))
+        await asyncio.gather(*stops)  # both listeners drain within the one grace period
         if admin_runner is not None:
             await admin_runner.cleanup()
         await gate.close()

@@ -4,6 +4,7 @@ Every backend holds SHA-256 digests only, never raw tokens. Backends by URL (`op
 
     memory://                  in-process, for tests
     sqlite:///rel/path.db      embedded default; sqlite:////abs/path.db for an absolute path
+                               (relative to the working directory; must exist, see open_store)
     file:///abs/grants.yaml    read-only grants file, reloaded on SIGHUP and when it changes
     redis://host:port/db       shared by replicas; revocations reach all of them within 1 s
 
@@ -13,6 +14,7 @@ A revoked job is returned with `revoked=True` (so an upstream validation cannot 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -63,6 +65,10 @@ class StoreAdmin(Protocol):
 
     async def load(self, grants: Grants) -> None: ...
     async def revoke(self, *, digest: str | None = None, job_id: int | None = None) -> int: ...
+    async def unrevoke(self, *, digest: str | None = None, job_id: int | None = None) -> int:
+        """Lift a revocation (by digest or job id); how many revocations were removed."""
+        ...
+
     async def listing(self) -> Listing: ...
 
 
@@ -72,10 +78,12 @@ class Store(TokenStore, ChangeFeed, StoreAdmin, Protocol):
     async def ping(self) -> None: ...
 
 
-def open_store(url: str, *, timeout: float = 2.0) -> Store:
+def open_store(url: str, *, timeout: float = 2.0, create: bool = False) -> Store:
     """Build the store a URL names (no I/O yet: connections open on first use).
 
-    Raises ConfigError for an unknown scheme or a malformed URL.
+    A SQLite store must already exist unless `create` (only `store load --create` passes it):
+    a mistyped path is a start-up error, never a new, empty store that answers 401 to every
+    job token. Raises ConfigError for an unknown scheme, a malformed URL or a missing store.
     """
     scheme = urlsplit(url).scheme
     if scheme == "memory":
@@ -85,7 +93,10 @@ def open_store(url: str, *, timeout: float = 2.0) -> Store:
     if scheme == "sqlite":
         from gateway.stores.sqlite import SqliteStore
 
-        return SqliteStore(_sqlite_path(url), timeout=timeout)
+        path = _sqlite_path(url)
+        if not create:
+            _must_exist(url, path)
+        return SqliteStore(path, timeout=timeout, create=create)
     if scheme == "file":
         from gateway.stores.file import FileStore
 
@@ -107,6 +118,23 @@ def _sqlite_path(url: str) -> str:
             f"bad sqlite store URL {url!r}: use sqlite:///relative.db or sqlite:////abs.db"
         )
     return path[1:]  # sqlite:///rel.db -> rel.db ; sqlite:////abs.db -> /abs.db
+
+
+def _must_exist(url: str, path: str) -> None:
+    resolved = os.path.abspath(path)  # a relative path is relative to the working directory
+    if os.path.isfile(resolved):
+        return
+    parent = os.path.dirname(resolved)
+    if not os.path.isdir(parent):
+        problem = f"the directory {parent} does not exist"
+    elif os.path.exists(resolved):
+        problem = "not a file"
+    else:
+        problem = "no such file"
+    raise ConfigError(
+        f"no token store at {resolved} ({problem}; store URL {url}): check the path, or "
+        f"create the store with `store load GRANTS --store {url} --create`"
+    )
 
 
 def _file_path(url: str) -> str:

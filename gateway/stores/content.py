@@ -80,3 +80,15 @@ class Content:
             ids.add(job_id)
             hits += job_id in self._jobs
         return Content(self.grants, frozenset(digests), frozenset(ids)), hits
+
+    def unrevoke(self, digest: str | None, job_id: int | None) -> tuple[Content, int]:
+        """A new Content without these revocations, and how many were removed."""
+        digests, ids = set(self.revoked_digests), set(self.revoked_job_ids)
+        removed = 0
+        if digest is not None and digest in digests:
+            digests.discard(digest)
+            removed += 1
+        if job_id is not None and job_id in ids:
+            ids.discard(job_id)
+            removed += 1
+        return Content(self.grants, frozenset(digests), frozenset(ids)), removed

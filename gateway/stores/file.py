@@ -113,5 +113,8 @@ class FileStore:
     async def revoke(self, *, digest: str | None = None, job_id: int | None = None) -> int:
         raise ConfigError(READ_ONLY.format(path=self.path))
 
+    async def unrevoke(self, *, digest: str | None = None, job_id: int | None = None) -> int:
+        raise ConfigError(READ_ONLY.format(path=self.path))
+
     async def listing(self) -> Listing:
         return Listing((await self._current()).grants)

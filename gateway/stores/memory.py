@@ -52,6 +52,11 @@ class MemoryStore:
         self._changed(content)
         return hits
 
+    async def unrevoke(self, *, digest: str | None = None, job_id: int | None = None) -> int:
+        content, removed = self._content.unrevoke(digest, job_id)
+        self._changed(content)
+        return removed
+
     async def listing(self) -> Listing:
         content = self._content
         return Listing(content.grants, content.revoked_digests, content.revoked_job_ids)

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -93,7 +94,15 @@ class RedisStore:
         return None if raw is None else _allowlist(json.loads(raw))
 
     async def ping(self) -> None:
-        await self._do(self._client.ping())
+        """Raise StoreUnavailable unless the server answers and this database holds a store.
+
+        A database that was never loaded (a mistyped db number, a restarted server without
+        persistence) answers every token "unknown": readiness must not call it reachable."""
+        if not await self._do(self._client.exists(GENERATION)):
+            raise StoreUnavailable(
+                f"redis store: the database holds no token store (no {GENERATION} key: never "
+                "loaded, or emptied); load one with `store load`"
+            )
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -162,6 +171,17 @@ class RedisStore:
             hits += int(value)
         return hits
 
+    async def unrevoke(self, *, digest: str | None = None, job_id: int | None = None) -> int:
+        async with self._client.pipeline(transaction=True) as pipe:
+            if digest is not None:
+                pipe.delete(f"{PREFIX}revoked:digest:{digest}")
+            if job_id is not None:
+                pipe.delete(f"{PREFIX}revoked:job:{job_id}")
+            pipe.incr(GENERATION)
+            pipe.publish(CHANNEL, "unrevoke")
+            results = await self._do(pipe.execute())
+        return sum(int(value) for value in results[:-2])
+
     async def listing(self) -> Listing:
         keys = sorted(await self._do(self._client.smembers(CONTENT_KEYS)))
         values = await self._do(self._client.mget(keys)) if keys else []
@@ -177,6 +197,8 @@ class RedisStore:
                 allowlists.append(_allowlist(json.loads(raw)))
         digests, job_ids = await self._revocations()
         jobs = [_revoked(j) if j.digest in digests or j.job_id in job_ids else j for j in jobs]
+        by_id = {p.id: p for p in projects}  # a job's project with its visibility, as loaded
+        jobs = [replace(j, project=by_id.get(j.project.id, j.project)) for j in jobs]
         return Listing(
             Grants(
                 tuple(sorted(projects, key=lambda p: p.id)),
@@ -206,7 +228,7 @@ def _revoked(job: Job) -> Job:
 def _serialize(grants: Grants) -> dict[str, str]:
     content: dict[str, str] = {}
     for project in grants.projects:
-        encoded = json.dumps({"id": project.id, "path": project.path})
+        encoded = json.dumps(project.describe())  # with its visibility and features
         content[f"{PREFIX}project:{project.id}"] = encoded
         content[f"{PREFIX}projectpath:{project.key}"] = encoded
     for job in grants.jobs:
@@ -238,7 +260,7 @@ def _serialize(grants: Grants) -> dict[str, str]:
 
 
 def _project(data: dict[str, Any]) -> Project:
-    return Project(int(data["id"]), str(data["path"]))
+    return Project.from_description(data)  # records written before visibility read as private
 
 
 def _job(raw: str) -> Job:

@@ -1,6 +1,7 @@
 """`sqlite:///path.db`: the embedded default store (no server).
 
-The schema is created on first use; the database runs in WAL mode so the `store` command can
+The file must exist unless the store was opened with `create` (`store load --create`); the
+schema is created on first use; the database runs in WAL mode so the `store` command can
 write while gateways read. Every query runs on one dedicated thread (sqlite3 blocks), so the
 event loop never waits on disk. Each write bumps `meta.generation` in the same transaction;
 gateways poll it (about once a second, via the cache layer) to see another process's
@@ -41,7 +42,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0), ('schema', 1);
 CREATE TABLE IF NOT EXISTS projects (
-    id INTEGER PRIMARY KEY, path TEXT NOT NULL, path_key TEXT NOT NULL UNIQUE);
+    id INTEGER PRIMARY KEY, path TEXT NOT NULL, path_key TEXT NOT NULL UNIQUE,
+    visibility TEXT NOT NULL DEFAULT 'private', features TEXT NOT NULL DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS jobs (
     digest TEXT PRIMARY KEY, job_id INTEGER NOT NULL UNIQUE,
     project_id INTEGER NOT NULL REFERENCES projects (id), expires_at REAL);
@@ -65,8 +67,9 @@ FROM jobs j JOIN projects p ON p.id = j.project_id
 class SqliteStore:
     kind = "sqlite"
 
-    def __init__(self, path: str, *, timeout: float = 2.0) -> None:
+    def __init__(self, path: str, *, timeout: float = 2.0, create: bool = False) -> None:
         self.path = path
+        self._create = create
         self._timeout = timeout
         self._conn: sqlite3.Connection | None = None
         self._inode: tuple[int, int, int] = (0, 0, 0)
@@ -77,15 +80,26 @@ class SqliteStore:
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
-            parent = Path(self.path).parent
-            parent.mkdir(parents=True, exist_ok=True)
+            target = self.path
+            uri = False
+            if self._create:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            else:
+                # mode=rw: a store deleted or moved while serving is an unavailable store (503,
+                # not ready), never a new empty one that would answer 401 to every job token.
+                target, uri = f"{Path(self.path).absolute().as_uri()}?mode=rw", True
             conn = sqlite3.connect(
-                self.path, timeout=self._timeout, check_same_thread=False, isolation_level=None
+                target,
+                timeout=self._timeout,
+                check_same_thread=False,
+                isolation_level=None,
+                uri=uri,
             )
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
                 conn.executescript(SCHEMA)
+                _add_visibility(conn)
             except sqlite3.Error:
                 conn.close()
                 raise
@@ -133,9 +147,9 @@ class SqliteStore:
         if key is None:
             return None
         column = "id" if isinstance(key, int) else "path_key"
-        query = f"SELECT id, path FROM projects WHERE {column} = ?"  # noqa: S608 - a fixed column
+        query = f"{_PROJECT} WHERE {column} = ?"  # a fixed column
         row = await self._run(lambda conn: conn.execute(query, (key,)).fetchone())
-        return None if row is None else Project(row[0], row[1])
+        return None if row is None else _project(row)
 
     async def allowlist(self, project_id: int) -> Allowlist | None:
         return await self._run(lambda conn: _allowlist(conn, project_id))
@@ -175,8 +189,30 @@ class SqliteStore:
     async def revoke(self, *, digest: str | None = None, job_id: int | None = None) -> int:
         return await self._run(lambda conn: _write(conn, lambda: _revoke(conn, digest, job_id)))
 
+    async def unrevoke(self, *, digest: str | None = None, job_id: int | None = None) -> int:
+        return await self._run(lambda conn: _write(conn, lambda: _unrevoke(conn, digest, job_id)))
+
     async def listing(self) -> Listing:
         return await self._run(_listing)
+
+
+_PROJECT = "SELECT id, path, visibility, features FROM projects"
+
+
+def _add_visibility(conn: sqlite3.Connection) -> None:
+    """Databases created before projects had a visibility get its columns (private, no
+    features: what every project was then)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(projects)")}
+    if "visibility" not in columns:
+        conn.execute("ALTER TABLE projects ADD COLUMN visibility TEXT NOT NULL DEFAULT 'private'")
+    if "features" not in columns:
+        conn.execute("ALTER TABLE projects ADD COLUMN features TEXT NOT NULL DEFAULT '{}'")
+
+
+def _project(row: Any) -> Project:
+    return Project.from_description(
+        {"id": row[0], "path": row[1], "visibility": row[2], "features": json.loads(row[3])}
+    )
 
 
 def _identity(path: str) -> tuple[int, int, int]:
@@ -238,8 +274,11 @@ def _replace(conn: sqlite3.Connection, grants: Grants) -> None:
     for table in ("entries", "allowlists", "jobs", "projects"):
         conn.execute(f"DELETE FROM {table}")  # noqa: S608 - constant table names
     conn.executemany(
-        "INSERT INTO projects (id, path, path_key) VALUES (?, ?, ?)",
-        [(p.id, p.path, p.key) for p in grants.projects],
+        "INSERT INTO projects (id, path, path_key, visibility, features) VALUES (?, ?, ?, ?, ?)",
+        [
+            (p.id, p.path, p.key, p.visibility.value, json.dumps(p.describe().get("features", {})))
+            for p in grants.projects
+        ],
     )
     conn.executemany(
         "INSERT INTO jobs (digest, job_id, project_id, expires_at) VALUES (?, ?, ?, ?)",
@@ -278,12 +317,20 @@ def _revoke(conn: sqlite3.Connection, digest: str | None, job_id: int | None) ->
     return int(hits)
 
 
+def _unrevoke(conn: sqlite3.Connection, digest: str | None, job_id: int | None) -> int:
+    removed = 0
+    if digest is not None:
+        removed += conn.execute("DELETE FROM revoked_digests WHERE digest = ?", (digest,)).rowcount
+    if job_id is not None:
+        removed += conn.execute("DELETE FROM revoked_jobs WHERE job_id = ?", (job_id,)).rowcount
+    return removed
+
+
 def _listing(conn: sqlite3.Connection) -> Listing:
-    projects = tuple(
-        Project(i, p) for i, p in conn.execute("SELECT id, path FROM projects ORDER BY id")
-    )
+    projects = tuple(_project(row) for row in conn.execute(f"{_PROJECT} ORDER BY id"))
+    by_id = {p.id: p for p in projects}  # a job's project with its visibility, as loaded
     jobs = tuple(
-        Job(r[0], r[1], Project(r[2], r[3]), r[4], revoked=bool(r[5]))
+        Job(r[0], r[1], by_id.get(r[2]) or Project(r[2], r[3]), r[4], revoked=bool(r[5]))
         for r in conn.execute(f"{_JOB} ORDER BY j.job_id")
     )
     ids = [row[0] for row in conn.execute("SELECT project_id FROM allowlists ORDER BY project_id")]

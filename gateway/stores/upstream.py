@@ -7,8 +7,11 @@ the project's full path comes from `web_url`, which is
 `project_job_url(job.project, job)` = `<instance URL>/<full path>/-/jobs/<id>`
 (lib/api/entities/ci/job_basic.rb). The allowlists still come from the store.
 
-Answers are cached by token digest: positive ones for `ttl`, 401s for `negative_ttl`. Any other
-answer or a network fault raises `StoreUnavailable` (503, fail closed).
+Answers are cached by token digest: positive ones for `ttl` in one LRU, "not a job token" answers
+(401, 403, 404) for `negative_ttl` in another, bounded by `negative_size`: the gate also asks
+about values that may be another credential (a personal access token as Bearer, say), and those
+must neither evict the positive answers nor send one request upstream per request. Any other
+answer or a network fault raises `StoreUnavailable` (503, fail closed), and is not cached.
 """
 
 from __future__ import annotations
@@ -38,12 +41,14 @@ class UpstreamValidator:
         ttl: float,
         size: int,
         negative_ttl: float = NEGATIVE_TTL,
+        negative_size: int | None = None,
     ) -> None:
         self.url = base_url.rstrip("/") + relative_url_root + api_prefix + "/job"
         self.root = relative_url_root
         self.timeout = timeout
         self.ttl, self.negative_ttl = ttl, negative_ttl
         self._cache = Lru(size)
+        self._negative = Lru(size if negative_size is None else negative_size)
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -52,13 +57,21 @@ class UpstreamValidator:
 
     def invalidate(self) -> None:
         self._cache.clear()
+        self._negative.clear()
 
     async def job(self, digest: str, secret: str) -> Job | None:
+        """The running job `secret` (whose digest is `digest`) is the token of, or None when
+        the upstream says it is no job token (now). Raises StoreUnavailable."""
         cached = self._cache.get(digest)
         if cached is not MISS:
             return cached  # type: ignore[no-any-return]
+        if self._negative.get(digest) is not MISS:
+            return None
         job = await self._ask(digest, secret)
-        self._cache.put(digest, job, self.ttl if job is not None else self.negative_ttl)
+        if job is None:
+            self._negative.put(digest, True, self.negative_ttl)
+        else:
+            self._cache.put(digest, job, self.ttl)
         return job
 
     async def _ask(self, digest: str, secret: str) -> Job | None:

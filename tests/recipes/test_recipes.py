@@ -321,3 +321,25 @@ def test_the_gateways_headers_on_a_denial(front: Front) -> None:
     answer = front.send("GET", DENIED, [("JOB-TOKEN", APP)])
     assert answer.headers.get("x-gateway-request-id")
     assert answer.headers["content-type"].startswith("application/json")
+
+
+def test_git_over_http_is_decided_too(front: Front) -> None:
+    import base64
+
+    def basic(token: str) -> tuple[str, str]:
+        return (
+            "Authorization",
+            "Basic " + base64.b64encode(f"gitlab-ci-token:{token}".encode()).decode(),
+        )
+
+    path = "/acme/platform/target.git/info/refs?service=git-upload-pack"
+    allowed = front.send("GET", path, [basic(APP)])  # acme/app is on the target's allowlist
+    assert allowed.status == 200
+    (received,) = allowed.received
+    assert received.raw_path == path
+    denied = front.send("GET", path, [basic(OUTSIDER)])
+    if front.name == "omnibus":  # that recipe covers /api/v4/ only; GitLab checks git itself
+        assert denied.status == 200
+        return
+    assert denied.status == 403
+    assert denied.received == []

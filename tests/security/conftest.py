@@ -241,7 +241,7 @@ def the_grants() -> Grants:
 
 async def a_sqlite_store(path: Path) -> Store:
     """A real SQLite store file holding GRANTS_YAML."""
-    store = open_store(f"sqlite:///{path}")
+    store = open_store(f"sqlite:///{path}", create=True)
     await store.load(the_grants())
     return store
 

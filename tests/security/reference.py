@@ -37,6 +37,7 @@ API = ("api", "v4")
 SPANNING = {
     "/projects/:id/jobs/artifacts/:ref_name/download": {"ref_name"},
     "/projects/:id/jobs/artifacts/:ref_name/raw/*artifact_path": {"ref_name"},
+    "/projects/:id/(ref/:ref/)trigger/pipeline": {"ref"},  # lib/api/ci/triggers.rb
 }
 NOT_AVAILABLE = "route_not_available"
 
@@ -127,6 +128,9 @@ class Route:
     path: str
     permissions: tuple[str, ...]
     shapes: tuple[tuple[Element, ...], ...] = field(repr=False)
+    rule: str = (
+        "page"  # policies/routes-supplementary.yaml: allowlist, trigger, runner_token, own_job
+    )
 
 
 def _expand(text: str) -> list[str]:
@@ -215,12 +219,19 @@ class Entry:
 class Reference:
     """The verdict for (method, target, token) under one route file and one grants text."""
 
-    def __init__(self, routes_file: Path, grants_yaml: str, now: float) -> None:
+    def __init__(
+        self, routes_file: Path, grants_yaml: str, now: float, supplementary: Path | None = None
+    ) -> None:
         data = yaml.safe_load(routes_file.read_text())
         self.routes = [
             Route(r["method"], r["path"], tuple(r["permissions"]), _shapes(r["path"]))
             for r in data["routes"]
         ]
+        if supplementary is not None:
+            extra = yaml.safe_load(supplementary.read_text())["routes"]
+            self.routes += [
+                Route(r["method"], r["path"], (), _shapes(r["path"]), r["rule"]) for r in extra
+            ]
         grants = yaml.safe_load(grants_yaml)
         self.projects = {p["id"]: p["path"].lower() for p in grants["projects"]}
         self.by_path = {path: pid for pid, path in self.projects.items()}
@@ -248,7 +259,10 @@ class Reference:
 
     # ---- the verdict
 
-    def verdict(self, method: str, target: str, token: str | None) -> Verdict:
+    def verdict(
+        self, method: str, target: str, token: str | None, carrier: str = "JOB-TOKEN"
+    ) -> Verdict:
+        """`carrier`: where `token` travels (`JOB-TOKEN`, `job_token`, `token`, `Bearer`)."""
         segments = canonical_segments(target)
         if token is None:
             return (
@@ -259,12 +273,30 @@ class Reference:
         if isinstance(segments, Refuse):
             return segments
         route, params = self.match(method, segments) or (None, {})
-        if route is None or route.path.endswith("/packages/conan/v1/users/authenticate"):
-            return Deny(NOT_AVAILABLE)  # (the Conan JWT exchange: route_facts.py)
+        if route is None:
+            return Deny(NOT_AVAILABLE)
+        if route.rule == "runner_token":  # `token` is the runner's credential (runner.rb)
+            return Forward("runner_token")
         job = self.jobs.get(sha256(token.encode()).hexdigest())
+        if route.rule == "own_job":
+            return self._own_job(params, job, carrier)
+        if route.rule == "trigger" and job is None and carrier == "token" and "glcbt-" not in token:
+            return Forward("trigger_token")  # not a job token: a pipeline trigger token
         if job is None or job[2]:
             return Deny("token_invalid_or_expired", 401)
         return self._decide(route, params, job[1])
+
+    @staticmethod
+    def _own_job(
+        params: Mapping[str, str], job: tuple[int, int | None, bool] | None, carrier: str
+    ) -> Verdict:
+        """authenticate_job! (lib/api/ci/helpers/runner.rb): the token, read from `token` or
+        JOB-TOKEN only, must be the job `:id`'s own, and that job running; else 403."""
+        if carrier not in ("JOB-TOKEN", "token") or job is None:
+            return Deny("job_token_mismatch")
+        if str(job[0]) != params["id"] or job[2]:
+            return Deny("job_token_mismatch")
+        return Forward("own_job")
 
     def match(self, method: str, segments: list[str]) -> tuple[Route, dict[str, str]] | None:
         if tuple(segments[:2]) != API or len(segments) == 2:
@@ -290,6 +322,12 @@ class Reference:
             template == "/packages/conan/v1/conans/search"
         ):
             return Forward("uncontrolled_endpoint")
+        if template.endswith(("/npm/-/npm/v1/security/advisories/bulk", "/audits/quick")) and (
+            not template.startswith("/projects/")
+        ):
+            # No package name, so GitLab's `project_id_or_nil` finds nothing and no project is
+            # checked (lib/api/concerns/packages/npm_endpoints.rb, redirect_or_present_audit_report).
+            return Forward("package_not_found")
         ref = self._target_ref(template, params)
         if ref is None:
             return Deny("target_unresolved")

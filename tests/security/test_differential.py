@@ -21,8 +21,18 @@ from hypothesis import strategies as st
 from .conftest import APP, EXPIRED, GRANTS_YAML, OUTSIDER, ROUTES, SECRET, UNKNOWN, http
 from .reference import Deny, Forward, Reference, Refuse
 
-REFERENCE = Reference(ROUTES, GRANTS_YAML, now=time.time())
-TEMPLATES = [(r["method"], r["path"]) for r in yaml.safe_load(ROUTES.read_text())["routes"]]
+REFERENCE = Reference(
+    ROUTES,
+    GRANTS_YAML,
+    now=time.time(),
+    supplementary=ROUTES.with_name("routes-supplementary.yaml"),
+)
+SUPPLEMENTARY = ROUTES.with_name("routes-supplementary.yaml")
+TEMPLATES = [
+    (r["method"], r["path"])
+    for table in (ROUTES, SUPPLEMENTARY)
+    for r in yaml.safe_load(table.read_text())["routes"]
+]
 
 # Includes a fullwidth "20" and an Arabic-Indic "10": Ruby's \d is ASCII-only, so GitLab reads
 # them as (unknown) full paths, never as project ids.
@@ -133,7 +143,7 @@ def with_token(target: str, token: str | None, carrier: str) -> tuple[str, list[
 async def test_the_gateway_agrees_with_the_reference(guarded, case):
     method, path, token, carrier, mutated = case
     target, headers = with_token(path, token, carrier)
-    expected = REFERENCE.verdict(method, target, token)
+    expected = REFERENCE.verdict(method, target, token, carrier)
 
     answer = await guarded.attack.raw(http(method, target, headers))
     event(f"{type(expected).__name__} -> {answer.status}")

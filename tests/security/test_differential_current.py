@@ -33,13 +33,7 @@ from .test_differential import (
 
 CURRENT = shipped_table("current")
 REFERENCE = Reference(CURRENT, GRANTS_YAML, now=time.time())
-# The reference knows v1's Conan token exchange only; v2's is refused the same way by the gateway
-# (gateway/route_facts.py TOKEN_EXCHANGE_PATHS) and tested in tests/test_gate_current_table.py.
-TEMPLATES = [
-    (r["method"], r["path"])
-    for r in yaml.safe_load(CURRENT.read_text())["routes"]
-    if not r["path"].endswith("/conan/v2/users/authenticate")
-]
+TEMPLATES = [(r["method"], r["path"]) for r in yaml.safe_load(CURRENT.read_text())["routes"]]
 
 
 @pytest.fixture
@@ -83,7 +77,7 @@ def a_request(draw: st.DrawFn) -> tuple[str, str, str | None, str, bool]:
 
 def test_the_fuzzed_table_is_the_current_one() -> None:
     paths = {path for _, path in TEMPLATES}
-    assert len(TEMPLATES) == 187
+    assert len(TEMPLATES) == 188
     assert "/projects/:id/pipelines/:pipeline_id/metadata" in paths
     assert "/projects/:id/repository/files/:file_path/raw" in paths
 

@@ -35,7 +35,7 @@ async def a_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     if kind == "memory":
         store = open_store("memory://")
     elif kind == "sqlite":
-        store = open_store(f"sqlite:///{tmp_path}/store.db")
+        store = open_store(f"sqlite:///{tmp_path}/store.db", create=True)
     elif kind == "file":
         (tmp_path / "grants.yaml").write_text(GRANTS_YAML)
         store = open_store(f"file://{tmp_path}/grants.yaml")

@@ -1,0 +1,1 @@
+"""Tests marked `docker`: the image and the compose stacks under a real Docker engine."""

@@ -1,0 +1,193 @@
+"""The differential oracle, function level: whenever GitLab's own parsers (Rack 2.2, ActionPack,
+Grape, Doorkeeper, with GitLab's carrier code mirrored in tests/oracle/gitlab_reader.rb) read a
+job token from a request, the gateway's reading (`tokens.extract` on the view the proxy builds)
+either judges that same token or refuses the request.
+
+Also: a POST that Rack::MethodOverride turns into another method is refused (`bad_body`).
+
+The over-strict cases (the gateway refuses, GitLab reads no job token and answers normally) are
+counted per reason; `ORACLE_REPORT=path` writes the counts as JSON (docs/security.md lists them).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from multidict import CIMultiDict
+
+from gateway import tokens
+from gateway.request import RequestView
+
+from .generate import KNOWN, requests
+from .reader import (
+    GitLabReader,
+    Raw,
+    Reading,
+    gateway_reads,
+    job_tokens,
+    overridden_method,
+    tries_a_job_carrier,
+)
+
+OVER_STRICT: Counter[str] = Counter()
+SEEN: Counter[str] = Counter()
+EXAMPLES: dict[str, str] = {}
+VERSIONS: dict[str, str] = {}
+
+pytestmark = pytest.mark.oracle
+
+
+def _reason(refused: str) -> str:
+    """A refusal reason without the carrier lists' details (one bucket per kind)."""
+    head = refused.split(";")[0]
+    head = re.sub(r"\(.*?\)", "(...)", head)
+    return re.sub(r"\d+", "N", head)
+
+
+def _gitlab_answers_normally(reading: Reading) -> bool:
+    """GitLab reads this request without a parse error on one of its stacks and tries no value
+    on a job-token carrier (else it answers 401 itself, or 400)."""
+    api = reading.api
+    api_ok = api.status is not None and 200 <= api.status < 300 and api.error is None
+    return (reading.rails.error is None or api_ok) and not tries_a_job_carrier(reading)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report() -> Iterator[None]:
+    yield
+    path = os.environ.get("ORACLE_REPORT")
+    if path:
+        report = {
+            "versions": VERSIONS,
+            "seen": dict(SEEN),
+            "over_strict": dict(OVER_STRICT.most_common()),
+            "examples": EXAMPLES,
+        }
+        with open(path, "w") as out:
+            json.dump(report, out, indent=1)
+
+
+def check(gitlab: GitLabReader, request: Raw) -> str:
+    """The property, for one request (raises AssertionError with both readings); returns what
+    happened, for hypothesis' statistics."""
+    VERSIONS.update(gitlab.versions)
+    reading = gitlab.read(request)
+    found = job_tokens(reading, KNOWN)
+    verdict = gateway_reads(request)
+    where = f"{request!r}\n  GitLab reads {found}\n  gateway {verdict}\n  {reading}"
+    outcome = "refused" if verdict.refused else "judged" if verdict.judged else "no token"
+    what = f"{'job token' if found else 'no job token'} -> {outcome}"
+    SEEN[what] += 1
+    if found and not verdict.refused:
+        assert verdict.judged is not None, where
+        assert set(found) == {verdict.judged}, where
+    if overridden_method(reading, request) is not None:
+        assert verdict.refused is not None, where
+        assert verdict.refused.startswith("bad_body"), where
+    if verdict.refused and not found and _gitlab_answers_normally(reading):
+        reason = _reason(verdict.refused)
+        OVER_STRICT[reason] += 1
+        EXAMPLES.setdefault(reason, repr(request)[:400])
+    return what
+
+
+@settings(
+    max_examples=1500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(raw=requests())
+def test_gitlab_never_reads_a_job_token_the_gateway_neither_judges_nor_refuses(gitlab, raw):
+    event(check(gitlab, raw))
+
+
+# The review's findings and their neighbours, each checked against the oracle too: the oracle
+# must see what the review saw (else it proves nothing), and the gateway must agree with it.
+APP = "glcbt-sec-app-job"
+
+
+def _basic(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+FINDINGS = {
+    "comma in a form Content-Type": (
+        Raw(
+            "POST",
+            "/api/v4/x",
+            (("Content-Type", "application/x-www-form-urlencoded, text/plain"),),
+            f"job_token={APP}".encode(),
+        ),
+        {"rails:job_token_param"},
+    ),
+    "comma in a JSON Content-Type": (
+        Raw(
+            "POST",
+            "/api/v4/x",
+            (("Content-Type", "application/json,text/plain"),),
+            json.dumps({"token": APP}).encode(),
+        ),
+        {"rails:token_param", "api:token_param"},
+    ),
+    "Basic after a tab": (
+        Raw("GET", "/api/v4/x", (("Authorization", "Basic\t" + _basic("gitlab-ci-token", APP)),)),
+        {"rails:basic_password", "api:basic_password"},
+    ),
+    "bracketed job_token": (
+        Raw("GET", f"/api/v4/x?%5Bjob_token%5D={APP}"),
+        {"rails:job_token_param", "api:job_token_param"},
+    ),
+    "bracket-suffixed token after ;": (
+        Raw("GET", f"/api/v4/x?x=1;[token]={APP}"),
+        {"rails:token_param", "api:token_param"},
+    ),
+}
+
+
+@pytest.mark.parametrize(("request_", "carriers"), FINDINGS.values(), ids=FINDINGS.keys())
+def test_the_oracle_reads_the_review_findings(gitlab, request_, carriers):
+    reading = gitlab.read(request_)
+    found = job_tokens(reading, KNOWN)
+    assert carriers <= found.get(APP.encode(), set()), reading
+    check(gitlab, request_)
+    assert gateway_reads(request_).judged == APP.encode()
+
+
+OVERRIDES = {
+    "comma": "application/x-www-form-urlencoded, x",
+    # Rack::Request#content_type: an empty CONTENT_TYPE is none, so a POST is a form (ActionPack
+    # then refuses "" as a MIME type, but Rack::MethodOverride has already run).
+    "empty": "",
+}
+
+
+@pytest.mark.parametrize("content_type", OVERRIDES.values(), ids=OVERRIDES.keys())
+def test_the_oracle_reads_a_method_override_the_gateway_refuses(gitlab, content_type):
+    request = Raw("POST", "/api/v4/x", (("Content-Type", content_type),), b"_method=DELETE")
+    assert gitlab.read(request).rails.method == "DELETE"
+    assert (gateway_reads(request).refused or "").startswith("bad_body")
+
+
+def test_deep_json_is_a_400_for_rails_and_for_the_gateway(gitlab):
+    request = Raw(
+        "POST",
+        "/api/v4/x",
+        (("Content-Type", "application/json"),),
+        b"[" * 100_000 + b"]" * 100_000,
+    )
+    reading = gitlab.read(request)
+    assert reading.rails.error is not None  # ActionDispatch's ParseError: Rails answers 400
+    # Grape 1.6's JSON parser has no nesting limit: Ruby's stack overflows (SystemStackError,
+    # a 500 in the API unless a middleware limits JSON depth first). Either way: no params.
+    assert reading.api.status == 400 or reading.api.error is not None, reading
+    assert not reading.api.carriers, reading
+    view = RequestView("POST", "/api/v4/x", CIMultiDict(request.headers), request.body)
+    with pytest.raises(tokens.BodyError):
+        tokens.extract(view)
