@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
 
-from gateway import metrics
+from gateway import metrics, observe
 from gateway.decision import Reason
 from gateway.engine.connection import ClientConnection, Handler
 from gateway.engine.proxy import LeanProxy, refusal_bytes
@@ -63,56 +64,66 @@ class LeanServer:
         return [sock.getsockname()[:2] for sock in self._server.sockets]
 
     async def start(self, host: str, port: int, *, reuse_port: bool) -> None:
+        from gateway.server import _Overloaded  # the aiohttp engine's: one 503 `overloaded`
+
+        limit = self.limits.max_connections
+
         def protocol() -> asyncio.BaseProtocol:
-            if len(self.connections) < self.limits.max_connections:
+            if len(self.connections) < limit:
                 return ClientConnection(self)
-            metrics.CONNECTIONS_REFUSED.inc()
-            return _Overloaded(self._overloaded)
+            return _Overloaded(limit)
 
         self._server = await self.loop.create_server(
             protocol, host, port, reuse_port=reuse_port or None, backlog=1024
         )
 
-    async def stop(self, grace: float) -> None:
-        """Stop accepting; requests in flight get up to `grace` seconds; then close all."""
+    async def stop(self, grace: float, cut: Callable[[], int] | None = None) -> None:
+        """Stop accepting and end within `grace` seconds (`gateway.server.drain`'s rule):
+        idle connections close now, busy ones after their answer; requests still running
+        when the grace period minus a cut window (min(1 s, 20%)) has passed are `cut`, and
+        whatever is left at the end is aborted."""
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
             connection.drain_connection()
-        if self.connections:
-            self.idle.clear()
-            try:
-                async with asyncio.timeout(grace):
-                    while self.connections:
-                        await self.idle.wait()
-                        self.idle.clear()
-            except TimeoutError:
-                pass
+        window = min(1.0, grace * 0.2)
+        if not await self._wait_idle(grace - window) and cut is not None:
+            _log.warning("drain_cut", requests=cut(), grace_period=grace)
+            await self._wait_idle(window / 2)
         for connection in list(self.connections):
             connection.abort()
         if self._server is not None:
             await self._server.wait_closed()
 
-
-class _Overloaded(asyncio.Protocol):
-    """Over `max_connections`: the 503 and a close, before reading anything."""
-
-    def __init__(self, answer: bytes) -> None:
-        self._answer = answer
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(self._answer)
-        transport.close()
+    async def _wait_idle(self, within: float) -> bool:
+        if self.connections and within > 0:
+            self.idle.clear()
+            try:
+                async with asyncio.timeout(within):
+                    while self.connections:
+                        await self.idle.wait()
+                        self.idle.clear()
+            except TimeoutError:
+                pass
+        return not self.connections
 
 
 class LeanListener:
     """A started lean proxy listener; `stop` drains it and closes the upstream pool."""
 
-    def __init__(self, server: LeanServer, pool: Pool, recorder: Recorder) -> None:
+    def __init__(
+        self,
+        server: LeanServer,
+        proxy: LeanProxy,
+        pool: Pool,
+        recorder: Recorder,
+        observing: tuple[Any, Any] | None = None,
+    ) -> None:
         self.server = server
+        self._proxy = proxy
         self._pool = pool
         self._recorder = recorder
+        self._observing = observing
 
     @property
     def port(self) -> int:
@@ -126,11 +137,17 @@ class LeanListener:
         ]
 
     async def stop(self, grace: float) -> None:
+        """Drain (see `LeanServer.stop`), then close the upstream pool and the recorder."""
+        started = self.server.loop.time()
+        _log.info("draining", grace_period=grace, in_flight=self._proxy.in_flight)
         try:
-            await self.server.stop(grace)
+            await self.server.stop(grace, self._proxy.cut)
         finally:
             self._pool.close()
             self._recorder.close()
+            if self._observing is not None:
+                await observe.stop(self._observing[1])
+        _log.info("drained", seconds=round(self.server.loop.time() - started, 3))
 
 
 def limits_for(settings: Settings) -> Limits:
@@ -168,7 +185,8 @@ async def start_proxy(
         connect_timeout=settings.connect_timeout,
         tls=tls,
     )
-    recorder = Recorder()
+    observing = observe.start(settings)  # None unless --observations (issue 14)
+    recorder = Recorder(observing[0] if observing else None)
     proxy = LeanProxy(
         settings, gate, HeaderPolicy(settings), recorder, pool, target.netloc or upstream_host
     )
@@ -180,11 +198,13 @@ async def start_proxy(
     except OSError as exc:
         pool.close()
         recorder.close()
+        if observing is not None:
+            await observe.stop(observing[1])
         raise ConfigError(
             f"--port / GATEWAY_PORT: cannot listen on {bind_host}:{bind_port}: "
             f"{exc.strerror or exc}"
         ) from None
-    return LeanListener(server, pool, recorder)
+    return LeanListener(server, proxy, pool, recorder, observing)
 
 
 async def run_lean_worker(

@@ -17,6 +17,7 @@ Each request ends with one log line and its metrics (`gateway.exchange.Recorder`
 from __future__ import annotations
 
 import asyncio
+import weakref
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -28,12 +29,18 @@ from gateway.decision import Decision, Reason
 from gateway.engine import plan
 from gateway.engine.connection import ClientConnection, ClientGone, Incoming, ParseFailed
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnreachable
-from gateway.exchange import Exchange, Recorder, RequestIds
+from gateway.exchange import (
+    Exchange,
+    Recorder,
+    RequestIds,
+    accepted_request_id,
+    client_address,
+)
 from gateway.forward import BodyTooLarge, ClientBodyError, Transfer, UpstreamBadResponse
 from gateway.handler import Decider, Permit, Refuse, Verdict
 from gateway.headers import HeaderPolicy, response_headers
 from gateway.request import RequestView
-from gateway.responses import gitlab_message, refusal
+from gateway.responses import REASON_HEADER, REQUEST_ID_HEADER, gitlab_message, refusal
 from gateway.settings import Mode, Settings
 from gateway.wire.client import (
     Dropped,
@@ -67,6 +74,10 @@ def refusal_bytes(
     response = refusal(
         verdict.reason, verdict.message, status=verdict.status, request_id=request_id
     )
+    if verdict.reason is Reason.TOKEN_REVOKED:
+        # The answer stays GitLab's (and an unknown token's) to the client: only the log
+        # line and the metrics tell a revoked token from an unknown one (`Proxy._refuse`).
+        response.headers[REASON_HEADER] = Reason.TOKEN_INVALID.value
     body = response.body
     assert isinstance(body, bytes)
     lines = [f"HTTP/1.1 {response.status} {response.reason}\r\n"]
@@ -136,6 +147,10 @@ class LeanProxy:
         self._pool = pool
         self._upstream_host = upstream_host
         self._ids = RequestIds()
+        self._trusts = headers.trusts
+        # Requests being handled (their tasks), for the drain (`cut`).
+        self._running: dict[asyncio.Task[object], ClientConnection] = {}
+        self._cut: weakref.WeakSet[asyncio.Task[object]] = weakref.WeakSet()
         self._dry_run = settings.mode is Mode.DRY_RUN
         self._inspect_limit = settings.body_inspect_limit
         if settings.max_body_size:
@@ -144,17 +159,67 @@ class LeanProxy:
         self._body_timeout = settings.client_body_timeout
         self._read_timeout = settings.read_timeout
 
-    async def handle(self, conn: ClientConnection, incoming: Incoming) -> bool:
-        exchange = Exchange(
+    def _begin(self, conn: ClientConnection, incoming: Incoming) -> Exchange:
+        """The request's record (`Proxy._begin`): behind a trusted proxy, the log shows the real
+        client (the proxy in `peer`) and the proxy's well-formed request id is kept."""
+        peer = conn.peer
+        if self._headers.trusts(peer):
+            headers = incoming.headers
+            remote = client_address(peer, headers.getall("X-Forwarded-For", ()), self._trusts)
+            kept = accepted_request_id(headers.getall("X-Request-Id", ()))
+            return Exchange(
+                transfer=Transfer(request_id=kept or self._ids.new()),
+                method=incoming.method,
+                target=incoming.target,
+                remote=remote,
+                started=perf_counter(),
+                peer=peer if remote != peer else None,
+            )
+        return Exchange(
             transfer=Transfer(request_id=self._ids.new()),
             method=incoming.method,
             target=incoming.target,
-            remote=conn.peer,
+            remote=peer,
             started=perf_counter(),
         )
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being handled now."""
+        return len(self._running)
+
+    def cut(self) -> int:
+        """End of the drain (`Proxy.cut`): cancel every request still running. One whose
+        response has not started is answered 503 `drain_cut`; one whose response is streaming
+        is cut (logged `drain_cut` with the status already sent)."""
+        running = list(self._running.items())
+        for task, _ in running:
+            self._cut.add(task)
+            task.cancel("drain_cut")
+        return len(running)
+
+    async def handle(self, conn: ClientConnection, incoming: Incoming) -> bool:
+        exchange = self._begin(conn, incoming)
         metrics.IN_FLIGHT.inc()
+        task = asyncio.current_task()
+        if task is not None:
+            self._running[task] = conn
         try:
             return await self._respond(conn, incoming, exchange)
+        except asyncio.CancelledError:
+            if task is None or task not in self._cut:  # the client went away
+                exchange.status, exchange.transfer.error = 499, "client_disconnected"
+                raise
+            # SIGTERM's grace period ended (`cut`): answer 503 if nothing was sent yet.
+            exchange.transfer.error = "drain_cut"
+            sent = exchange.transfer.status
+            exchange.reason, exchange.status = Reason.DRAIN_CUT, sent or 503
+            if sent:
+                conn.abort()
+            else:
+                cut = Refuse(Reason.DRAIN_CUT, 503, gitlab_message(503), close=True)
+                self._refuse(conn, incoming, exchange, cut)
+            return False
         except _Stop as stop:
             return stop.keep
         except ClientGone:  # left while its body was being read for the decision
@@ -166,11 +231,10 @@ class LeanProxy:
             exchange.status = exchange.status or 500
             conn.abort()
             return False
-        except asyncio.CancelledError:  # the client went away
-            exchange.status, exchange.transfer.error = 499, "client_disconnected"
-            raise
         finally:
             metrics.IN_FLIGHT.dec()
+            if task is not None:
+                self._running.pop(task, None)
             self._recorder.finish(exchange)
 
     # ---- deciding
@@ -453,7 +517,13 @@ class LeanProxy:
         if not framed and not rechunk:
             close = True  # an HTTP/1.0 client: the body ends with the connection
         lines = [f"HTTP/1.1 {status} {answer.reason}\r\n"]
-        lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
+        lines += [
+            f"{name}: {value}\r\n"
+            for name, value in headers.items()
+            if name.lower() != "x-request-id"
+        ]
+        # The gateway's request id, as on its own answers (`ClientForwarder._relay`).
+        lines.append(f"{REQUEST_ID_HEADER}: {transfer.request_id}\r\n")
         if rechunk:
             lines.append("Transfer-Encoding: chunked\r\n")
         if close:
@@ -464,6 +534,7 @@ class LeanProxy:
         head = "".join(lines).encode("latin-1", "replace")
         if no_body:
             conn.write(head)
+            transfer.status = status
             return not close
         length = answer.content_length
         if length is not None and length <= SMALL_BODY:
@@ -473,12 +544,15 @@ class LeanProxy:
                     parts.append(chunk)
             except _Cut:
                 conn.write(head + b"".join(parts))
-                self._cut(conn, transfer)
+                transfer.status = status
+                self._abort_cut(conn, transfer)
             body = parts[0] if len(parts) == 1 else b"".join(parts)
             transfer.bytes_out = len(body)
             conn.write(head + body)
+            transfer.status = status
             return not close
         conn.write(head)
+        transfer.status = status
         await self._copy(upstream, conn, transfer, rechunk)
         return not close
 
@@ -499,7 +573,7 @@ class LeanProxy:
                     transfer.error = "client_disconnected"
                     raise _Stop(keep=False) from None
         except _Cut:
-            self._cut(conn, transfer)
+            self._abort_cut(conn, transfer)
         if rechunk:
             conn.write(b"0\r\n\r\n")  # trailers are not relayed (nor are the request's)
 
@@ -515,7 +589,7 @@ class LeanProxy:
             raise _Cut() from exc
 
     @staticmethod
-    def _cut(conn: ClientConnection, transfer: Transfer) -> None:
+    def _abort_cut(conn: ClientConnection, transfer: Transfer) -> None:
         # SECURITY: never end a cut body as if it were complete (reference
         # aiohttp-proxying.md §1.15; Home Assistant ingress served silently truncated files).
         conn.abort()
