@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     )
     workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port.")
     engine: Engine = Field(
-        Engine.AIOHTTP,
+        Engine.LEAN,
         description="Proxy listener engine: `lean` (asyncio Protocols, llhttp both ways, a "
         "keep-alive upstream pool) or `aiohttp` (aiohttp's server and client).",
     )

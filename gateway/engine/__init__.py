@@ -1,6 +1,6 @@
 """The lean forwarding engine: the proxy listener on asyncio Protocols, llhttp both ways.
 
-OWNS: `serve --engine lean` (the `engine` setting). A client connection
+OWNS: `serve --engine lean` (the `engine` setting's default). A client connection
 (`gateway.engine.connection`) parses heads with httptools and runs one Task per request; the
 pipeline (`gateway.engine.proxy`) applies the aiohttp handler's rules (`gateway.engine.plan`,
 `gateway.headers`, `gateway.bodyguard`, `gateway.exchange`) and forwards over a keep-alive
