@@ -42,7 +42,8 @@ pytest: $(STAMP)
 test: system-deps docker-prepare lint typecheck pytest
 
 # The forwarding, fault, serve, real-client and security suites against one engine
-# (`serve --engine`; tests/fixtures/proxy.py reads TEST_GATEWAY_ENGINE). ~5 min each on 2 cores.
+# (`serve --engine`; tests/fixtures/proxy.py reads TEST_GATEWAY_ENGINE): 544 tests, about
+# 2.5 min each on a shared 2-core VM.
 ENGINE_SUITES := tests/security tests/test_forward_body.py tests/test_forward_errors.py \
 	tests/test_forward_headers.py tests/test_forward_memory.py tests/test_forward_multipart.py \
 	tests/test_forward_target.py tests/test_serve.py tests/test_serve_demo.py \
