@@ -52,6 +52,7 @@ class Reason(StrEnum):
     REGISTRY_OTHER_PROJECT = "registry_other_project"
     TARGET_UNRESOLVED = "target_unresolved"
     JOB_TOKEN_MISMATCH = "job_token_mismatch"  # a runner route on another job than the token's
+    PROJECT_NOT_FOUND = "project_not_found"  # npm dist-tags, no such package: GitLab's 404
     # infrastructure
     STORE_UNAVAILABLE = "store_unavailable"
     UPSTREAM_UNREACHABLE = "upstream_unreachable"
@@ -89,6 +90,7 @@ STATUS: dict[Reason, int] = {
     Reason.REGISTRY_OTHER_PROJECT: 403,
     Reason.TARGET_UNRESOLVED: 403,
     Reason.JOB_TOKEN_MISMATCH: 403,
+    Reason.PROJECT_NOT_FOUND: 404,
     Reason.STORE_UNAVAILABLE: 503,
     Reason.UPSTREAM_UNREACHABLE: 502,
     Reason.UPSTREAM_TIMEOUT: 504,

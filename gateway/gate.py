@@ -36,7 +36,7 @@ from gateway.settings import Settings, UnknownCredential
 from gateway.stores import Store, open_store
 from gateway.stores.cache import MISS, CachedStore
 from gateway.stores.file import FileStore
-from gateway.stores.packages import PackageLookup, PackageQuery, query_for
+from gateway.stores.packages import Miss, PackageLookup, PackageQuery, query_for
 from gateway.stores.upstream import UpstreamValidator
 
 __all__ = ["Gate"]
@@ -58,6 +58,9 @@ NOT_PROCESSING = "403 Forbidden - Job is not processing on runner"
 # The carriers GitLab's runner routes read a job token from: `params[:token] ||
 # env['HTTP_JOB_TOKEN']` (lib/api/ci/helpers/runner.rb `job_token`).
 _RUNNER_CARRIERS = frozenset({tokens.Carrier.TOKEN_PARAM, tokens.Carrier.JOB_TOKEN_HEADER})
+# GitLab's answer on the npm dist-tags routes when the namespace holds no such package:
+# `not_found!('Project') unless project_id` (lib/api/helpers/packages/npm.rb, `project`).
+PROJECT_NOT_FOUND = "404 Project Not Found"
 # CONNECT never reaches the gate (the handler refuses it); a TRACE body is read like any other:
 # Rack would parse a form body whatever the method.
 _METHODS_WITHOUT_BODY = frozenset({"CONNECT"})
@@ -317,7 +320,8 @@ class Gate:
             cached = self._access.get(id(route))  # what the route requires, built once
             if cached is None or cached[0] is not route:
                 cached = self._access[id(route)] = (route, _access(route))
-            return cached[1], self._package_target(route, found.params, found.target)
+            path = view.target.partition("?")[0]
+            return cached[1], self._package_target(route, found.params, found.target, path)
         not_available = policy.deny(
             Reason.ROUTE_NOT_AVAILABLE, NOT_AVAILABLE, Audit(credential.fingerprint)
         )
@@ -388,9 +392,13 @@ class Gate:
             if accessed is MISS:
                 return _Lookup("accessed", job)
         if accessed is NO_PACKAGE:
+            audit = _audit(credential, job, target.ref, access)
+            if isinstance(target, PackageQuery) and target.miss is Miss.PROJECT_NOT_FOUND:
+                # npm dist-tags: `project` -> `not_found!('Project')`, no public-registry
+                # redirect (lib/api/helpers/packages/npm.rb): GitLab's 404, answered here.
+                return policy.deny(Reason.PROJECT_NOT_FOUND, PROJECT_NOT_FOUND, audit)
             # GitLab checks the package's project only `if package` (lib/api/maven_packages.rb,
             # npm_namespace_endpoints.rb): it answers 404 or forwards to the public registry.
-            audit = _audit(credential, job, target.ref, access)
             return policy.allow(Reason.PACKAGE_NOT_FOUND, audit)
         if not isinstance(accessed, policy.Accessed):
             audit = _audit(credential, job, target.ref, access)
@@ -497,26 +505,33 @@ class Gate:
 
     # ---- group and instance package routes (issue 10, point 5)
 
-    def _package_target(self, route: Route, params: Any, target: Target) -> Aim:
+    def _package_target(self, route: Route, params: Any, target: Target, path: str) -> Aim:
         """The package a group/instance package route is about (gateway/stores/packages.py),
         when it can be judged: GitLab finds no package (no lookup needed), or the operator
-        configured the lookup (`package_lookup_token`). Else the route's own target."""
+        configured the lookup (`package_lookup_token`). Else the route's own target.
+        `path` is the request's raw path (no query): the route a miss is confirmed on."""
         if target.kind not in (TargetKind.GROUP, TargetKind.UNRESOLVED):
             return target
         group = target.ref if target.kind is TargetKind.GROUP else None
-        query = query_for(route.path, params, group)
+        query = query_for(route.path, params, group, path)
         if query is None or (query.needs_lookup and self.packages is None):
             return target
         return query
 
     async def _package_project(self, query: PackageQuery) -> policy.Accessed | object | None:
         """The package's project; NO_PACKAGE when the group holds none; None (unresolved)
-        when several projects hold it (GitLab would pick one; the gateway cannot tell which)."""
+        when several projects hold it (GitLab would pick one; the gateway cannot tell which),
+        or when GitLab's own route finds a package the packages API did not list."""
         if not query.needs_lookup:
             return NO_PACKAGE
         assert self.packages is not None  # `_package_target` made sure of it
         ids = await self.packages.projects(query)
         if not ids:
+            # SECURITY: an empty listing alone is not "no package": the packages API hides
+            # packages GitLab's route finders serve (gateway/stores/packages.py). GitLab's own
+            # route, asked with the read token, confirms the miss or the request is refused.
+            if await self.packages.probe(query):
+                return None
             return NO_PACKAGE
         if len(ids) > 1:
             return None
