@@ -47,14 +47,11 @@ class LeanServer:
         self.connections: set[ClientConnection] = set()
         self.idle = asyncio.Event()
         self._server: asyncio.Server | None = None
-        self._overloaded = self.refusal(503, "too many connections")
 
     def refusal(self, status: int, detail: str) -> bytes:
         """A refusal the machinery makes (malformed head, limits, timeouts); it closes."""
         status = 400 if status in (414, 431) else status
         reason = _MACHINE_REASONS.get(status, Reason.BAD_FRAMING)
-        if status == 503:
-            reason, detail = Reason.OVERLOADED, ""
         verdict = Refuse(reason, status, gitlab_message(status, detail or None), close=True)
         return refusal_bytes(verdict, None)
 
