@@ -39,7 +39,8 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-test: system-deps docker-prepare lint typecheck pytest
+# The whole suite on the default engine (lean), then the engine suites on the other one.
+test: system-deps docker-prepare lint typecheck pytest pytest-aiohttp
 
 # The forwarding, fault, serve, real-client and security suites against one engine
 # (`serve --engine`; tests/fixtures/proxy.py reads TEST_GATEWAY_ENGINE): 544 tests, about
@@ -55,8 +56,8 @@ pytest-lean: $(STAMP)
 pytest-aiohttp: $(STAMP)
 	TEST_GATEWAY_ENGINE=aiohttp $(VENV)/bin/pytest $(ENGINE_SUITES) $(PYTEST_ARGS)
 
-# `make test` runs the whole suite on the default engine; this adds the other one.
-test-engines: test pytest-lean pytest-aiohttp
+# `make test` covers both engines; this also reruns the engine suites on the default one.
+test-engines: test pytest-lean
 
 routes: $(STAMP)
 	$(PY) -m gateway routes
