@@ -20,8 +20,9 @@ INLINE_CODE = re.compile(r"(`+)(?:(?!\1).)+?\1")
 HTML_ANCHOR = re.compile(r"<a\s+(?:name|id)=\"([^\"]+)\"", re.IGNORECASE)
 
 
-def prose(text: str) -> list[str]:
-    """The lines of `text` outside code fences, inline code replaced by a placeholder."""
+def prose(text: str, *, keep_code: bool = False) -> list[str]:
+    """The lines of `text` outside code fences, inline code replaced by a placeholder (kept as
+    written with `keep_code`: a heading's anchor includes its code spans' text)."""
     lines: list[str] = []
     fenced = False
     for line in text.splitlines():
@@ -29,7 +30,7 @@ def prose(text: str) -> list[str]:
             fenced = not fenced
             continue
         if not fenced:
-            lines.append(INLINE_CODE.sub("code", line))
+            lines.append(line if keep_code else INLINE_CODE.sub("code", line))
     return lines
 
 
@@ -46,7 +47,7 @@ def anchors(page: Path) -> set[str]:
     found: set[str] = set()
     seen: dict[str, int] = {}
     text = page.read_text(encoding="utf-8")
-    for line in prose(text):
+    for line in prose(text, keep_code=True):
         if match := HEADING.match(line):
             base = slug(match.group(2))
             count = seen.get(base, 0)
@@ -112,6 +113,10 @@ def test_the_readme_stays_short() -> None:
             "sidecar-one-gateway-next-to-one-api-server",
         ),
         ("nginx `auth_request`", "nginx-auth_request"),
+        (
+            "The lean engine's parser (`serve --engine lean`)",
+            "the-lean-engines-parser-serve---engine-lean",
+        ),
         ("Where to change what", "where-to-change-what"),
     ],
 )
@@ -122,11 +127,11 @@ def test_anchors_are_githubs(heading: str, anchor: str) -> None:
 def test_a_broken_anchor_or_file_is_found(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text(
-        "# Title\n\n## Twice\n\n## Twice\n\n```sh\n# not a heading\n```\n\n"
+        "# Title\n\n## Twice\n\n## Twice\n\n## With `code`\n\n```sh\n# not a heading\n```\n\n"
         "[ok](#twice-1) [bad](#not-a-heading) [`code`](other.md#x) `[no](#link)`\n"
     )
     (tmp_path / "other.md").write_text("# X\n")
-    assert anchors(page) == {"title", "twice", "twice-1"}
+    assert anchors(page) == {"title", "twice", "twice-1", "with-code"}
     assert links(page) == ["#twice-1", "#not-a-heading", "other.md#x"]
     assert resolve(page, "other.md#x") == (tmp_path / "other.md", "x")
     assert "x" in anchors(tmp_path / "other.md")
