@@ -158,7 +158,8 @@ class Proxy:
         return len(self._running)
 
     def begin_drain(self) -> None:
-        """SIGTERM: every answer from now on closes its connection (`Connection: close`)."""
+        """SIGTERM: every connection closes after its current answer (StreamResponse.force_close;
+        an answer not yet started says `Connection: close`)."""
         self._draining = True
 
     def busy_transports(self) -> set[asyncio.BaseTransport]:
