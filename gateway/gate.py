@@ -648,8 +648,9 @@ def unknown_credential_warning(settings: Settings) -> str | None:
         else "--unknown-credential auto without --upstream-validation"
     )
     return (
-        f"unknown credentials are forwarded unjudged ({how}): a job token without the "
-        "glcbt- prefix (or --job-token-prefix) in a carrier other credentials share (Bearer, "
+        # No literal token prefix here: tests and operators grep logs for it as a leaked token.
+        f"unknown credentials are forwarded unjudged ({how}): a job token without GitLab's "
+        "job-token prefix (GitLab < 16.9) in a carrier other credentials share (Bearer, "
         "Basic, a bare Authorization, X-Nuget-Apikey) reaches the upstream without the "
         "gateway's policy; set --upstream-validation (GATEWAY_UPSTREAM_VALIDATION=true) so "
         "that --unknown-credential auto/upstream asks the upstream's GET /api/v4/job"

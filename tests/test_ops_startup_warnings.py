@@ -28,7 +28,8 @@ def test_forwarding_unknown_credentials_is_warned_at_start_up(
     assert warning["level"] == "warning"
     assert named in warning["event"]
     assert "set --upstream-validation (GATEWAY_UPSTREAM_VALIDATION=true)" in warning["event"]
-    assert "glcbt-" in warning["event"]
+    assert "without GitLab's job-token prefix" in warning["event"]
+    assert "glcbt-" not in gateway.log_text()  # the log stays free of anything token-shaped
     names = [e.get("event") for e in events]
     assert names.index(warning["event"]) < names.index("listening")  # said at start-up
 
