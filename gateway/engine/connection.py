@@ -313,6 +313,11 @@ class ClientConnection(asyncio.Protocol):
             # makes the kernel send a reset, which can destroy the answer before the client
             # reads it (nginx's lingering close does the same, for the same reason).
             self._close_when_read = self._close_when_read or not keep or self._closing
+            if self._close_when_read and self.transport.can_write_eof():
+                # Half-close at once: the client reads the answer to its end (a client waiting
+                # on `Expect: 100-continue` never sends the body), what is still coming is
+                # dropped until the body ends, its deadline passes or the limit is reached.
+                self.transport.write_eof()
             body.read_nowait()
             self._discarding = 1
             self._discard(0)
