@@ -514,7 +514,7 @@ def _body_params(view: RequestView) -> list[tuple[str, object]]:
     return pairs
 
 
-def _from_params(pairs: Iterable[tuple[str, object]], family: Family) -> Iterator[_Found]:
+def _from_params(pairs: Iterable[tuple[str, object]], target: str) -> Iterator[_Found]:
     for key, value in pairs:
         carrier, bracket = _param_carrier(key)
         if carrier is None:
@@ -526,7 +526,10 @@ def _from_params(pairs: Iterable[tuple[str, object]], family: Family) -> Iterato
                 carrier, "", job=carrier is not Carrier.PRIVATE_TOKEN_PARAM, problem=problem
             )
         elif value:  # GitLab uses `.presence`: an empty value is absent
-            if carrier is Carrier.TOKEN_PARAM and Reading.TOKEN_PARAM_JWT in family.readings:
+            if (
+                carrier is Carrier.TOKEN_PARAM
+                and Reading.TOKEN_PARAM_JWT in _family(target).readings
+            ):
                 # The Terraform registry's `?token=<JWT>`: the job token is its `token` claim.
                 wrapped = conan_jwt.claim(value, "token")
                 if wrapped is not None:
@@ -649,7 +652,16 @@ _HEADER_MEMO: dict[str, Carrier | None] = {}
 _HEADER_MEMO_SIZE = 512
 
 
-def _from_headers(headers: Headers, family: Family) -> tuple[list[_Found], list[str]]:
+def _family(target: str) -> Family:
+    """The route family of a request-target (`configure`): decided only for the carriers whose
+    reading depends on it (Authorization, a named header, `token`), not for JOB-TOKEN alone."""
+    # Every family lives under a `packages` segment: other targets skip the expression.
+    if "packages" in target or "%" in target:
+        return _CONFIG.carriers.family_for(target)
+    return DEFAULT
+
+
+def _from_headers(headers: Headers, target: str) -> tuple[list[_Found], list[str]]:
     found: list[_Found] = []
     repeated: list[str] = []
     seen: list[Carrier] = []
@@ -663,13 +675,13 @@ def _from_headers(headers: Headers, family: Family) -> tuple[list[_Found], list[
                 memo[name] = carrier
         if carrier is None:
             continue
-        if carrier is Carrier.API_KEY_HEADER and not _reads_header(family, name):
+        if carrier is Carrier.API_KEY_HEADER and not _reads_header(_family(target), name):
             continue  # another family's header: GitLab does not read it here
         if seen.count(carrier) == 1:  # its second occurrence
             repeated.append(f"{carrier} repeated")
         seen.append(carrier)
         if carrier is Carrier.AUTHORIZATION:
-            found.extend(_from_authorization(value, family))
+            found.extend(_from_authorization(value, _family(target)))
             continue
         value = value.strip()
         if not value:
@@ -708,17 +720,13 @@ def read(view: RequestView, body_params: Sequence[tuple[str, object]] = ()) -> E
     streamed multipart body, `gateway.bodyguard`), judged exactly as if `view.body` held them.
     """
     target = view.target
-    # Every family lives under a `packages` segment: other targets skip the expression.
-    family = (
-        _CONFIG.carriers.family_for(target) if "packages" in target or "%" in target else DEFAULT
-    )
-    found, repeated = _from_headers(view.headers, family)
+    found, repeated = _from_headers(view.headers, target)
     pairs = _params(view)
     if body_params:
         _refuse_method_override(view.method, body_params)
         pairs = [*pairs, *body_params]
     if pairs:
-        found.extend(_from_params(pairs, family))
+        found.extend(_from_params(pairs, target))
     if len(found) == 1 and not repeated:  # the common case: one carrier
         chosen = found[0]
         if not chosen.job:
