@@ -582,10 +582,18 @@ def _from_authorization(value: str, family: Family) -> list[_Found]:
     scheme, param = authorization_scheme(value)
     if scheme is None:
         return []
-    found: list[_Found | None] = []
     readings = family.readings
     rest = (param or "").strip(_RUBY_SPACE)
     lower = scheme.lower()
+    if not readings:  # APIGuard's carriers only (most routes): the branches below, shortened
+        if lower == "bearer" and rest:
+            item = _classify(Carrier.BEARER, rest)
+        elif lower == "basic" and rest:
+            item = _from_basic(rest)
+        else:
+            item = _Found(Carrier.AUTHORIZATION, value, job=False)
+        return [] if item is None else [item]
+    found: list[_Found | None] = []
     if lower == "bearer" and rest:
         wrapped = conan_jwt.conan_access_token(rest) if Reading.CONAN_JWT in readings else None
         if wrapped is not None:  # a Conan JWT: it wraps the credential GitLab reads
