@@ -28,7 +28,7 @@ LAYERS = (
     ("server", "server: HTTP parsing, dispatch"),
     ("decision", "decision: extract, match, resolve, decide"),
     ("handler", "proxy handler: headers, URL, body loop"),
-    ("client", "upstream client (aiohttp ClientSession)"),
+    ("client", "upstream client (aiohttp ClientSession; lean: gateway/wire/client)"),
     ("response", "server response: headers, body"),
     ("writes", "socket writes (both legs)"),
     ("log", "log line + metrics"),
@@ -47,6 +47,11 @@ NATIVE_WRITE = re.compile(
     r"UVStream_?_?\w*[Ww]rite|uv__write|uv_try_write|\bwritev\b|\bsendmsg\b|\b__?send\b"
 )
 BY_MODULE = (
+    # The lean engine (issue 13): its client connection and pipes are the server side, its
+    # upstream connection and pool the client side, its pipeline the handler.
+    (re.compile(r"gateway/wire/client\.py"), "client"),
+    (re.compile(r"gateway/engine/(connection|listener)\.py"), "server"),
+    (re.compile(r"gateway/engine/\w+\.py|bare_lean\.py"), "handler"),
     (re.compile(r"gateway/wire/\w+\.py|httptools/"), "server"),  # the lean HTTP machinery
     (re.compile(r"gateway/authz/\w+\.py"), "handler"),  # the decision listener's own work
     (re.compile(r"aiohttp/http_writer\.py"), "writes"),

@@ -166,7 +166,15 @@ def bare_proxy(ctx: Ctx) -> None:
     ctx.server = {"bare_proxy": pid}
 
 
-def gateway(workers: int, mode: str) -> Callable[[Ctx], None]:
+def bare_lean(ctx: Ctx) -> None:
+    up = _with_upstream(ctx)
+    pid, ctx.port = start_python(
+        ctx, "bare_lean", "bare_lean.py", ctx.cores.server, "--upstream", f"http://127.0.0.1:{up}"
+    )
+    ctx.server = {"bare_lean": pid}
+
+
+def gateway(workers: int, mode: str, engine: str = "aiohttp") -> Callable[[Ctx], None]:
     def start(ctx: Ctx) -> None:
         if ctx.gateway_problem:
             raise SetupFailed(ctx.gateway_problem)
@@ -174,7 +182,8 @@ def gateway(workers: int, mode: str) -> Callable[[Ctx], None]:
         ctx.port, admin = harness.free_port(), harness.free_port()
         argv = [PY, "-m", "gateway", "serve", "--upstream", f"http://127.0.0.1:{up}"]
         argv += ["--store", str(ctx.store_url), "--workers", str(workers), "--mode", mode]
-        argv += ["--port", str(ctx.port), "--admin-port", str(admin), *ctx.args.gateway_arg]
+        argv += ["--port", str(ctx.port), "--admin-port", str(admin), "--engine", engine]
+        argv += ctx.args.gateway_arg
         # Two workers cannot both have core 0: they get both cores and share core 1 with
         # the load generator and the stub (CPU per request stays comparable).
         where = (
@@ -287,6 +296,16 @@ SETUPS = (
     Setup("direct", "direct to the upstream stub", "reference", (), direct),
     Setup("bare_proxy", "bare aiohttp forwarder (no policy)", "reference", (), bare_proxy),
     Setup(
+        "bare_lean", "bare lean forwarder (gateway/engine, no policy)", "reference", (), bare_lean
+    ),
+    Setup(
+        "gateway_lean_1w",
+        "gateway, enforce, 1 worker, --engine lean",
+        "subject",
+        ("gateway",),
+        gateway(1, "enforce", "lean"),
+    ),
+    Setup(
         "gateway_enforce_1w",
         "gateway, enforce, 1 worker",
         "subject",
@@ -372,7 +391,7 @@ SETUPS = (
     ),
 )
 BY_NAME = {s.name: s for s in SETUPS}
-LARGE_SETUPS = ("direct", "bare_proxy", "gateway_enforce_1w")
+LARGE_SETUPS = ("direct", "bare_proxy", "gateway_enforce_1w", "bare_lean", "gateway_lean_1w")
 
 
 # --- load
@@ -524,6 +543,22 @@ def attempt(ctx: Ctx, setup: Setup, round_no: int) -> dict[str, Any]:
         flush=True,
     )
     return record
+
+
+def _hot_route(mix_dir: Path, args: argparse.Namespace, mix: dict[str, Any]) -> dict[str, Any]:
+    """`--hot-route`: the mix's first allowed GET with a hot token, replayed alone (the
+    "one hot allowed route" figure of issue 13)."""
+    full = traffic.build(args.seed, args.mix_size, args.cold_tokens)
+    entry = next(
+        e
+        for e in full.entries
+        if e.token_kind == "hot" and e.forwarded and e.raw.startswith("GET ")
+    )
+    one = traffic.Mix([entry], full.source, full.routes, full.cold_tokens, {"hot_route": True})
+    traffic.write_lua(one, mix_dir / "mix.lua")
+    traffic.write_json(one, mix_dir / "mix.json")
+    target = entry.raw.split(" ", 2)[1]
+    return {**mix, "hot_route": target, "predicted_denied_share": 0.0}
 
 
 def run_setups(ctx: Ctx, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -811,6 +846,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--large-bytes", type=int, default=GiB, help="size of the large-body transfers"
     )
     parser.add_argument("--no-large", action="store_true")
+    parser.add_argument(
+        "--hot-route",
+        action="store_true",
+        help="replay one allowed GET with a hot (cached) token instead of the mix",
+    )
     parser.add_argument("--no-micro", action="store_true")
     parser.add_argument(
         "--profile", default="bare_proxy,gateway_enforce_1w", help="setups to profile ('' = none)"
@@ -879,6 +919,8 @@ def main(argv: list[str] | None = None) -> int:
     tools = detect_tools(args)
     mix_dir = work / "mix"
     mix = traffic.write_all(mix_dir, args.seed, args.mix_size, args.cold_tokens)
+    if args.hot_route:
+        mix = _hot_route(mix_dir, args, mix)
     ctx = Ctx(
         args,
         harness.Cores.detect(not args.no_pin),

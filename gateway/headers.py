@@ -204,18 +204,28 @@ class HeaderPolicy:
     def inbound(self, request: web.BaseRequest) -> Headers:
         """The end-to-end request headers: what the decision core sees and what is forwarded
         (the request's own headers, read-only, when none is dropped)."""
-        rule = self._trusted_rule if self.trusts(request.remote) else self._untrusted_rule
-        return _without(request.headers, rule)
+        return self.inbound_from(request.headers, request.remote)
+
+    def inbound_from(self, headers: Headers, remote: str | None) -> Headers:
+        """`inbound` over plain values (the lean engine's; no aiohttp request)."""
+        rule = self._trusted_rule if self.trusts(remote) else self._untrusted_rule
+        return _without(headers, rule)
 
     def outbound(
         self, request: web.BaseRequest, headers: Headers, request_id: str
     ) -> CIMultiDict[str]:
         """`headers` plus the gateway's forwarding headers, per the Host policy."""
+        return self.outbound_from(headers, request.remote, request.scheme, request_id)
+
+    def outbound_from(
+        self, headers: Headers, remote: str | None, scheme: str, request_id: str
+    ) -> CIMultiDict[str]:
+        """`outbound` over plain values (the lean engine's; no aiohttp request)."""
         out = CIMultiDict(headers)
-        out.popall("Transfer-Encoding", None)  # aiohttp's client frames the body itself
-        out["X-Forwarded-For"] = _append(out.getall("X-Forwarded-For", ()), request.remote)
+        out.popall("Transfer-Encoding", None)  # the client leg frames the body itself
+        out["X-Forwarded-For"] = _append(out.getall("X-Forwarded-For", ()), remote)
         if "X-Forwarded-Proto" not in out:
-            out["X-Forwarded-Proto"] = request.scheme
+            out["X-Forwarded-Proto"] = scheme
         host = out.get("Host")
         if host is not None and "X-Forwarded-Host" not in out:
             out["X-Forwarded-Host"] = host

@@ -38,7 +38,7 @@ from gateway.app import (
     runner_options,
 )
 from gateway.errors import ConfigError
-from gateway.settings import Settings
+from gateway.settings import Engine, Settings
 
 __all__ = [
     "check_extensions",
@@ -119,6 +119,12 @@ async def run_worker(
         from gateway.authz.listener import run_alone
 
         return await run_alone(settings, admin=admin, reuse_port=reuse_port, on_ready=on_ready)
+    if settings.engine is Engine.LEAN:
+        from gateway.engine import run_lean_worker
+
+        return await run_lean_worker(
+            settings, admin=admin, reuse_port=reuse_port, on_ready=on_ready
+        )
     draining = asyncio.Event()
     decision = None
     options = {**runner_options(settings), "shutdown_timeout": _shutdown_timeout(settings)}

@@ -24,6 +24,7 @@ from gateway.errors import ConfigError
 __all__ = [
     "DEFAULT_ROUTES",
     "SHIPPED_TABLES",
+    "Engine",
     "HostPolicy",
     "LogFormat",
     "Mode",
@@ -78,6 +79,11 @@ class HostPolicy(StrEnum):
     UPSTREAM = "upstream"
 
 
+class Engine(StrEnum):
+    AIOHTTP = "aiohttp"
+    LEAN = "lean"
+
+
 class UnknownCredential(StrEnum):
     """What an unrecognised value in a carrier shared with other credentials is taken for."""
 
@@ -102,6 +108,11 @@ class Settings(BaseSettings):
         9090, ge=0, le=65535, description="Port of the admin listener (health, readiness, metrics)."
     )
     workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port.")
+    engine: Engine = Field(
+        Engine.LEAN,
+        description="Proxy listener engine: `lean` (asyncio Protocols, llhttp both ways, a "
+        "keep-alive upstream pool) or `aiohttp` (aiohttp's server and client).",
+    )
     decision_port: int | None = Field(
         None,
         ge=0,

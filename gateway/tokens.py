@@ -17,6 +17,9 @@ GitLab reads credentials in this order (`API::APIGuard#find_user_from_sources`, 
    `find_job_from_http_basic_auth`).
 
 `params` is Rails/Grape params: the query string plus a form or JSON body (top-level keys).
+How a request is read (its media type, parameter names, Authorization scheme, Base64) is one
+small named function each, below, mirroring Rack/ActionPack; tests/oracle/ holds them to the
+Ruby originals (docs/security.md, "Reading requests as GitLab's own parsers do").
 
 Some route families read more carriers (`gateway.carriers`: a bare `Authorization` value, its
 last word, Basic with any user name, a named header such as `X-Nuget-Apikey`, the token a Conan
@@ -67,6 +70,7 @@ __all__ = [
     "Extraction",
     "Malformed",
     "authorization_scheme",
+    "basic_credentials",
     "body_kind",
     "configure",
     "credential_param",
@@ -74,11 +78,13 @@ __all__ = [
     "extract",
     "fingerprint",
     "media_type",
+    "packages_basic_password",
     "param_base",
     "parse_form",
     "part_params",
     "read",
     "reads_param",
+    "ruby_decode64",
     "same_credential",
 ]
 
@@ -156,6 +162,66 @@ def authorization_scheme(value: str) -> tuple[str | None, str | None]:
     if cut is None:
         return text, None
     return text[: cut.start()], text[cut.end() :]
+
+
+# Ruby's Base64.decode64 skips every byte outside the alphabet (and `=` in a group's first two
+# places); it stops at `=` in a group's last two places.
+_B64_NOISE = re.compile(r"[^A-Za-z0-9+/=]+")
+
+
+def ruby_decode64(text: str) -> bytes:
+    """Ruby's `Base64.decode64` (`String#unpack1("m")`, the lenient branch of pack.c's `m`):
+    what ActionPack and GitLab decode an Authorization parameter with. Bytes outside the base64
+    alphabet are skipped, `=` ends the data only in a group's third or fourth place, a lone
+    last character is dropped, and no padding or trailing bits are checked."""
+    chars = _B64_NOISE.sub("", text)
+    if "=" in chars:
+        kept: list[str] = []
+        for char in chars:
+            if char != "=":
+                kept.append(char)
+            elif len(kept) % 4 >= 2:
+                break
+        chars = "".join(kept)
+    if len(chars) % 4 == 1:
+        chars = chars[:-1]
+    return base64.b64decode(chars + "=" * (-len(chars) % 4))
+
+
+def _ruby_present(value: str) -> bool:
+    """ActiveSupport `present?` of a string: not empty, not only whitespace."""
+    return bool(value) and not value.isspace()
+
+
+def basic_credentials(value: str) -> tuple[str, str] | None:
+    """(user, password) as ActionController::HttpAuthentication::Basic#user_name_and_password
+    reads an Authorization value, whatever its scheme, when both are present; else None.
+
+    `user_name_and_password` is `decode_credentials(request).split(":", 2)` with
+    `Base64.decode64(auth_param(request))`: it never checks the scheme. GitLab's AuthFinders
+    check it first (`has_basic_credentials?`), but TokenLocator's `http_basic_auth` location
+    (lib/gitlab/api_authentication/token_locator.rb, `extract_from_http_basic_auth`: the NuGet,
+    Debian, RPM, Maven and virtual-registry routes) does not: `Bearer <base64 of user:token>`
+    is HTTP Basic there.
+    """
+    _, param = authorization_scheme(value)
+    user, sep, password = ruby_decode64(param or "").partition(b":")
+    if not sep:
+        return None
+    pair = (user.decode("utf-8", "surrogateescape"), password.decode("utf-8", "surrogateescape"))
+    return pair if _ruby_present(pair[0]) and _ruby_present(pair[1]) else None
+
+
+def packages_basic_password(value: str) -> str | None:
+    """The password `API::Helpers::PackagesManagerClientsHelpers#decode_token`
+    (lib/api/helpers/packages_manager_clients_helpers.rb) reads from an Authorization value:
+    `split('Basic ', 2).second`, so whatever follows the first literal `Basic ` anywhere in the
+    value, through Ruby's `Base64.decode64`, `split(':', 2).second`. None when it reads none."""
+    _, found, encoded = value.partition("Basic ")
+    if not found:
+        return None
+    _, sep, password = ruby_decode64(encoded).partition(b":")
+    return password.decode("utf-8", "surrogateescape") if sep else None
 
 
 def param_base(key: str) -> tuple[str, bool] | None:
@@ -622,6 +688,40 @@ def _from_authorization(value: str, family: Family) -> list[_Found]:
     return [item for item in found if item is not None]
 
 
+def _hidden_basic(value: str, family: Family) -> list[_Found]:
+    """Job tokens GitLab's scheme-blind Basic readings find in an Authorization value
+    (`basic_credentials`, `packages_basic_password`): a user `gitlab-ci-token` or a prefixed
+    password, whatever the scheme; on a family whose helpers take any user's Basic password,
+    an unprefixed password too (a candidate). Only job tokens (and candidates) are kept: any
+    Authorization value is already a credential of its own (`_from_authorization`)."""
+    scheme, _ = authorization_scheme(value)
+    if scheme is None or scheme.lower() == "basic":
+        return []  # `_from_basic` reads it (strictly: what it cannot decode is refused)
+    found: list[_Found] = []
+    prefixes = _CONFIG.prefixes
+    any_user = Reading.BASIC_ANY_USER in family.readings
+    pair = basic_credentials(value)
+    if pair is not None:
+        if pair[0] == CI_JOB_USER or pair[1].startswith(prefixes):
+            found.append(_Found(Carrier.BASIC, pair[1], job=True))
+        elif any_user and _token_shaped(pair[1]):
+            found.append(_classify(Carrier.BASIC_ANY_USER, pair[1]))  # type: ignore[arg-type]
+    password = packages_basic_password(value)
+    if password is not None:
+        if password.startswith(prefixes):
+            found.append(_Found(Carrier.BASIC, password, job=True))
+        elif any_user and _token_shaped(password):
+            found.append(_classify(Carrier.BASIC_ANY_USER, password))  # type: ignore[arg-type]
+    return found
+
+
+def _token_shaped(value: str) -> bool:
+    """Could this be a job token at all (printable ASCII, no space)? Decoding any Bearer value
+    as Base64 yields bytes: only a token-shaped password is a candidate (a job token always is
+    one; garbage would make every Bearer on those routes two credentials)."""
+    return bool(value) and value.isascii() and value.isprintable() and " " not in value
+
+
 def _from_basic(encoded: str, *, any_user: bool = False) -> _Found | None:
     try:
         user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
@@ -689,7 +789,9 @@ def _from_headers(headers: Headers, target: str) -> tuple[list[_Found], list[str
             repeated.append(f"{carrier} repeated")
         seen.append(carrier)
         if carrier is Carrier.AUTHORIZATION:
-            found.extend(_from_authorization(value, _family(target)))
+            family = _family(target)
+            found.extend(_from_authorization(value, family))
+            found.extend(_hidden_basic(value, family))
             continue
         value = value.strip()
         if not value:

@@ -244,6 +244,13 @@ def authorization(draw: st.DrawFn, values: Values) -> str:
         user = draw(st.sampled_from(("gitlab-ci-token", "x", "", "GITLAB-CI-TOKEN")))
         style = draw(st.sampled_from(("strict", "strict", "unpadded", "urlsafe", "junk")))
         payload = basic(user, draw(values), style)
+    elif draw(st.integers(0, 3)) == 0:
+        # Basic credentials under another scheme, or after a literal "Basic " further on: what
+        # TokenLocator's http_basic_auth and the package helpers' decode_token read.
+        user = draw(st.sampled_from(("gitlab-ci-token", "x")))
+        payload = basic(user, draw(values), draw(st.sampled_from(("strict", "unpadded", "junk"))))
+        if draw(st.booleans()):
+            payload = draw(st.sampled_from(("x Basic ", "xBasic ", "realm=Basic "))) + payload
     else:
         payload = draw(values)
         if draw(st.integers(0, 5)) == 0:

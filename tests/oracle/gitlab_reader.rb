@@ -7,7 +7,8 @@
 #
 # Protocol: one JSON object per line on stdin,
 #   {"method": "POST", "target": "/api/v4/x?a=1", "headers": [["Name", "value"], ...],
-#    "body": "<base64>"}
+#    "body": "<base64>", "named_headers": ["X-Nuget-Apikey"]}
+# (`named_headers`: the TokenLocator `http_header` locations to read, as `http_header:<name>`)
 # and one JSON object per line on stdout, in order (see `read_request`). Strings GitLab would
 # read are printed as {"s": "<base64 of the bytes>"}; other values (a Hash from `job_token[x]=`,
 # an Array, a number from JSON) as {"type": "Hash", "inspect": "..."}.
@@ -94,8 +95,9 @@ end
 class Finders
   include ActionController::HttpAuthentication::Basic
 
-  def initialize(request)
+  def initialize(request, named_headers = [])
     @request = request
+    @named_headers = named_headers
   end
 
   def read
@@ -121,6 +123,9 @@ class Finders
     out["job_token_header"] = req.env["HTTP_JOB_TOKEN"]
     # deploy_token_from_request
     out["deploy_token_header"] = req.env["HTTP_DEPLOY_TOKEN"]
+    # API::Helpers::PackagesManagerClientsHelpers#decode_token (find_job_from_http_basic_auth)
+    encoded = req.headers["Authorization"].to_s.split("Basic ", 2).second
+    out["packages_basic_password"] = Base64.decode64(encoded || "").split(":", 2).second
     locator(req, out)
     out.transform_values { |v| value_out(v) }.compact
   end
@@ -140,6 +145,7 @@ class Finders
       out["locator_http_token"] = authorization
       out["locator_http_bearer_token"] = authorization.split(" ").last
     end
+    @named_headers.each { |name| out["http_header:#{name}"] = req.headers[name].presence }
     out["locator_deploy_token_header"] = req.headers["Deploy-Token"].presence
     out["locator_job_token_header"] = req.headers["Job-Token"].presence
     out["locator_private_token_header"] = req.headers["Private-Token"].presence
@@ -163,7 +169,7 @@ def read_rails(request)
   _, _, body = method_override.call(env)
   effective = body.first
   req = ActionDispatch::Request.new(env)
-  carriers, error = guarded { Finders.new(req).read }
+  carriers, error = guarded { Finders.new(req, request.fetch("named_headers", [])).read }
   params, = guarded { jsonable(req.params.to_h) }
   { "method" => effective, "carriers" => carriers, "error" => error, "params" => params }
 end
@@ -175,7 +181,7 @@ class OracleAPI < Grape::API
 
   route :any, "*path" do
     req = ActionDispatch::Request.new(env)
-    carriers, error = guarded { Finders.new(req).read }
+    carriers, error = guarded { Finders.new(req, env["oracle.named_headers"]).read }
     grape_params, = guarded { jsonable(params.to_h) }
     env["oracle.result"] = { "carriers" => carriers, "error" => error, "params" => grape_params }
     {}
@@ -184,6 +190,7 @@ end
 
 def read_api(request)
   env = build_env(request)
+  env["oracle.named_headers"] = request.fetch("named_headers", [])
   app = Rack::MethodOverride.new(OracleAPI)
   response, error = guarded { app.call(env) }
   result = env["oracle.result"] || { "carriers" => nil, "error" => error, "params" => nil }
@@ -194,6 +201,34 @@ def read_request(request)
   rails, rails_error = guarded { read_rails(request) }
   api, api_error = guarded { read_api(request) }
   { "rails" => rails || { "error" => rails_error }, "api" => api || { "error" => api_error } }
+end
+
+# One JSON [function, argument] per line in, its Ruby result out: the primitives
+# gateway/tokens.py mirrors, compared one by one (tests/oracle/test_oracle.py).
+PRIMITIVES = {
+  "split2" => ->(arg) { arg.split(" ", 2) }, # ActionPack auth_scheme / auth_param
+  "media_type" => ->(arg) { Rack::MediaType.type(arg) },
+  # Rack::QueryParser#normalize_params on one `key=v` pair: each top-level key, and whether its
+  # value is the plain string "v"
+  "param" => lambda { |arg|
+    Rack::Utils.parse_nested_query("#{arg}=v").map { |key, value| [key, value == "v"] }
+  }
+}.freeze
+
+if ARGV.first == "--primitives"
+  $stdout.sync = true
+  $stdin.each_line do |line|
+    function, argument = JSON.parse(line)
+    result, error = guarded { PRIMITIVES.fetch(function).call(argument) }
+    puts JSON.generate(error ? { "error" => error } : { "result" => result })
+  end
+  exit
+end
+
+if ARGV.first == "--decode64" # one JSON string per line in, its Base64.decode64 (base64) out
+  $stdout.sync = true
+  $stdin.each_line { |line| puts Base64.strict_encode64(Base64.decode64(JSON.parse(line))) }
+  exit
 end
 
 if ARGV.first == "--versions"

@@ -38,6 +38,7 @@ class Raw:
     target: str
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
+    named_headers: tuple[str, ...] = ()  # TokenLocator `http_header` locations to read
 
     def as_json(self) -> str:
         return json.dumps(
@@ -46,6 +47,7 @@ class Raw:
                 "target": self.target,
                 "headers": [list(pair) for pair in self.headers],
                 "body": base64.b64encode(self.body).decode(),
+                "named_headers": list(self.named_headers),
             }
         )
 
@@ -178,6 +180,7 @@ PREFIXED_ONLY = (
     "deploy_token_header",
     "locator_deploy_token_header",
     "locator_access_token_param",
+    "packages_basic_password",
 )
 # Carriers the gateway does not read yet (issue 10, branch p10-carriers): TokenLocator's
 # http_token (the whole Authorization value) and http_bearer_token (its last word, any scheme).
@@ -189,10 +192,17 @@ def is_job_token(value: Value, known: frozenset[bytes]) -> bool:
 
 
 def job_tokens(
-    reading: Reading, known: frozenset[bytes] = frozenset(), *, carriers: tuple[str, ...] = ()
+    reading: Reading,
+    known: frozenset[bytes] = frozenset(),
+    *,
+    carriers: tuple[str, ...] = (),
+    any_value: tuple[str, ...] = (),
+    basic_any_user: bool = False,
 ) -> dict[bytes, set[str]]:
     """The job tokens GitLab would read from this request, on the carriers the gateway reads
-    today (plus `carriers`), each with the carriers it came in (`api:`/`rails:` prefixed)."""
+    today, each with the carriers it came in (`api:`/`rails:` prefixed). `carriers` adds
+    carriers read for prefixed values, `any_value` carriers read for known values too, and
+    `basic_any_user` a known Basic password whatever the user (a route family's readings)."""
     found: dict[bytes, set[str]] = {}
 
     def add(stack: str, carrier: str, value: Value) -> None:
@@ -201,7 +211,7 @@ def job_tokens(
 
     for name, stack in (("rails", reading.rails), ("api", reading.api)):
         got = stack.carriers
-        for carrier in ANY_VALUE:
+        for carrier in (*ANY_VALUE, *any_value):
             value = got.get(carrier)
             if value is not None and is_job_token(value, known):
                 add(name, carrier, value)
@@ -218,10 +228,13 @@ def job_tokens(
                 continue
             # find_user_from_job_token_basic_auth: user gitlab-ci-token; the package helpers
             # take the password of any user (the gateway judges prefixed ones today).
-            if (user == CI_JOB_USER and is_job_token(password, known)) or password.startswith(
-                PREFIX
-            ):
+            if (
+                (user == CI_JOB_USER or basic_any_user) and is_job_token(password, known)
+            ) or password.startswith(PREFIX):
                 add(name, password_key, password)
+        password = got.get("packages_basic_password")
+        if basic_any_user and isinstance(password, bytes) and is_job_token(password, known):
+            add(name, "packages_basic_password", password)
     return found
 
 
@@ -252,18 +265,18 @@ def overridden_method(reading: Reading, request: Raw) -> str | None:
 
 @dataclass(frozen=True)
 class Verdict:
-    """What the gateway's reading (tokens.extract on the view the handler builds) decides."""
+    """What the gateway's reading (tokens.read, or tokens.extract before there was a `read`,
+    on the view the handler builds) decides. A `Candidate` (an unrecognised value GitLab may
+    read as a job token) is judged too: the gate resolves it through the store or upstream."""
 
-    credential: tokens.Credential | None = None
+    credential: Any = None  # tokens.Credential, or tokens.Candidate
     refused: str | None = None  # Conflict / Malformed / BodyError, with why
 
     @property
     def judged(self) -> bytes | None:
-        return (
-            None
-            if self.credential is None
-            else self.credential.secret.encode("utf-8", "surrogateescape")
-        )
+        if self.credential is None:
+            return None
+        return bytes(self.credential.secret.encode("utf-8", "surrogateescape"))
 
 
 def gateway_reads(request: Raw) -> Verdict:
@@ -276,7 +289,7 @@ def gateway_reads(request: Raw) -> Verdict:
     body = request.body if request.body and kind is not None else None
     view = RequestView(request.method, request.target, headers, body)
     try:
-        found = tokens.extract(view)
+        found = getattr(tokens, "read", tokens.extract)(view)  # `read`: candidates too
     except tokens.BodyError as exc:
         return Verdict(refused=f"bad_body: {exc}")
     if isinstance(found, tokens.Conflict):

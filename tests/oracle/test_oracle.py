@@ -14,9 +14,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import re
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
+from urllib.parse import unquote_plus
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -27,6 +30,7 @@ from gateway.request import RequestView
 
 from .generate import KNOWN, requests
 from .reader import (
+    SCRIPT,
     GitLabReader,
     Raw,
     Reading,
@@ -191,3 +195,74 @@ def test_deep_json_is_a_400_for_rails_and_for_the_gateway(gitlab):
     view = RequestView("POST", "/api/v4/x", CIMultiDict(request.headers), request.body)
     with pytest.raises(tokens.BodyError):
         tokens.extract(view)
+
+
+def test_ruby_decode64_is_rubys(gitlab):
+    """`tokens.ruby_decode64` against Ruby's own `Base64.decode64`, on strings made of the
+    alphabet, padding, and the bytes Ruby skips."""
+    del gitlab  # only for the skip-with-reason: the same Ruby runs the comparison
+    cases = [
+        "", "=", "Zg", "Zg=", "Zg==", "Zm9v", "Zm9vYg", "Zm=9v", "Z=m9v", "Zm9=v", "Zm9v=YmFy",
+        "Zm9v YmFy", "Zm9v\tYmFy", "Zm9v-YmFy", "Z*m9v", "é Zm9v", "Zm9vY", "====Zm9v",
+        "eDpnbGNidC1zZWMtYXBwLWpvYg==", "eDpn*bGNidC1zZWMtYXBwLWpvYg", "glcbt-sec-app-job",
+        "Zm9v.YmFy.YmF6", "ZZ==ZZ", "Z=Z=ZZ", "ZZZ=Z", "ab+/cd_-ef",
+    ]  # fmt: skip
+    rng = __import__("random").Random(16)
+    alphabet = "ABCxyz019+/=-_.* \té"
+    cases += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24))) for _ in range(400)]
+    lines = "".join(json.dumps(case) + "\n" for case in cases)
+    out = subprocess.run(
+        ["ruby", str(SCRIPT), "--decode64"], input=lines.encode(), capture_output=True, check=True
+    )
+    expected = [base64.b64decode(line) for line in out.stdout.splitlines()]
+    for case, want in zip(cases, expected, strict=True):
+        assert tokens.ruby_decode64(case) == want, case
+
+
+def _ruby_primitives(calls: list[tuple[str, str]]) -> list[dict[str, object]]:
+    lines = "".join(json.dumps(list(call)) + "\n" for call in calls)
+    out = subprocess.run(
+        ["ruby", str(SCRIPT), "--primitives"], input=lines.encode(), capture_output=True, check=True
+    )
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def _strings(alphabet: list[str], count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8))) for _ in range(count)]
+
+
+def test_the_reading_primitives_are_rubys(gitlab):
+    """`authorization_scheme`, `media_type` and `param_base` against the Ruby they mirror, on
+    generated strings (header values as a server hands them over: no surrounding spaces)."""
+    del gitlab  # only for the skip-with-reason
+    schemes = _strings(["Basic", "Bearer", " ", "\t", "  ", "\v", "x", "=", ":"], 300, 1)
+    schemes = [value.strip(" \t") for value in schemes]
+    types = _strings(
+        ["application/json", "text/plain", "Multipart/Form-Data", ";", ",", " ", "x=1", "A"], 300, 2
+    )
+    types = [value.strip(" \t") for value in types if value.strip(" \t")]
+    keys = _strings(["job_token", "token", "[", "]", "x", "%5B", "%5D", "_", "+"], 400, 3)
+    keys = [key for key in keys if key and not key.startswith(("+", "%20"))]
+    calls = [("split2", v) for v in schemes] + [("media_type", v) for v in types]
+    calls += [("param", key) for key in keys]
+    answers = iter(_ruby_primitives(calls))
+    for value in schemes:
+        ruby = next(answers)["result"]
+        # Ruby splits a blank non-empty value into [""]: no scheme either way.
+        want = (ruby[0] or None if ruby else None, ruby[1] if len(ruby) > 1 else None)  # type: ignore[index, arg-type]
+        assert tokens.authorization_scheme(value) == want, value
+    for value in types:
+        assert tokens.media_type(value) == next(answers)["result"], value
+    for key in keys:
+        ruby_params = dict(next(answers)["result"])  # type: ignore[call-overload]
+        decoded = unquote_plus(key)
+        base = tokens.param_base(decoded)
+        # Whenever Rack fills a top-level key (a name without brackets, as every credential
+        # name is) with the plain string, the gateway reads that key, not nested; whenever the
+        # gateway reads a plain key, Rack filled it so. (`x[` fills the key `x[` itself.)
+        for name, plain in ruby_params.items():
+            if plain and name.strip() == name and not set(name) & set("[]"):
+                assert base == (name, False), (key, ruby_params)
+        if base is not None and not base[1] and " " not in decoded:  # (spaces: stricter)
+            assert ruby_params.get(base[0]) is True, (key, ruby_params)

@@ -59,7 +59,7 @@ async def test_no_credential_reaches_a_log_line_a_metric_or_an_answer(
     DRAWN.clear()
     method, target, headers, body, wire = case
     gateway = served_gateway(an_upstream.url)
-    raw = await exchange(gateway.port, http(method, target, headers, body))
+    raw = await exchange(gateway.port, http(method, target, headers, body), wait=30)
     _, answer_headers, answer = parse_answer(raw)
     log = await _log_after(gateway)
     metrics = (await call("GET", gateway.admin_url + "/metrics")).body.decode()
@@ -77,8 +77,8 @@ async def _log_after(gateway) -> str:  # type: ignore[no-untyped-def]
     """The log once every line of the requests sent so far is written: a marker request's line
     comes after theirs (one worker writes its lines in order). Some refusals have no line."""
     marker = f"/oracle-marker-{uuid.uuid4().hex}"
-    await exchange(gateway.port, http("GET", marker))
-    deadline = time.monotonic() + 10
+    await exchange(gateway.port, http("GET", marker), wait=30)
+    deadline = time.monotonic() + 30  # generous: the machine may be shared
     while time.monotonic() < deadline:
         log = gateway.log_text()
         if marker in log:

@@ -135,3 +135,26 @@ async def test_a_semicolon_in_a_form_body_is_part_of_the_value(guarded):
     headers = [("Content-Type", FORM)]
     answer = await guarded.attack.send("GET", ALLOWED, headers, f"job_token={APP};x=1".encode())
     assert_refused(answer, 401, None)  # the value `APP;x=1` is judged: no such job
+
+
+# ------------------- found by the oracle: Basic credentials GitLab reads whatever the scheme
+
+# TokenLocator's `http_basic_auth` (NuGet, Debian, RPM, Maven, virtual registries) calls
+# ActionPack's `user_name_and_password`, which decodes the Authorization parameter without
+# checking the scheme; the package helpers' `decode_token` reads what follows the first
+# literal `Basic ` anywhere in the value. Both with Ruby's lenient Base64.
+HIDDEN_BASIC = {
+    "Bearer scheme": f"Bearer {basic('x', APP)}",
+    "unknown scheme": f"Foo {basic('gitlab-ci-token', APP)}",
+    "unpadded, junk byte": "Token "
+    + basic("x", APP).rstrip("=")[:4]
+    + "*"
+    + basic("x", APP).rstrip("=")[4:],
+    "after a literal 'Basic '": f"Token realm=Basic {basic('x', APP)}",
+}
+
+
+@pytest.mark.parametrize("authorization", HIDDEN_BASIC.values(), ids=HIDDEN_BASIC.keys())
+async def test_basic_credentials_under_another_scheme_are_judged(guarded, authorization):
+    answer = await guarded.attack.send("GET", DENIED, [("Authorization", authorization)])
+    assert_not_forwarded(answer, statuses=(400, 403))
