@@ -204,7 +204,11 @@ def basic_credentials(value: str) -> tuple[str, str] | None:
     Debian, RPM, Maven and virtual-registry routes) does not: `Bearer <base64 of user:token>`
     is HTTP Basic there.
     """
-    _, param = authorization_scheme(value)
+    return _basic_pair(authorization_scheme(value)[1])
+
+
+def _basic_pair(param: str | None) -> tuple[str, str] | None:
+    """`basic_credentials` of a value whose `authorization_scheme` parameter is `param`."""
     user, sep, password = ruby_decode64(param or "").partition(b":")
     if not sep:
         return None
@@ -638,14 +642,17 @@ def _classify(carrier: Carrier, value: str) -> _Found | None:
     return _Found(carrier, value, job=prefixed, maybe=maybe)
 
 
-def _from_authorization(value: str, family: Family) -> list[_Found]:
+def _from_authorization(
+    value: str, family: Family, split: tuple[str | None, str | None]
+) -> list[_Found]:
     """What GitLab reads from one Authorization value on a route of `family`.
 
     One split for every scheme (`authorization_scheme`, ActionPack's): `Basic<TAB>...` is
     Basic there. Doorkeeper's Bearer rule is narrower (`/^Bearer /i`,
     Doorkeeper::OAuth::Token.from_bearer_authorization): whatever it reads, this reads too.
+    `split` is `authorization_scheme(value)`, computed once for this and `_hidden_basic`.
     """
-    scheme, param = authorization_scheme(value)
+    scheme, param = split
     if scheme is None:
         return []
     readings = family.readings
@@ -688,19 +695,19 @@ def _from_authorization(value: str, family: Family) -> list[_Found]:
     return [item for item in found if item is not None]
 
 
-def _hidden_basic(value: str, family: Family) -> list[_Found]:
+def _hidden_basic(value: str, family: Family, split: tuple[str | None, str | None]) -> list[_Found]:
     """Job tokens GitLab's scheme-blind Basic readings find in an Authorization value
     (`basic_credentials`, `packages_basic_password`): a user `gitlab-ci-token` or a prefixed
     password, whatever the scheme; on a family whose helpers take any user's Basic password,
     an unprefixed password too (a candidate). Only job tokens (and candidates) are kept: any
     Authorization value is already a credential of its own (`_from_authorization`)."""
-    scheme, _ = authorization_scheme(value)
+    scheme, param = split  # authorization_scheme(value)
     if scheme is None or scheme.lower() == "basic":
         return []  # `_from_basic` reads it (strictly: what it cannot decode is refused)
     found: list[_Found] = []
     prefixes = _CONFIG.prefixes
     any_user = Reading.BASIC_ANY_USER in family.readings
-    pair = basic_credentials(value)
+    pair = _basic_pair(param)  # basic_credentials(value)
     if pair is not None:
         if pair[0] == CI_JOB_USER or pair[1].startswith(prefixes):
             found.append(_Found(Carrier.BASIC, pair[1], job=True))
@@ -790,8 +797,9 @@ def _from_headers(headers: Headers, target: str) -> tuple[list[_Found], list[str
         seen.append(carrier)
         if carrier is Carrier.AUTHORIZATION:
             family = _family(target)
-            found.extend(_from_authorization(value, family))
-            found.extend(_hidden_basic(value, family))
+            split = authorization_scheme(value)
+            found.extend(_from_authorization(value, family, split))
+            found.extend(_hidden_basic(value, family, split))
             continue
         value = value.strip()
         if not value:
