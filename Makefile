@@ -49,7 +49,7 @@ ENGINE_SUITES := tests/security tests/test_forward_body.py tests/test_forward_er
 	tests/test_forward_headers.py tests/test_forward_memory.py tests/test_forward_multipart.py \
 	tests/test_forward_target.py tests/test_serve.py tests/test_serve_demo.py \
 	tests/test_serve_hot_path.py tests/test_real_clients.py tests/test_ops_drain_overload.py \
-	tests/test_ops_metrics.py tests/test_ops_proxy.py tests/test_engine.py
+	tests/test_ops_metrics.py tests/test_ops_proxy.py tests/test_ops_upload_drain.py tests/test_engine.py
 pytest-lean: $(STAMP)
 	TEST_GATEWAY_ENGINE=lean $(VENV)/bin/pytest $(ENGINE_SUITES) $(PYTEST_ARGS)
 

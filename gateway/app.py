@@ -60,7 +60,11 @@ def runner_options(settings: Settings) -> dict[str, Any]:
         "access_log": None,  # the proxy writes its own request line
         "auto_decompress": False,  # a gzip upload must reach the upstream still gzipped (§1.10)
         "handler_cancellation": True,  # a client that goes away cancels the upstream call (§1.22)
-        "shutdown_timeout": settings.grace_period,  # SIGTERM drains in-flight requests this long
+        # How long aiohttp's own shutdown waits for handlers at cleanup. Not the drain:
+        # `serve` (server.run_worker) replaces it with a sliver of the cut window and drains
+        # first itself (server.drain: --grace-period in all, then the cut); an embedding
+        # runner (tests) that is cleaned up without a drain waits up to this long, twice.
+        "shutdown_timeout": settings.grace_period,
         # aiohttp's keep-alive timer runs from connect (and from each response) until a complete
         # request head arrives: the slowloris guard. Its default is 3630 s.
         "keepalive_timeout": settings.client_header_timeout,

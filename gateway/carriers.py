@@ -155,6 +155,19 @@ def _pattern(path: str) -> str:
     return "".join(parts)
 
 
+def _needle(families: tuple[Family, ...]) -> str:
+    """The longest literal ASCII segment (without `%`) of every path of every family ("" when
+    they have none in common): a path without it matches no family."""
+    common: set[str] | None = None
+    for family in families:
+        for path in family.paths:
+            literal = {
+                s for s in path.split("/") if s.isascii() and s[:1] not in ":*" and "%" not in s
+            }
+            common = literal if common is None else common & literal
+    return max(sorted(common), key=len) if common else ""
+
+
 class CarrierMap:
     """The route families of one API prefix, compiled into one expression (first family wins:
     FAMILIES lists the specific ones before `packages`)."""
@@ -171,6 +184,11 @@ class CarrierMap:
         self._regex = re.compile(f"{head}(?:{'|'.join(alternatives)})\\Z", re.DOTALL)
         # Every named header of every family: `gateway.tokens` reads them on their family only.
         self.headers = frozenset(name.upper() for family in families for name in family.headers)
+        # A literal segment every family's paths hold ("packages" for FAMILIES), and the escapes
+        # of its characters (`%70` is `p`): see family_for.
+        self._needle = _needle(families)
+        escapes = "|".join(f"%{ord(c):02X}" for c in sorted(set(self._needle)))
+        self._hidden = re.compile(escapes or "(?!)", re.IGNORECASE)
 
     def family_for(self, target: str) -> Family:
         """The family of a request-target (its path, percent-decoded and with repeated slashes
@@ -178,9 +196,15 @@ class CarrierMap:
         path = target.partition("?")[0]
         if "%" not in path:
             return self._match(path)
+        if self._needle and self._needle not in path and self._hidden.search(path) is None:
+            # Neither reading below can hold the needle, so neither matches: decoding only
+            # turns escapes into characters, and no escape here is one of the needle's.
+            return DEFAULT
         # Decode every escape but an encoded slash (`acme%2Fapp` stays one `:id` segment); then,
-        # should a router also read `%2F` as `/` elsewhere in the path, every escape.
-        found = self._match(_ESCAPE.sub(_unescape, path))
+        # should a router also read `%2F` as `/` elsewhere in the path, every escape. When the
+        # only escapes are encoded slashes (`acme%2Fapp`, the usual one), the first is the path.
+        only_slashes = path.count("%") == path.upper().count("%2F")
+        found = self._match(path if only_slashes else _ESCAPE.sub(_unescape, path))
         if found is DEFAULT:
             found = self._match(unquote(path, errors="surrogateescape"))
         return found

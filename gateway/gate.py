@@ -120,6 +120,8 @@ class Gate:
             await cached.poll()
         except StoreUnavailable as exc:
             log.warning("token store unavailable at start-up: %s", exc)
+        if (warning := unknown_credential_warning(settings)) is not None:
+            log.warning("%s", warning)
         return cls(
             settings,
             table,
@@ -668,6 +670,32 @@ def unknown_credential_mode(settings: Settings) -> UnknownCredential:
         upstream = settings.upstream_validation
         return UnknownCredential.UPSTREAM if upstream else UnknownCredential.FORWARD
     return mode
+
+
+def unknown_credential_warning(settings: Settings) -> str | None:
+    """The start-up warning when `--unknown-credential` resolves to `forward`, else None.
+
+    GitLab reads a job token from carriers other credentials share: `Authorization: Bearer`
+    (Gitlab::Auth::AuthFinders#find_user_from_job_bearer_token), HTTP Basic (the package
+    helpers' `find_job_from_http_basic_auth`, lib/api/helpers/packages_manager_clients_helpers.rb)
+    and the route families' own (gateway.carriers). Job tokens of GitLab < 16.9 carry no
+    `glcbt-` prefix, so there only GitLab can tell one from another credential; `forward`
+    passes such a value on unjudged: the gateway enforces nothing for it (gateway/tokens.py)."""
+    if unknown_credential_mode(settings) is not UnknownCredential.FORWARD:
+        return None
+    how = (
+        "--unknown-credential forward"
+        if settings.unknown_credential is UnknownCredential.FORWARD
+        else "--unknown-credential auto without --upstream-validation"
+    )
+    return (
+        # No literal token prefix here: tests and operators grep logs for it as a leaked token.
+        f"unknown credentials are forwarded unjudged ({how}): a job token without GitLab's "
+        "job-token prefix (GitLab < 16.9) in a carrier other credentials share (Bearer, "
+        "Basic, a bare Authorization, X-Nuget-Apikey) reaches the upstream without the "
+        "gateway's policy; set --upstream-validation (GATEWAY_UPSTREAM_VALIDATION=true) so "
+        "that --unknown-credential auto/upstream asks the upstream's GET /api/v4/job"
+    )
 
 
 def _job_projects(settings: Settings) -> JobProjects | None:

@@ -99,8 +99,11 @@ class Proxy:
         self._recorder = recorder
         self._ids = RequestIds()
         self._trusts = headers.trusts
-        # Requests being handled (their tasks), for the drain (`wait_idle`, `cut`).
+        # Requests being handled (their tasks), for the drain (`wait_idle`, `cut`), and the
+        # transports they arrive on (`busy_transports`: the drain must not close those).
         self._running: dict[asyncio.Task[object], Exchange] = {}
+        self._transports: dict[asyncio.Task[object], asyncio.BaseTransport | None] = {}
+        self._draining = False
         self._idle = asyncio.Event()
         self._cut: weakref.WeakSet[asyncio.Task[object]] = weakref.WeakSet()
         self._dry_run = settings.mode is Mode.DRY_RUN
@@ -118,6 +121,7 @@ class Proxy:
         task = asyncio.current_task()
         if task is not None:
             self._running[task] = exchange
+            self._transports[task] = request.transport
         try:
             response = await self._respond(request, exchange)
         except asyncio.CancelledError:
@@ -135,10 +139,14 @@ class Proxy:
             exchange.status = 503
         else:
             exchange.status = exchange.status or response.status
+            if self._draining:
+                # The connection ends with this answer (`begin_drain`): no next request on it.
+                response.force_close()
         finally:
             metrics.IN_FLIGHT.dec()
             if task is not None:
                 self._running.pop(task, None)
+                self._transports.pop(task, None)
                 if not self._running:
                     self._idle.set()
             self._recorder.finish(exchange)
@@ -148,6 +156,15 @@ class Proxy:
     def in_flight(self) -> int:
         """Requests being handled now."""
         return len(self._running)
+
+    def begin_drain(self) -> None:
+        """SIGTERM: every connection closes after its current answer (StreamResponse.force_close;
+        an answer not yet started says `Connection: close`)."""
+        self._draining = True
+
+    def busy_transports(self) -> set[asyncio.BaseTransport]:
+        """The transports of the requests being handled now (their bodies may still arrive)."""
+        return {transport for transport in self._transports.values() if transport is not None}
 
     async def wait_idle(self, within: float) -> bool:
         """Wait (at most `within` s) until no request is being handled; True if none is."""

@@ -199,9 +199,10 @@ async def drain(runner: web.AppRunner, grace: float) -> None:
 
     Like nginx's graceful shutdown and Envoy's drain: the listener closes at once, idle
     keep-alive connections are closed, running requests get the grace period minus a cut
-    window (min(1 s, 20%)); those still running then are cut (`Proxy.cut`: 503 `drain_cut` when
-    their response has not started). aiohttp's own shutdown (which alone would wait up to twice
-    its timeout) then only has the cut requests' answers to write.
+    window (min(1 s, 20%)), their bodies still read and streamed (an upload in progress goes
+    on), and each answer closes its connection; those still running then are cut (`Proxy.cut`:
+    503 `drain_cut` when their response has not started). aiohttp's own shutdown (which alone
+    would wait up to twice its timeout) then only has the cut requests' answers to write.
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -209,9 +210,17 @@ async def drain(runner: web.AppRunner, grace: float) -> None:
     _log.info("draining", grace_period=grace, in_flight=proxy.in_flight)
     for site in list(runner.sites):
         await site.stop()  # stop accepting new connections
+    proxy.begin_drain()  # busy connections close after their answer (force_close)
     server = runner.server
     if server is not None:
-        server.pre_shutdown()  # idle keep-alive connections close; busy ones after their answer
+        # Close only the idle keep-alive connections. Not `server.pre_shutdown()`, which closes
+        # every connection (RequestHandler.close): a closing handler drops the data that still
+        # arrives (`data_received` returns early), so an upload in progress would stall until
+        # the cut, its body half received.
+        busy = proxy.busy_transports()
+        for connection in server.connections:
+            if connection.transport not in busy:
+                connection.close()
     window = _cut_window(grace)
     if not await proxy.wait_idle(grace - window):
         cut = proxy.cut()

@@ -204,7 +204,11 @@ def basic_credentials(value: str) -> tuple[str, str] | None:
     Debian, RPM, Maven and virtual-registry routes) does not: `Bearer <base64 of user:token>`
     is HTTP Basic there.
     """
-    _, param = authorization_scheme(value)
+    return _basic_pair(authorization_scheme(value)[1])
+
+
+def _basic_pair(param: str | None) -> tuple[str, str] | None:
+    """`basic_credentials` of a value whose `authorization_scheme` parameter is `param`."""
     user, sep, password = ruby_decode64(param or "").partition(b":")
     if not sep:
         return None
@@ -580,7 +584,7 @@ def _body_params(view: RequestView) -> list[tuple[str, object]]:
     return pairs
 
 
-def _from_params(pairs: Iterable[tuple[str, object]], family: Family) -> Iterator[_Found]:
+def _from_params(pairs: Iterable[tuple[str, object]], target: str) -> Iterator[_Found]:
     for key, value in pairs:
         carrier, bracket = _param_carrier(key)
         if carrier is None:
@@ -592,7 +596,10 @@ def _from_params(pairs: Iterable[tuple[str, object]], family: Family) -> Iterato
                 carrier, "", job=carrier is not Carrier.PRIVATE_TOKEN_PARAM, problem=problem
             )
         elif value:  # GitLab uses `.presence`: an empty value is absent
-            if carrier is Carrier.TOKEN_PARAM and Reading.TOKEN_PARAM_JWT in family.readings:
+            if (
+                carrier is Carrier.TOKEN_PARAM
+                and Reading.TOKEN_PARAM_JWT in _family(target).readings
+            ):
                 # The Terraform registry's `?token=<JWT>`: the job token is its `token` claim.
                 wrapped = conan_jwt.claim(value, "token")
                 if wrapped is not None:
@@ -635,20 +642,31 @@ def _classify(carrier: Carrier, value: str) -> _Found | None:
     return _Found(carrier, value, job=prefixed, maybe=maybe)
 
 
-def _from_authorization(value: str, family: Family) -> list[_Found]:
+def _from_authorization(
+    value: str, family: Family, split: tuple[str | None, str | None]
+) -> list[_Found]:
     """What GitLab reads from one Authorization value on a route of `family`.
 
     One split for every scheme (`authorization_scheme`, ActionPack's): `Basic<TAB>...` is
     Basic there. Doorkeeper's Bearer rule is narrower (`/^Bearer /i`,
     Doorkeeper::OAuth::Token.from_bearer_authorization): whatever it reads, this reads too.
+    `split` is `authorization_scheme(value)`, computed once for this and `_hidden_basic`.
     """
-    scheme, param = authorization_scheme(value)
+    scheme, param = split
     if scheme is None:
         return []
-    found: list[_Found | None] = []
     readings = family.readings
     rest = (param or "").strip(_RUBY_SPACE)
     lower = scheme.lower()
+    if not readings:  # APIGuard's carriers only (most routes): the branches below, shortened
+        if lower == "bearer" and rest:
+            item = _classify(Carrier.BEARER, rest)
+        elif lower == "basic" and rest:
+            item = _from_basic(rest)
+        else:
+            item = _Found(Carrier.AUTHORIZATION, value, job=False)
+        return [] if item is None else [item]
+    found: list[_Found | None] = []
     if lower == "bearer" and rest:
         wrapped = conan_jwt.conan_access_token(rest) if Reading.CONAN_JWT in readings else None
         if wrapped is not None:  # a Conan JWT: it wraps the credential GitLab reads
@@ -677,19 +695,19 @@ def _from_authorization(value: str, family: Family) -> list[_Found]:
     return [item for item in found if item is not None]
 
 
-def _hidden_basic(value: str, family: Family) -> list[_Found]:
+def _hidden_basic(value: str, family: Family, split: tuple[str | None, str | None]) -> list[_Found]:
     """Job tokens GitLab's scheme-blind Basic readings find in an Authorization value
     (`basic_credentials`, `packages_basic_password`): a user `gitlab-ci-token` or a prefixed
     password, whatever the scheme; on a family whose helpers take any user's Basic password,
     an unprefixed password too (a candidate). Only job tokens (and candidates) are kept: any
     Authorization value is already a credential of its own (`_from_authorization`)."""
-    scheme, _ = authorization_scheme(value)
+    scheme, param = split  # authorization_scheme(value)
     if scheme is None or scheme.lower() == "basic":
         return []  # `_from_basic` reads it (strictly: what it cannot decode is refused)
     found: list[_Found] = []
     prefixes = _CONFIG.prefixes
     any_user = Reading.BASIC_ANY_USER in family.readings
-    pair = basic_credentials(value)
+    pair = _basic_pair(param)  # basic_credentials(value)
     if pair is not None:
         if pair[0] == CI_JOB_USER or pair[1].startswith(prefixes):
             found.append(_Found(Carrier.BASIC, pair[1], job=True))
@@ -749,7 +767,16 @@ _HEADER_MEMO: dict[str, Carrier | None] = {}
 _HEADER_MEMO_SIZE = 512
 
 
-def _from_headers(headers: Headers, family: Family) -> tuple[list[_Found], list[str]]:
+def _family(target: str) -> Family:
+    """The route family of a request-target (`configure`): decided only for the carriers whose
+    reading depends on it (Authorization, a named header, `token`), not for JOB-TOKEN alone."""
+    # Every family lives under a `packages` segment: other targets skip the expression.
+    if "packages" in target or "%" in target:
+        return _CONFIG.carriers.family_for(target)
+    return DEFAULT
+
+
+def _from_headers(headers: Headers, target: str) -> tuple[list[_Found], list[str]]:
     found: list[_Found] = []
     repeated: list[str] = []
     seen: list[Carrier] = []
@@ -763,14 +790,16 @@ def _from_headers(headers: Headers, family: Family) -> tuple[list[_Found], list[
                 memo[name] = carrier
         if carrier is None:
             continue
-        if carrier is Carrier.API_KEY_HEADER and not _reads_header(family, name):
+        if carrier is Carrier.API_KEY_HEADER and not _reads_header(_family(target), name):
             continue  # another family's header: GitLab does not read it here
         if seen.count(carrier) == 1:  # its second occurrence
             repeated.append(f"{carrier} repeated")
         seen.append(carrier)
         if carrier is Carrier.AUTHORIZATION:
-            found.extend(_from_authorization(value, family))
-            found.extend(_hidden_basic(value, family))
+            family = _family(target)
+            split = authorization_scheme(value)
+            found.extend(_from_authorization(value, family, split))
+            found.extend(_hidden_basic(value, family, split))
             continue
         value = value.strip()
         if not value:
@@ -809,17 +838,13 @@ def read(view: RequestView, body_params: Sequence[tuple[str, object]] = ()) -> E
     streamed multipart body, `gateway.bodyguard`), judged exactly as if `view.body` held them.
     """
     target = view.target
-    # Every family lives under a `packages` segment: other targets skip the expression.
-    family = (
-        _CONFIG.carriers.family_for(target) if "packages" in target or "%" in target else DEFAULT
-    )
-    found, repeated = _from_headers(view.headers, family)
+    found, repeated = _from_headers(view.headers, target)
     pairs = _params(view)
     if body_params:
         _refuse_method_override(view.method, body_params)
         pairs = [*pairs, *body_params]
     if pairs:
-        found.extend(_from_params(pairs, family))
+        found.extend(_from_params(pairs, target))
     if len(found) == 1 and not repeated:  # the common case: one carrier
         chosen = found[0]
         if not chosen.job:

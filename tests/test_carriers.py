@@ -70,6 +70,9 @@ FAMILIES = {
     "/api/v4/projects/1/packages/%72ubygems/gems/x.gem": "rubygems",  # decoded, as Rails routes
     "/api/v4//projects/1/packages//rubygems/gems/x.gem": "rubygems",  # squeezed, as Rails does
     "/api/v4/projects/1/packages%2Fnuget/v2": "nuget",  # should %2F be read as a slash
+    "/api/v4/projects/acme%2Fapp/%70ackages/nuget/v2": "nuget",  # `packages` itself escaped
+    "/api/v4/projects/acme%2fapp/packages/cargo/x": "cargo",  # only encoded slashes (any case)
+    "/api/v4/projects/acme%2Fapp/jobs/1/artifacts": "api",
     "/api/v4/projects/1/releases": "api",
     "/api/v4/projects/1/packages": "packages",
     "/gitlab/api/v4/projects/1/packages/pypi": "api",  # another root: not this map's

@@ -257,3 +257,25 @@ async def test_an_ambiguous_upstream_response_is_a_502(a_scripted_upstream, a_ga
     answer = await exchange(gateway.port, get(close=True))
 
     assert answer.startswith(b"HTTP/1.1 502 ")
+
+
+async def test_a_refusal_with_connection_close_reaches_the_client_before_its_body_is_read(
+    a_scripted_upstream, a_gateway
+):
+    # Found by the redaction property (tests/oracle): the answer went out, then the socket was
+    # closed with the request body unread, the kernel sent a reset, and the client lost the
+    # answer. The unread rest is now read and dropped first (bounded), as nginx's lingering close.
+    upstream = await a_scripted_upstream(ok())
+    gateway = await lean(a_gateway, upstream.url)
+    body = b'{"a":' * 120_000  # more than one read, less than the 1 MiB discard limit
+    head = (
+        "GET /api/v4/projects/20/deployments?job_token=glcbt-nobody-knows-this HTTP/1.1\r\n"
+        f"Host: g\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+
+    for _ in range(5):
+        answer = await exchange(gateway.port, head + body)
+        assert answer.startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+        assert answer.endswith(b'{"message":"401 Unauthorized"}')
+
+    assert upstream.heads == []

@@ -129,6 +129,7 @@ class ClientConnection(asyncio.Protocol):
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._discarding = 0  # bytes of an answered request's body still being read and dropped
+        self._close_when_read = False  # close once that body is read (the answer said close)
 
     # ---- asyncio.Protocol
 
@@ -301,19 +302,29 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is None:
             return
         incoming = self._queue[0]
-        if not keep or self._closing or self._broken is not None:
+        answered = not task.cancelled() and task.exception() is None
+        if not answered or self._broken is not None:
             self._close_after_answers()
             return
         body = incoming.body
         if not body.finished and self._parsing is incoming:
-            # Answered before its body was read (a refusal): read the rest and drop it.
+            # Answered before its body was read (a refusal): read the rest and drop it, also
+            # when the connection closes after this answer: closing a socket with unread bytes
+            # makes the kernel send a reset, which can destroy the answer before the client
+            # reads it (nginx's lingering close does the same, for the same reason).
+            self._close_when_read = self._close_when_read or not keep or self._closing
+            if self._close_when_read and self.transport.can_write_eof():
+                # Half-close at once: the client reads the answer to its end (a client waiting
+                # on `Expect: 100-continue` never sends the body), what is still coming is
+                # dropped until the body ends, its deadline passes or the limit is reached.
+                self.transport.write_eof()
             body.read_nowait()
             self._discarding = 1
             self._discard(0)
             self._resume(1)
             self._arm(_HEAD, self._limits.body_timeout)  # the rest must come in time
             return
-        if body.failed:
+        if not keep or self._closing or body.failed:
             self._close_after_answers()
             return
         self._next()
@@ -327,6 +338,9 @@ class ClientConnection(asyncio.Protocol):
 
     def _next(self) -> None:
         """The first request is answered: start the next one, or wait for one."""
+        if self._close_when_read:  # its unread body is read: now the close is clean
+            self._close_after_answers()
+            return
         self._queue.popleft()
         if self._queue:
             self._start(self._queue[0])
@@ -398,6 +412,10 @@ class ClientConnection(asyncio.Protocol):
         self._phase = phase
         if restart or not self._deadline:
             self._deadline = self._loop.time() + seconds
+        if self._timer is not None and self._timer.when() > self._deadline:
+            # A timer set for a later deadline (a longer phase) would check this one too late.
+            self._timer.cancel()
+            self._timer = None
         if self._timer is None:
             self._timer = self._loop.call_at(self._deadline, self._check_deadline)
 

@@ -10,6 +10,16 @@ pub/sub, in-process loads), and otherwise when the background watcher sees `gene
 move (polled every `POLL_INTERVAL`), so a revocation from another process or replica takes
 effect within about a second. Lookups that found nothing are cached too (negative entries),
 which is safe because any load or revoke drops them.
+
+Fail closed when that channel is lost: a cached answer is only as good as the last generation
+poll that confirmed nothing changed. Each successful poll vouches for the cache for
+`VOUCH_WINDOW` seconds from the moment it was sent (the next poll is due after `POLL_INTERVAL`);
+a failed poll drops the cache at once, and past the window (a poll that hangs, a stalled
+watcher) `peek_*` answer MISS, so the request asks the store, which is down: 503
+store_unavailable, never an allow on an answer a replica cut off from Redis can no longer
+vouch for (a token revoked through another replica meanwhile). The next successful poll
+resumes the cache (dropping it first when the store was unreachable or its generation moved).
+A cache that was never `start`ed has no channel to lose and answers for `ttl` alone.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -27,9 +38,12 @@ from gateway.errors import StoreUnavailable
 from gateway.grants import Allowlist, Job, Project
 from gateway.stores import Store
 
-__all__ = ["MISS", "POLL_INTERVAL", "CachedStore", "Lru"]
+__all__ = ["MISS", "POLL_INTERVAL", "VOUCH_WINDOW", "CachedStore", "Lru"]
 
 POLL_INTERVAL = 0.5  # seconds between generation polls (a revocation is seen within ~1 s)
+# How long one successful poll vouches for the cache: the next poll is due POLL_INTERVAL after
+# this one answered, so one missed interval (plus a slow answer) means the channel is lost.
+VOUCH_WINDOW = 2 * POLL_INTERVAL
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -104,12 +118,17 @@ class CachedStore:
         # The labelled lookup counters, each built on first use (`.labels()` costs ~0.7 us).
         self._lookups: dict[str, Any] = {}
         self._epoch = 0
+        # Monotonic time until which cached entries may answer (see the module docstring):
+        # unbounded until `start` gives the cache a change channel to depend on.
+        self._vouched_until = math.inf
+        self._feed_lost = False  # a poll failed and none has succeeded since (logged once)
 
     # ---- lifecycle
 
     def start(self) -> None:
         """Subscribe to the store's pushes and start the generation watcher (needs a loop)."""
         self.store.subscribe(self.invalidate)
+        self._vouched_until = -math.inf  # until the first poll answers
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
@@ -135,13 +154,30 @@ class CachedStore:
                 await self.poll()
 
     async def poll(self) -> None:
-        """Compare the store's generation with the last one seen; drop the cache if it moved."""
-        generation = await self._ask(self.store.generation())
+        """Compare the store's generation with the last one seen; drop the cache if it moved.
+
+        On success the cache may answer for `VOUCH_WINDOW` seconds from when the poll was sent;
+        on failure (StoreUnavailable, raised) it is dropped and answers nothing until a poll
+        succeeds again."""
+        sent = time.monotonic()
+        try:
+            generation = await self._ask(self.store.generation())
+        except StoreUnavailable:
+            if not self._feed_lost:
+                log.warning("token store change feed lost: cached resolutions are not used")
+            self._feed_lost = True
+            self._vouched_until = -math.inf
+            self.invalidate()
+            raise
         if generation != self._generation:
             if self._generation is not None:
                 log.debug("token store changed: cache dropped")
             self._generation = generation
             self.invalidate()
+        if self._feed_lost:
+            log.info("token store change feed back: cache resumed")
+            self._feed_lost = False
+        self._vouched_until = sent + VOUCH_WINDOW
 
     async def _ask(self, lookup: Awaitable[T]) -> T:
         kind = self.store.kind
@@ -175,6 +211,9 @@ class CachedStore:
     # ---- jobs by token digest
 
     def peek_job(self, digest: str) -> Job | _Miss | None:
+        if time.monotonic() >= self._vouched_until:  # the change feed is lost: fail closed
+            metrics.CACHE_MISSES.inc()
+            return MISS
         value = self._jobs.get(digest)
         if value is MISS:
             metrics.CACHE_MISSES.inc()
@@ -199,6 +238,8 @@ class CachedStore:
     # ---- projects, jobs by id, allowlists
 
     def peek(self, key: tuple[str, Any]) -> Any:
+        if time.monotonic() >= self._vouched_until:  # the change feed is lost: fail closed
+            return MISS
         return self._other.get(key)
 
     async def fetch(self, key: tuple[str, Any]) -> Any:

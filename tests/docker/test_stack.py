@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.settings import Settings
+from gateway.stores.cache import VOUCH_WINDOW
 
 from .conftest import (
     APP_TOKEN,
@@ -144,13 +145,15 @@ def test_a_redis_outage_fails_closed_and_heals(stack: Stack) -> None:
                 lambda r=replica, t=unseen: status(stack, r, GRANTED, t) == 503,
                 timeout=5,
             )
-        # Cached resolutions are served until GATEWAY_CACHE_TTL runs out; then 503 for all.
-        ttl = float(Settings.model_fields["cache_ttl"].default)
+        # Cached resolutions stop answering once the generation poll can no longer vouch for
+        # them (VOUCH_WINDOW, or a poll failing within --store-timeout), not after
+        # GATEWAY_CACHE_TTL: then 503 for all, a revocation elsewhere is never missed.
+        within = VOUCH_WINDOW + float(Settings.model_fields["store_timeout"].default) + 10
         try:
             wait_for(
                 "503 on both replicas while Redis is down",
                 lambda: all(probe_all()[(r, GRANTED, APP_TOKEN)] == 503 for r in REPLICAS),
-                timeout=ttl + 10,
+                timeout=within,
                 every=0.5,
             )
         except AssertionError as failure:
