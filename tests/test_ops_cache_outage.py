@@ -110,7 +110,12 @@ async def test_a_cached_token_is_refused_promptly_when_redis_goes_away(
     assert revoked.returncode == 0, revoked.stderr
     answer = await first_answer(gateway, lambda status: status != 503, within=10)
     assert answer.status == 401  # GitLab's answer to a revoked token is an unknown one's
-    last = gateway.events("request")[-1]
+    # The line is written after the answer: wait for the 401's own line.
+    deadline = time.monotonic() + 5
+    while not [e for e in gateway.events("request") if e.get("status") == 401]:
+        assert time.monotonic() < deadline, gateway.log_text()
+        await asyncio.sleep(0.05)
+    last = [e for e in gateway.events("request") if e.get("status") == 401][-1]
     assert last["reason"] == "token_revoked"
     allowed = [line for line in gateway.events("request") if line["status"] == 200]
     assert len(allowed) == 1 + statuses.count(200)  # only before Redis went away

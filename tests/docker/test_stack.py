@@ -115,7 +115,12 @@ def test_a_killed_replica_comes_back_while_the_other_serves(stack: Stack) -> Non
     wait_for("gateway-1 restarted and healthy", back, timeout=90, every=0.5)
     assert served > 0
     assert inspect(victim)["State"]["Pid"] != pid
-    assert status(stack, "gateway-1", GRANTED, APP_TOKEN) == 200
+    # Its published port can take a moment longer than the health check to answer again.
+    wait_for(
+        "gateway-1 answering on its port",
+        lambda: status(stack, "gateway-1", GRANTED, APP_TOKEN) == 200,
+        timeout=30,
+    )
     assert status(stack, "gateway-1", DENIED, APP_TOKEN) == 403
 
 
