@@ -102,7 +102,7 @@ STOPSIGNAL SIGTERM
 # Liveness of the admin listener; stdlib only (no curl/wget in the image). It follows
 # GATEWAY_ADMIN_PORT/GATEWAY_ADMIN_HOST, so changing the port through the environment keeps it right.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=15s --retries=3 \
-    CMD ["python", "-m", "gateway.healthcheck"]
+    CMD ["python", "-m", "gateway.ops.healthcheck"]
 
 ENTRYPOINT ["python", "-m", "gateway"]
 CMD ["serve"]

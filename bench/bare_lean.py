@@ -1,4 +1,4 @@
-"""The bare lean forwarder: the gateway's lean engine (gateway/engine) with no policy at all.
+"""The bare lean forwarder: the gateway's lean engine (gateway/proxy/lean) with no policy at all.
 
 The second yardstick (issue 13): the same listener, parser, header rules, upstream pool and
 relay as `serve --engine lean`, with a gate that allows every request without looking at it,
@@ -17,10 +17,10 @@ import signal
 
 import uvloop
 
-from gateway import log
-from gateway.decision import Decision, Reason
-from gateway.engine import start_proxy
-from gateway.request import RequestView
+from gateway.core.decision import Decision, Reason
+from gateway.core.request import RequestView
+from gateway.ops import log
+from gateway.proxy.lean import start_proxy
 from gateway.settings import Settings
 
 _ALLOW = Decision(allowed=True, reason=Reason.NO_TOKEN)

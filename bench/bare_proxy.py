@@ -60,7 +60,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         ) as upstream:
             length = upstream.content_length
             if length is not None and 0 < length <= SMALL_BODY and request.method != "HEAD":
-                # The gateway's one-write path for small framed answers (gateway/forward.py),
+                # The gateway's one-write path for small framed answers (gateway/proxy/forward.py),
                 # so the yardstick forwards exactly as the gateway does.
                 return web.Response(
                     status=upstream.status,
@@ -87,7 +87,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         return web.Response(status=504)
 
 
-SMALL_BODY = 64 * 1024  # as gateway/forward.py
+SMALL_BODY = 64 * 1024  # as gateway/proxy/forward.py
 
 
 def create_app(upstream: str) -> web.Application:

@@ -33,9 +33,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from gateway import route_trie
-from gateway.refusals import strict_refusal
-from gateway.routes import (
+from gateway.routing import trie as route_trie
+from gateway.routing.table import (
     SEPARATOR,
     Refusal,
     Route,
@@ -44,6 +43,7 @@ from gateway.routes import (
     SegmentKind,
     target_rule_for,
 )
+from gateway.routing.targets import strict_refusal
 
 ROOT = Path(__file__).resolve().parent.parent
 API = "/api/v4"

@@ -16,10 +16,10 @@ import asyncio
 import uvloop
 from aiohttp import web
 
-from gateway import log
 from gateway.authz import DecisionService
-from gateway.exchange import Recorder
-from gateway.gate import Gate
+from gateway.core.gate import Gate
+from gateway.ops import log
+from gateway.ops.exchange import Recorder
 from gateway.settings import Settings
 from gateway.wire import Request, Response
 

@@ -37,7 +37,7 @@ import traffic  # noqa: E402
 def _views(entries: list[traffic.Entry]) -> list[Any]:
     from multidict import CIMultiDict
 
-    from gateway.request import RequestView
+    from gateway.core.request import RequestView
 
     views = []
     for entry in entries:
@@ -95,7 +95,7 @@ def _cycle(items: list[Any]) -> Callable[[], Any]:
 
 
 def bench_match(entries: list[traffic.Entry], n: int, repeat: int) -> dict[str, Any]:
-    from gateway.routes import RouteTable
+    from gateway.routing.table import RouteTable
     from gateway.settings import DEFAULT_ROUTES
 
     table = RouteTable.load(DEFAULT_ROUTES)
@@ -108,7 +108,7 @@ def bench_match(entries: list[traffic.Entry], n: int, repeat: int) -> dict[str, 
 
 
 def bench_extract(entries: list[traffic.Entry], n: int, repeat: int) -> dict[str, Any]:
-    from gateway import tokens
+    from gateway.core import tokens
 
     views = [v for v in _views(entries) if v.body is None]
     pick = _cycle(views)
@@ -118,12 +118,12 @@ def bench_extract(entries: list[traffic.Entry], n: int, repeat: int) -> dict[str
 async def bench_decision(
     entries: list[traffic.Entry], n: int, repeat: int, forwarded: bool, profile: bool = False
 ) -> dict[str, Any]:
-    import gateway.gate as gate_module
-    from gateway.gate import Gate
+    import gateway.core.gate as gate_module
+    from gateway.core.gate import Gate
     from gateway.settings import Settings
 
     if "TEMPORARY STUB" in (gate_module.__doc__ or ""):
-        return {"status": "not_available_yet", "reason": "gateway.gate is still the stub"}
+        return {"status": "not_available_yet", "reason": "gateway.core.gate is still the stub"}
     chosen = [
         e
         for e in entries

@@ -3,7 +3,7 @@
 `record()` samples a running server (and its worker processes) with `py-spy record --native`
 while load runs, then `layers()` assigns every sample to one layer:
 
-1. a sample with a decision-core frame anywhere on its stack (gateway.gate, tokens, routes,
+1. a sample with a decision-core frame anywhere on its stack (gateway.core.gate, tokens, routes,
    policy, grants, stores, ...) is "decision"; one with logging/metrics frames is "log + metrics";
 2. otherwise the innermost *Python* frame decides (generic helpers such as asyncio, yarl or
    aiohttp's streams are skipped outward), except that native socket-write frames (uvloop's
@@ -50,8 +50,8 @@ BY_MODULE = (
     # The lean engine (issue 13): its client connection and pipes are the server side, its
     # upstream connection and pool the client side, its pipeline the handler.
     (re.compile(r"gateway/wire/client\.py"), "client"),
-    (re.compile(r"gateway/engine/(connection|listener)\.py"), "server"),
-    (re.compile(r"gateway/engine/\w+\.py|bare_lean\.py"), "handler"),
+    (re.compile(r"gateway/proxy/lean/(connection|listener)\.py"), "server"),
+    (re.compile(r"gateway/proxy/lean/\w+\.py|bare_lean\.py"), "handler"),
     (re.compile(r"gateway/wire/\w+\.py|httptools/"), "server"),  # the lean HTTP machinery
     (re.compile(r"gateway/authz/\w+\.py"), "handler"),  # the decision listener's own work
     (re.compile(r"aiohttp/http_writer\.py"), "writes"),
@@ -165,7 +165,7 @@ def layers(text: str) -> dict[str, Any]:
 
 
 def _own_frame(frames: list[str], layer: str) -> str | None:
-    """The innermost frame of the code that owns the layer (e.g. gateway/tokens.py for decision)."""
+    """The innermost frame of the code that owns the layer (e.g. gateway/core/tokens.py for decision)."""
     owner = {"decision": DECISION, "log": LOGGING}.get(layer)
     if owner is None:
         return None

@@ -296,7 +296,11 @@ SETUPS = (
     Setup("direct", "direct to the upstream stub", "reference", (), direct),
     Setup("bare_proxy", "bare aiohttp forwarder (no policy)", "reference", (), bare_proxy),
     Setup(
-        "bare_lean", "bare lean forwarder (gateway/engine, no policy)", "reference", (), bare_lean
+        "bare_lean",
+        "bare lean forwarder (gateway/proxy/lean, no policy)",
+        "reference",
+        (),
+        bare_lean,
     ),
     Setup(
         "gateway_lean_1w",

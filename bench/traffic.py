@@ -214,7 +214,7 @@ def project_id(p: int) -> int:
 
 
 def grants_document(cold_tokens: int) -> dict[str, Any]:
-    """The bench world in the store's interchange format (see gateway/grants.py)."""
+    """The bench world in the store's interchange format (see gateway/stores/grants.py)."""
     projects = [{"id": project_id(p), "path": project_path(p)} for p in range(PROJECTS)]
     allowlists = [
         {
@@ -260,7 +260,7 @@ def predicted_forward(kind: str, relation: str, route: RouteSpec) -> bool:
     if relation == "own":
         return True
     if "/registry/" in route.template:
-        return False  # container registry routes are own-project only (gateway/route_facts.py)
+        return False  # container registry routes are own-project only (gateway/routing/facts.py)
     if relation == "default":
         return True
     if relation == "not_allowlisted":

@@ -1,4 +1,4 @@
-"""The gateway's error tree. Denials are values (`gateway.decision.Decision`); these are faults.
+"""The gateway's error tree. Denials are values (`gateway.core.decision.Decision`); these are faults.
 
     GatewayError
     ├── ConfigError          bad settings, route table, grants file: stops start-up (exit 2)

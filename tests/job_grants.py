@@ -8,11 +8,11 @@ from pathlib import Path
 
 from multidict import CIMultiDict
 
-from gateway.gate import Gate
-from gateway.grants import Grants, parse_grants
-from gateway.request import RequestView
+from gateway.core.gate import Gate
+from gateway.core.request import RequestView
 from gateway.settings import Settings
 from gateway.stores import Store
+from gateway.stores.grants import Grants, parse_grants
 from gateway.stores.memory import MemoryStore
 
 APP = "glcbt-app-job"  # job 5001 in acme/app (#10)

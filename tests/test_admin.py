@@ -11,8 +11,8 @@ from fixtures.proxy import ScriptedGate, call
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
-from gateway import metrics
-from gateway.admin import create_admin_app
+from gateway.ops import metrics
+from gateway.ops.admin import create_admin_app
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ import pytest
 from job_grants import APP, TOOL, a_gate
 
 from gateway.authz import DecisionService, start_listener
-from gateway.decision import Reason
-from gateway.exchange import Recorder
+from gateway.core.decision import Reason
+from gateway.ops.exchange import Recorder
 from gateway.wire import Request, Response
 
 API = "/api/v4"
@@ -306,7 +306,7 @@ async def test_a_cache_hit_is_answered_without_a_task() -> None:
 
 
 def test_reason_codes_of_the_listener_are_403() -> None:
-    from gateway.decision import STATUS
+    from gateway.core.decision import STATUS
 
     for reason in (
         Reason.UNTRUSTED_PEER,
@@ -419,7 +419,7 @@ async def test_a_store_that_cannot_answer_fails_closed(a_listener: Callable[...,
     from job_grants import the_grants
 
     from gateway.errors import StoreUnavailable
-    from gateway.grants import Job
+    from gateway.stores.grants import Job
     from gateway.stores.memory import MemoryStore
 
     class DownStore(MemoryStore):

@@ -1,4 +1,4 @@
-"""Route-family carriers (gateway/carriers.py) and what `tokens.read` makes of each of them.
+"""Route-family carriers (gateway/core/carriers.py) and what `tokens.read` makes of each of them.
 
 Every family reads APIGuard's carriers plus its own (GitLab's `authenticate_with` declarations
 and package helpers); a prefixed value is a job token, an unprefixed one in a carrier GitLab
@@ -17,14 +17,14 @@ from collections.abc import Iterator
 import pytest
 from multidict import CIMultiDict
 
-from gateway import conan_jwt, tokens
-from gateway.carriers import DEFAULT, CarrierMap, Reading
-from gateway.decision import Reason
+from gateway.core import conan_jwt, tokens
+from gateway.core.carriers import DEFAULT, CarrierMap, Reading
+from gateway.core.decision import Reason
+from gateway.core.gate import Gate, unknown_credential_mode
+from gateway.core.request import RequestView
+from gateway.core.tokens import Candidate, Carrier, Conflict, Credential
 from gateway.errors import ConfigError
-from gateway.gate import Gate, unknown_credential_mode
-from gateway.request import RequestView
 from gateway.settings import Settings, UnknownCredential
-from gateway.tokens import Candidate, Carrier, Conflict, Credential
 
 API = "/api/v4"
 JOB = "glcbt-carrier-job"

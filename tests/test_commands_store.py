@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from job_grants import APP, GRANTS_YAML, free_port, write_grants
 
-from gateway import tokens
+from gateway.core import tokens
 
 REPO = Path(__file__).resolve().parent.parent
 

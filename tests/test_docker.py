@@ -15,7 +15,7 @@ import pytest
 from dockerfile_model import Dockerfile
 from image_runner import settings_from_environment
 
-from gateway import healthcheck
+from gateway.ops import healthcheck
 from gateway.settings import Settings, env_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -236,7 +236,7 @@ def test_stop_signal_starts_the_graceful_drain(image: Dockerfile) -> None:
 
 def test_healthcheck_is_the_stdlib_probe(image: Dockerfile) -> None:
     check = image.final.healthcheck
-    assert check.command == ["python", "-m", "gateway.healthcheck"]
+    assert check.command == ["python", "-m", "gateway.ops.healthcheck"]
     assert set(check.options) == {"interval", "timeout", "start-period", "retries"}
     # The probe's own timeout must fit in Docker's, or Docker kills it and logs nothing useful.
     assert float(check.options["timeout"].removesuffix("s")) > healthcheck.DEFAULT_TIMEOUT
@@ -244,7 +244,7 @@ def test_healthcheck_is_the_stdlib_probe(image: Dockerfile) -> None:
 
 def test_healthcheck_probe_imports_nothing_outside_the_standard_library() -> None:
     code = (
-        "import sys; before = set(sys.modules); import gateway.healthcheck; "
+        "import sys; before = set(sys.modules); import gateway.ops.healthcheck; "
         "print('\\n'.join(sorted(set(sys.modules) - before)))"
     )
     result = subprocess.run(

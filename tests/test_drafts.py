@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.drafts import check_layouts
+from gateway.core.drafts import check_layouts
 
 
 @dataclass(frozen=True, slots=True)

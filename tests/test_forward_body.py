@@ -12,7 +12,7 @@ from fixtures.proxy import ScriptedGate, call
 from fixtures.upstream import GZIP_PAYLOAD
 from test_forward_target import raw_request
 
-from gateway.decision import Decision, Reason
+from gateway.core.decision import Decision, Reason
 
 
 def deny(view):

@@ -397,7 +397,7 @@ async def test_an_unclear_boundary_is_refused_before_anything_is_forwarded(an_up
 async def test_other_bodies_over_the_limit_are_still_refused_413(
     an_upstream, a_gateway, content_type
 ):
-    # Form and JSON params are not parsed while streaming (see gateway/handler.py).
+    # Form and JSON params are not parsed while streaming (see gateway/proxy/handler.py).
     gateway, gate = await a_guarded_gateway(a_gateway, an_upstream.url)
     body = b"x" * (LIMIT + 1)
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gateway import routes
+from gateway.routing import table as routes
 
 # Targets a naive proxy changes (reference aiohttp-proxying.md §1.1-1.3): encoded slashes in
 # ids and npm scopes, `+` and `%20`, `%25`, `%7E`, invalid escapes, repeated parameters, `//`.

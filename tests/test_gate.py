@@ -28,13 +28,13 @@ from job_grants import (
     write_grants,
 )
 
-from gateway import tokens
-from gateway.decision import Reason
+from gateway.core import tokens
+from gateway.core.decision import Reason
+from gateway.core.gate import Gate
 from gateway.errors import PolicyFileError
-from gateway.gate import Gate
-from gateway.grants import Allowlist, Job, Project
 from gateway.settings import Settings
 from gateway.stores import open_store
+from gateway.stores.grants import Allowlist, Job, Project
 from gateway.stores.memory import MemoryStore
 
 API = "/api/v4"
@@ -101,7 +101,7 @@ async def test_no_store_lookup_before_the_cheap_checks() -> None:
 )
 async def test_the_conan_token_exchange_is_judged_like_any_route(path: str) -> None:
     # GitLab answers with a Conan JWT wrapping the job token; the gateway reads the JWT's
-    # `access_token` claim on every Conan route (gateway/conan_jwt.py), so the exchange itself
+    # `access_token` claim on every Conan route (gateway/core/conan_jwt.py), so the exchange itself
     # is an ordinary route: no store lookup is refused, the route table decides.
     gate = await a_gate()
     decision = await gate.evaluate(a_request("GET", f"{API}{path}", APP))
@@ -148,7 +148,7 @@ async def test_unknown_tokens_are_cached_negatively_until_a_load() -> None:
     grants = GRANTS_YAML.replace(
         "allowlists:", "  - {token: glcbt-new-job, job_id: 9, project: 10}\nallowlists:"
     )
-    from gateway.grants import parse_grants
+    from gateway.stores.grants import parse_grants
 
     await store.load(parse_grants(grants, "new"))
     assert (await gate.evaluate(view)).reason is Reason.OWN_PROJECT
@@ -163,7 +163,7 @@ async def test_a_cached_job_is_never_used_past_its_expiry() -> None:
         "allowlists:",
         f'  - {{token: glcbt-short, job_id: 8, project: 10, expires_at: "{soon}"}}\nallowlists:',
     )
-    from gateway.grants import parse_grants
+    from gateway.stores.grants import parse_grants
 
     gate = await a_gate(MemoryStore(parse_grants(grants, "short")), cache_ttl=60)
     view = a_request("GET", f"{API}/projects/10/releases", "glcbt-short")

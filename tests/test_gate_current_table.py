@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from fixtures.proxy import call
 
-from gateway.gate import Gate
-from gateway.grants import parse_grants
+from gateway.core.gate import Gate
 from gateway.settings import Settings, shipped_table
+from gateway.stores.grants import parse_grants
 from gateway.stores.memory import MemoryStore
 
 API = "/api/v4"
@@ -137,7 +137,7 @@ async def test_an_unavailable_endpoint_is_allowlist_only(a_gateway: Any, an_upst
 async def test_the_conan_v2_token_exchange_is_an_ordinary_route(
     a_gateway: Any, an_upstream: Any
 ) -> None:
-    # The Conan JWT it issues is read on every Conan route (gateway/conan_jwt.py), so the
+    # The Conan JWT it issues is read on every Conan route (gateway/core/conan_jwt.py), so the
     # exchange is decided like any `None` row: allowlisted sources only.
     gateway, gate = await a_gateway_on("current", a_gateway, an_upstream)
     target = f"{API}/projects/20/packages/conan/v2/users/authenticate"

@@ -1,4 +1,4 @@
-"""`python -m gateway.healthcheck`, the image's HEALTHCHECK: against real sockets, as Docker runs it."""
+"""`python -m gateway.ops.healthcheck`, the image's HEALTHCHECK: against real sockets, as Docker runs it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from image_runner import free_port
 
-from gateway import healthcheck
+from gateway.ops import healthcheck
 from gateway.settings import Settings, env_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,7 +59,7 @@ def probe_process(
 ) -> subprocess.CompletedProcess[str]:
     env = {"GATEWAY_ADMIN_HOST": host, "GATEWAY_ADMIN_PORT": str(port), "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "gateway.healthcheck", *args],
+        [sys.executable, "-m", "gateway.ops.healthcheck", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -140,7 +140,7 @@ def test_probe_ignores_proxy_variables(an_admin_listener: AdminListener) -> None
         "PYTHONPATH": str(REPO),
     }
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.healthcheck"],
+        [sys.executable, "-m", "gateway.ops.healthcheck"],
         env=env,
         capture_output=True,
         text=True,

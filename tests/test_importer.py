@@ -12,8 +12,8 @@ import yaml
 from conftest import CURRENT_PAGE, REPO, SEED_PAGE
 
 from gateway.errors import PolicyFileError
-from gateway.importer import PageFormat, detect_format, import_page, parse_page
-from gateway.routes import RouteTable
+from gateway.routing.table import RouteTable
+from gateway.tools.importer import PageFormat, detect_format, import_page, parse_page
 
 COMMITTED = REPO / "policies" / "routes.yaml"
 COMMITTED_CURRENT = REPO / "policies" / "routes-current.yaml"

@@ -11,7 +11,7 @@ import pytest
 import structlog
 from aiohttp.http_exceptions import BadHttpMessage
 
-from gateway import log
+from gateway.ops import log
 from gateway.settings import Settings
 
 
@@ -101,7 +101,7 @@ def test_the_level_setting_filters():
     log.configure(Settings(log_format="json", log_level="warning"), stream=stream)
 
     log.get_logger("test").info("quiet")
-    logging.getLogger("gateway.gate").info("quiet too")
+    logging.getLogger("gateway.core.gate").info("quiet too")
     log.get_logger("test").warning("loud")
 
     assert [json.loads(text)["event"] for text in stream.getvalue().splitlines()] == ["loud"]

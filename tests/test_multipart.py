@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from job_grants import a_gate
 from multidict import CIMultiDict
 
-from gateway import multipart, tokens
-from gateway.bodyguard import Guard, Refused
-from gateway.decision import Reason
-from gateway.multipart import Field, MultipartError, Scanner
-from gateway.request import RequestView
+from gateway.core import multipart, tokens
+from gateway.core.decision import Reason
+from gateway.core.multipart import Field, MultipartError, Scanner
+from gateway.core.request import RequestView
+from gateway.proxy.bodyguard import Guard, Refused
 
 A = "glcbt-aaaa"
 B = "glcbt-bbbb"
@@ -267,9 +267,9 @@ def test_a_watched_value_is_captured_up_to_the_bound_only() -> None:
 
 def test_the_scanner_is_pure_and_knows_no_token_rules() -> None:
     # tokens imports multipart (buffered bodies are read by the Scanner): never the reverse.
-    code = "import sys, gateway.multipart; print(sorted(m for m in sys.modules if 'gateway.' in m))"
+    code = "import sys, gateway.core.multipart; print(sorted(m for m in sys.modules if 'gateway.' in m))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['gateway.multipart']"
+    assert out.stdout.strip() == "['gateway.core.multipart']"
 
 
 def test_the_value_bound_is_gitlabs_token_size_plus_a_margin() -> None:

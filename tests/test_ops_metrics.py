@@ -18,7 +18,7 @@ from fixtures.proxy import REPO, call
 from job_grants import write_grants
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.server import effective_config
+from gateway.proxy.server import effective_config
 from gateway.settings import Settings
 
 
@@ -169,7 +169,7 @@ def test_the_supervisor_exits_only_when_respawns_keep_failing(tmp_path: Path) ->
         subprocess.run([*command, "store", "load", grants, "--store", url, "--create"]).returncode
         == 0
     )
-    log = tmp_path / "gateway.log"
+    log = tmp_path / "gateway.ops.log"
     serve = [
         *command,
         "serve",

@@ -16,7 +16,7 @@ import pytest
 from fixtures.proxy import call, free_port
 from test_deploy import nginx_binary
 
-from gateway.exchange import accepted_request_id, client_address
+from gateway.ops.exchange import accepted_request_id, client_address
 
 NGINX_AT = "127.0.0.2"  # nginx connects to the gateway from here (proxy_bind): the trusted hop
 CLIENT_AT = "127.0.0.5"  # the client connects to nginx from here

@@ -15,11 +15,11 @@ import redis.asyncio as redis
 from fixtures.proxy import call
 from job_grants import APP, write_grants
 
-from gateway import tokens
-from gateway.gate import Gate
-from gateway.grants import load_grants
+from gateway.core import tokens
+from gateway.core.gate import Gate
 from gateway.settings import Settings
 from gateway.stores import open_store
+from gateway.stores.grants import load_grants
 
 API = "/api/v4"
 

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 import pytest
 from job_grants import APP, EXPIRED, TOOL, WORKER, a_gate, a_request, basic
 
-from gateway import policy
-from gateway.decision import Audit, Reason
-from gateway.gate import Gate
-from gateway.grants import Allowlist, AllowlistEntry, EntryKind, Job, Project
-from gateway.routes import RouteTable
+from gateway.core import policy
+from gateway.core.decision import Audit, Reason
+from gateway.core.gate import Gate
+from gateway.routing.table import RouteTable
+from gateway.stores.grants import Allowlist, AllowlistEntry, EntryKind, Job, Project
 
 API = "/api/v4"
 F = "403 Forbidden - "
@@ -539,7 +539,7 @@ async def test_body_tokens_are_authorized(gate: Gate) -> None:
 
 
 def with_content_length(view):  # type: ignore[no-untyped-def]
-    from gateway.request import RequestView
+    from gateway.core.request import RequestView
 
     headers = view.headers.copy()
     headers["Content-Length"] = str(len(view.body or b""))
@@ -549,7 +549,7 @@ def with_content_length(view):  # type: ignore[no-untyped-def]
 def test_needs_body_only_for_bodies_rails_would_parse() -> None:
     from multidict import CIMultiDict
 
-    from gateway.request import RequestView
+    from gateway.core.request import RequestView
 
     gate = Gate.__new__(Gate)
     gate.table = RouteTable.compile([])  # no route: no Workhorse body-file route either

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from gateway import policy, visibility
-from gateway.decision import Audit, Reason
-from gateway.grants import (
+from gateway.core import policy, visibility
+from gateway.core.decision import Audit, Reason
+from gateway.routing.table import RouteTable
+from gateway.settings import DEFAULT_ROUTES
+from gateway.stores.grants import (
     FEATURES,
     Allowlist,
     AllowlistEntry,
@@ -16,8 +18,6 @@ from gateway.grants import (
     Project,
     Visibility,
 )
-from gateway.routes import RouteTable
-from gateway.settings import DEFAULT_ROUTES
 
 SOURCE = Project(1, "src/group/app")
 JOB = Job("d" * 64, 9, SOURCE)

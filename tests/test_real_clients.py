@@ -26,7 +26,7 @@ from fixtures.proxy import GatewayProcess
 from fixtures.registry import Registry
 from job_grants import basic
 
-from gateway import tokens
+from gateway.core import tokens
 
 A_JOB_TOKEN = "glcbt-acme-app-job-7001"  # job 7001 of acme/app (#10)
 REGISTRY_PROJECT = 20  # acme/app may read its packages and deployments

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 from gateway.errors import PolicyFileError
-from gateway.routes import (
+from gateway.routing.table import (
     METHODS,
     Refusal,
     RefusalReason,
@@ -105,7 +105,7 @@ def _value(
 
 
 def expected_target(route: Route, params: dict[str, str]) -> Target:
-    """Written independently of gateway.routes.TARGET_RULES (same GitLab facts)."""
+    """Written independently of gateway.routing.table.TARGET_RULES (same GitLab facts)."""
     path = route.path
     if path.startswith("/projects/:id/"):
         return Target(TargetKind.PROJECT, params["id"])
@@ -716,7 +716,7 @@ def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_decoding_helpers_agree_with_the_standard_library() -> None:
-    from gateway.refusals import decode_segment
+    from gateway.routing.targets import decode_segment
 
     for text in ["a%2Fb", "%40scope%2fname", "x%20y%2B", "caf%C3%A9", "%e2%82%ac"]:
         assert decode_segment(text) == unquote(text, errors="strict")
@@ -789,6 +789,6 @@ def test_matches_are_ordinary_frozen_values(table: RouteTable) -> None:
     ],
 )
 def test_the_lenient_decoder_agrees_with_the_standard_library(text: str) -> None:
-    from gateway.refusals import lenient_unquote
+    from gateway.routing.targets import lenient_unquote
 
     assert lenient_unquote(text) == unquote(text)

@@ -12,7 +12,7 @@ import re
 import pytest
 from conftest import REPO
 
-from gateway.routes import Overlap, Route, RouteMatch, RouteTable
+from gateway.routing.table import Overlap, Route, RouteMatch, RouteTable
 
 API = "/api/v4"
 GENERIC = "/projects/:id/packages/generic/:package_name/*package_version/(*path/):file_name"
@@ -140,7 +140,7 @@ def overlaps(table: RouteTable) -> list[Overlap]:
 
 
 def mustermann_regex(template: str, spanning: frozenset[str] = frozenset()) -> re.Pattern[str]:
-    """The template as GitLab's router reads the raw path (independent of gateway.routes):
+    """The template as GitLab's router reads the raw path (independent of gateway.routing.table):
     `:p` = `[^/]+` (`.+` for spanning params), `*s` = `.+?`, `( )` optional, `(.json)` suffix."""
     out, pos = "", 0
     for token in re.finditer(r"[:*]\w+|[()]", template):
@@ -170,7 +170,7 @@ def test_the_seed_has_no_overlap_with_different_authorization(overlaps: list[Ove
 
 
 def test_each_witness_matches_both_templates(table: RouteTable, overlaps: list[Overlap]) -> None:
-    from gateway.routes import SPANNING_PARAMS
+    from gateway.routing.table import SPANNING_PARAMS
 
     for overlap in overlaps:
         for route in (overlap.first, overlap.second):

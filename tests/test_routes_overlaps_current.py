@@ -20,7 +20,7 @@ from test_routes_overlaps import (
     mustermann_regex,
 )
 
-from gateway.routes import SPANNING_PARAMS, Overlap, RouteMatch, RouteTable
+from gateway.routing.table import SPANNING_PARAMS, Overlap, RouteMatch, RouteTable
 from gateway.settings import shipped_table
 
 _SAME = None

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_routes_overlaps import mustermann_regex
 
-from gateway.routes import (
+from gateway.routing.table import (
     SPANNING_PARAMS,
     Refusal,
     Route,

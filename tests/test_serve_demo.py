@@ -17,7 +17,7 @@ import pytest
 from fixtures.proxy import REPO, call, free_port
 from yarl import URL
 
-from gateway.demo import DemoJob, create_demo_app, parse_job
+from gateway.tools.demo import DemoJob, create_demo_app, parse_job
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import pytest
 from pydantic import Field
 from pydantic_settings import BaseSettings
 
-from gateway import settings_doc
 from gateway.settings import Settings, env_for, flag_for
+from gateway.tools import settings_doc
 
 REPO = Path(__file__).resolve().parent.parent
 PAGE = REPO / "docs" / "configuration.md"
@@ -20,7 +20,7 @@ PAGE = REPO / "docs" / "configuration.md"
 
 def run_doc(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.settings_doc", *args],
+        [sys.executable, "-m", "gateway.tools.settings_doc", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -20,11 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from job_grants import a_request
 
-from gateway.decision import Decision, Reason, make_audit
+from gateway.core.decision import Decision, Reason, make_audit
+from gateway.core.gate import Gate
 from gateway.errors import ConfigError
-from gateway.exchange import _add_audit
-from gateway.gate import Gate
-from gateway.grants import (
+from gateway.ops.exchange import _add_audit
+from gateway.ops.observe import Observer, RedisSink
+from gateway.settings import Settings
+from gateway.stores.grants import (
     Allowlist,
     AllowlistEntry,
     EntryKind,
@@ -34,8 +36,6 @@ from gateway.grants import (
     expand,
     parse_grants,
 )
-from gateway.observe import Observer, RedisSink
-from gateway.settings import Settings
 from gateway.stores.memory import MemoryStore
 from gateway.tools import formats
 from gateway.tools.observations import read_lines, read_store
@@ -46,7 +46,7 @@ from gateway.tools.suggest import least, plan, suggest
 
 def a_line(**fields: Any) -> str:
     """A request line as `serve` writes it (only the fields a test cares about)."""
-    line = {"logger": "gateway.request", "event": "request", "level": "info"}
+    line = {"logger": "gateway.core.request", "event": "request", "level": "info"}
     line.update(fields)
     return json.dumps(line)
 
@@ -100,7 +100,7 @@ def test_request_lines_become_observations_and_everything_else_is_counted() -> N
 @pytest.mark.parametrize(
     ("line", "problem"),
     [
-        ('{"event": "request", "logger": "gateway.request", "reason": ', "not valid JSON"),
+        ('{"event": "request", "logger": "gateway.core.request", "reason": ', "not valid JSON"),
         (a_decided_line("made_up"), "unknown reason 'made_up'"),
         (a_decided_line("not_allowlisted", required=["read_everything"]), "unknown permission"),
         (a_decided_line("not_allowlisted", source=(0, "acme/app")), "not a GitLab id"),
@@ -363,7 +363,7 @@ async def decide_all(grants: Grants, calls: list[tuple[int, int, int, bool]]) ->
 
 
 def as_line(decision: Decision, dry_run: bool) -> str:
-    """The audit part of the line exactly as the proxy builds it (gateway/exchange.py)."""
+    """The audit part of the line exactly as the proxy builds it (gateway/ops/exchange.py)."""
     fields: dict[str, Any] = {"reason": decision.reason.value}
     _add_audit(fields, decision)
     if dry_run and not decision.allowed:

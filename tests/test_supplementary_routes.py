@@ -17,7 +17,7 @@ from fixtures.upstream import Upstream
 from job_grants import APP, TOOL, write_grants
 
 from gateway.errors import PolicyFileError
-from gateway.routes import RouteRule, RouteTable
+from gateway.routing.table import RouteRule, RouteTable
 from gateway.settings import DEFAULT_ROUTES, DEFAULT_SUPPLEMENTARY_ROUTES
 
 API = "/api/v4"
@@ -37,7 +37,7 @@ def multipart(name: str, filename: str, content: bytes) -> bytes:
 
 # (family, method, path under the target project, body, Content-Type). The job token travels
 # in JOB-TOKEN here; the carriers each family's clients use (Basic with any user, X-Nuget-Apikey,
-# a bare Authorization) are gateway/tokens.py's (issue 10 point 1).
+# a bare Authorization) are gateway/core/tokens.py's (issue 10 point 1).
 FAMILIES: list[tuple[str, str, str, bytes | None, str | None]] = [
     ("nuget index", "GET", "/packages/nuget/index.json", None, None),
     ("nuget metadata", "GET", "/packages/nuget/metadata/MyPkg/index.json", None, None),
@@ -331,7 +331,7 @@ allowlists:
 async def test_an_unprefixed_job_token_the_store_knows_is_judged_on_the_trigger_route() -> None:
     from job_grants import a_gate, a_request
 
-    from gateway.grants import parse_grants
+    from gateway.stores.grants import parse_grants
     from gateway.stores.memory import MemoryStore
 
     gate = await a_gate(MemoryStore(parse_grants(LEGACY_GRANTS, "legacy grants")))
@@ -360,7 +360,7 @@ async def test_an_unprefixed_job_token_the_store_knows_is_judged_on_the_trigger_
 async def test_the_own_job_rule_at_the_gate() -> None:
     from job_grants import EXPIRED, a_gate, a_request, the_grants
 
-    from gateway.grants import parse_grants
+    from gateway.stores.grants import parse_grants
     from gateway.stores.memory import MemoryStore
 
     gate = await a_gate(MemoryStore(the_grants()))

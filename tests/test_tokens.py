@@ -8,9 +8,9 @@ import json
 import pytest
 from multidict import CIMultiDict
 
-from gateway import tokens
-from gateway.request import RequestView
-from gateway.tokens import Carrier, Conflict, Credential, Malformed
+from gateway.core import tokens
+from gateway.core.request import RequestView
+from gateway.core.tokens import Carrier, Conflict, Credential, Malformed
 
 A = "glcbt-aaaa"
 B = "glcbt-bbbb"
@@ -262,7 +262,7 @@ def test_a_method_override_form_field_is_refused() -> None:
 def test_only_ascii_bigint_ids_are_numeric(ref: str) -> None:
     from urllib.parse import unquote
 
-    from gateway.grants import project_key
+    from gateway.stores.grants import project_key
 
     key = project_key(unquote(ref))
     assert key is None or (isinstance(key, str) and not key.isascii())

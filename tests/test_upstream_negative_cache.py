@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway import tokens
+from gateway.core import tokens
 from gateway.stores.upstream import UpstreamValidator
 
 RUNNING = "glcbt-running-job"

@@ -3,7 +3,7 @@ through a real gateway in front of a real upstream (issue 10, points 4 and 7).
 
 The grants live in a real `file://` store. Each case says what GitLab does for a source the
 target's allowlist does not admit (app/policies/project_policy.rb, lib/api/helpers.rb; see
-gateway/visibility.py): what it allows reaches the upstream unchanged, what it refuses is
+gateway/core/visibility.py): what it allows reaches the upstream unchanged, what it refuses is
 answered with GitLab's message and the upstream receives nothing.
 """
 

@@ -4,9 +4,9 @@ OWNS: the decision endpoint (issue 12): reading the original request from nginx
 `auth_request`, Traefik/Caddy forward-auth or Envoy HTTP `ext_authz` check requests, asking
 the same `Gate.evaluate` the proxy asks, and answering 200 / 401 / 403 with the gateway's
 headers; its listener's start/stop hook for `serve`.
-MAY IMPORT: gateway.wire (HTTP machinery), the decision core (gateway.gate via its contract,
-gateway.request, gateway.decision, gateway.tokens, gateway.headers' name sets,
-gateway.responses' messages), gateway.exchange/log/metrics for the log line and metrics, and
+MAY IMPORT: gateway.wire (HTTP machinery), the decision core (gateway.core.gate via its contract,
+gateway.core.request, gateway.core.decision, gateway.core.tokens, gateway.proxy.headers' name sets,
+gateway.proxy.responses' messages), gateway.ops.exchange/log/metrics for the log line and metrics, and
 gateway.settings. Never aiohttp's server or client: the forwarding is the asking proxy's.
 
     service = DecisionService(settings, gate, recorder)   # a gateway.wire.Handler

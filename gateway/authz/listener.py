@@ -14,10 +14,10 @@ from collections.abc import Callable
 
 import structlog
 
-from gateway import metrics
 from gateway.authz.service import Decider, DecisionService
 from gateway.errors import ConfigError
-from gateway.exchange import Recorder
+from gateway.ops import metrics
+from gateway.ops.exchange import Recorder
 from gateway.settings import Settings
 from gateway.wire import Limits, WireServer
 
@@ -93,8 +93,8 @@ async def run_alone(
     on_ready: Callable[[], None] | None = None,
 ) -> int:
     """`serve --port 0 --decision-port P`: the decision and admin listeners, no proxy."""
-    from gateway import server  # here: gateway.server imports this module lazily too
-    from gateway.gate import Gate
+    from gateway.core.gate import Gate
+    from gateway.proxy import server  # here: gateway.proxy.server imports this module lazily too
 
     draining = asyncio.Event()
     gate = await Gate.open(settings)

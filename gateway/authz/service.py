@@ -51,13 +51,13 @@ import orjson
 import structlog
 from multidict import CIMultiDict
 
-from gateway import metrics
-from gateway.decision import Decision, Reason
-from gateway.exchange import Exchange, Recorder, RequestIds, client_address
-from gateway.forward import Transfer
-from gateway.headers import FORWARDING, HOP_BY_HOP, REINTERPRETING, fold
-from gateway.request import RequestView
-from gateway.responses import gitlab_message
+from gateway.core.decision import Decision, Reason
+from gateway.core.request import RequestView
+from gateway.ops import metrics
+from gateway.ops.exchange import Exchange, Recorder, RequestIds, client_address
+from gateway.proxy.forward import Transfer
+from gateway.proxy.headers import FORWARDING, HOP_BY_HOP, REINTERPRETING, fold
+from gateway.proxy.responses import gitlab_message
 from gateway.settings import Mode, Settings
 from gateway.wire import Request, Response
 
@@ -93,7 +93,7 @@ _NO_CACHE = ("Cache-Control", "no-cache")
 
 
 class Decider(Protocol):
-    """The part of the Gate contract (gateway/gate.py) the listener calls."""
+    """The part of the Gate contract (gateway/core/gate.py) the listener calls."""
 
     def needs_body(self, view: RequestView) -> bool: ...
     def evaluate_now(self, view: RequestView) -> Decision | None: ...

@@ -17,11 +17,11 @@ from typing import Any
 from multidict import CIMultiDict
 
 from gateway.commands.routes import TABLE_SETTINGS, load_table, route_dict
-from gateway.decision import Decision, Reason
+from gateway.core.decision import Decision, Reason
+from gateway.core.gate import Gate
+from gateway.core.request import RequestView
 from gateway.errors import ConfigError
-from gateway.gate import Gate
-from gateway.request import RequestView
-from gateway.routes import Refusal, RouteMatch, RouteTable, check_target
+from gateway.routing.table import Refusal, RouteMatch, RouteTable, check_target
 from gateway.settings import Settings
 
 __all__ = ["Outcome", "RouteReport", "explain_route", "register"]

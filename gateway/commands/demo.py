@@ -1,4 +1,4 @@
-"""`demo-upstream`: run the demo upstream (gateway.demo), a stand-in for a GitLab API."""
+"""`demo-upstream`: run the demo upstream (gateway.tools.demo), a stand-in for a GitLab API."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from gateway.demo import create_demo_app, parse_job
+    from gateway.tools.demo import create_demo_app, parse_job
 
     try:
         jobs = dict(parse_job(spec) for spec in args.job)

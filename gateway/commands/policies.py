@@ -1,5 +1,5 @@
 """`policies import PAGE [-o FILE]`: generate the route table from GitLab's generated page
-(either format: see gateway/importer.py)."""
+(either format: see gateway/tools/importer.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from gateway import importer
 from gateway.errors import PolicyFileError
-from gateway.importer import PageFormat
+from gateway.tools import importer
+from gateway.tools.importer import PageFormat
 
 __all__ = ["DEFAULT_OUTPUTS", "register"]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import PolicyFileError
-from gateway.route_file import read_routes
-from gateway.routes import Overlap, Route, RouteRule, RouteTable
+from gateway.routing.file import read_routes
+from gateway.routing.table import Overlap, Route, RouteRule, RouteTable
 from gateway.settings import SHIPPED_TABLES, Settings, shipped_table
 
 __all__ = [

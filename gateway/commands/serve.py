@@ -23,6 +23,6 @@ def register(subparsers: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     # Imported here: the other sub-commands need neither aiohttp's server nor uvloop.
-    from gateway import supervisor
+    from gateway.ops import supervisor
 
     return supervisor.serve(Settings.from_args(args))

@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway import tokens
+from gateway.core import tokens
 from gateway.errors import StoreUnavailable
-from gateway.grants import Allowlist, Job, load_grants
 from gateway.settings import Settings
 from gateway.stores import Listing, Store, open_store
+from gateway.stores.grants import Allowlist, Job, load_grants
 
 __all__ = ["register"]
 

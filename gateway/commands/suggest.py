@@ -19,9 +19,9 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from gateway.errors import ConfigError, StoreUnavailable
-from gateway.grants import Grants
 from gateway.settings import Settings
 from gateway.stores import open_store
+from gateway.stores.grants import Grants
 from gateway.tools import formats
 from gateway.tools.observations import Reading, read_sources, read_store
 from gateway.tools.suggest import Plan, plan, suggest

@@ -21,13 +21,13 @@ from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
-from gateway.grants import Allowlist, Grants, Job, Project
+from gateway.stores.grants import Allowlist, Grants, Job, Project
 
 __all__ = ["ChangeFeed", "Listing", "Store", "StoreAdmin", "TokenStore", "open_store"]
 
 
 class TokenStore(Protocol):
-    """What the gate reads (the hot path). Declared here, consumed by `gateway.gate`."""
+    """What the gate reads (the hot path). Declared here, consumed by `gateway.core.gate`."""
 
     kind: str
 

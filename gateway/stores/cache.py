@@ -33,10 +33,10 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
-from gateway import metrics
 from gateway.errors import StoreUnavailable
-from gateway.grants import Allowlist, Job, Project
+from gateway.ops import metrics
 from gateway.stores import Store
+from gateway.stores.grants import Allowlist, Job, Project
 
 __all__ = ["MISS", "POLL_INTERVAL", "VOUCH_WINDOW", "CachedStore", "Lru"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gateway.grants import Allowlist, Grants, Job, Project, project_key
+from gateway.stores.grants import Allowlist, Grants, Job, Project, project_key
 
 __all__ = ["Content", "tombstone"]
 

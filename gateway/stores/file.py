@@ -1,6 +1,6 @@
 """`file:///path.yaml`: a read-only grants file, the GitOps backend.
 
-The file is validated as a whole (`gateway.grants.load_grants`); a change is picked up by
+The file is validated as a whole (`gateway.stores.grants.load_grants`); a change is picked up by
 `generation()` (polled about once a second by the cache layer: mtime, size and inode) and by
 `reload()` (SIGHUP). A file that became invalid keeps the previous content in force: nothing
 is half-loaded, and the gateway stays ready (every replica reading the same bad edit must not
@@ -20,9 +20,9 @@ from pathlib import Path
 import structlog
 
 from gateway.errors import ConfigError, PolicyFileError, StoreUnavailable
-from gateway.grants import Allowlist, Grants, Job, Project, load_grants
 from gateway.stores import Listing
 from gateway.stores.content import Content
+from gateway.stores.grants import Allowlist, Grants, Job, Project, load_grants
 
 __all__ = ["FileStore"]
 

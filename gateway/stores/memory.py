@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gateway.grants import Allowlist, Grants, Job, Project
 from gateway.stores import Listing
 from gateway.stores.content import Content
+from gateway.stores.grants import Allowlist, Grants, Job, Project
 
 __all__ = ["MemoryStore"]
 

@@ -46,7 +46,7 @@ import aiohttp
 from yarl import URL
 
 from gateway.errors import StoreUnavailable
-from gateway.route_values import TargetKind
+from gateway.routing.values import TargetKind
 from gateway.stores.cache import MISS, Lru
 
 __all__ = ["PER_PAGE", "Miss", "PackageLookup", "PackageQuery", "query_for"]
@@ -262,7 +262,7 @@ class PackageLookup:
     async def _head_of(self, path: str) -> tuple[int, str]:
         """GET `path` on the upstream: its status and Location; the body is left unread."""
         # SECURITY: the raw path is appended to the origin as received and sent encoded=True,
-        # like the forwarded request (gateway/forward.py): it cannot be joined or normalised
+        # like the forwarded request (gateway/proxy/forward.py): it cannot be joined or normalised
         # into another route.
         url = URL(self.origin + path, encoded=True)
         try:

@@ -25,9 +25,17 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.errors import StoreUnavailable
-from gateway.grants import Allowlist, AllowlistEntry, EntryKind, Grants, Job, Project, project_key
 from gateway.stores import Listing
 from gateway.stores.content import tombstone
+from gateway.stores.grants import (
+    Allowlist,
+    AllowlistEntry,
+    EntryKind,
+    Grants,
+    Job,
+    Project,
+    project_key,
+)
 
 __all__ = ["CHANNEL", "RedisStore"]
 

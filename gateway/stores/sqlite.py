@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.errors import StoreUnavailable
-from gateway.grants import (
+from gateway.stores import Listing
+from gateway.stores.content import tombstone
+from gateway.stores.grants import (
     MAX_ID,
     Allowlist,
     AllowlistEntry,
@@ -31,8 +33,6 @@ from gateway.grants import (
     Project,
     project_key,
 )
-from gateway.stores import Listing
-from gateway.stores.content import tombstone
 
 __all__ = ["SqliteStore"]
 

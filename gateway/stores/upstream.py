@@ -22,8 +22,8 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 
 from gateway.errors import StoreUnavailable
-from gateway.grants import Job, Project
 from gateway.stores.cache import MISS, Lru
+from gateway.stores.grants import Job, Project
 
 __all__ = ["UpstreamValidator"]
 

@@ -1,5 +1,5 @@
 """Offline tools: they read what the gateway wrote (its request log lines, a store's content)
-and never run on the hot path. Nothing in `gateway.handler`, `gateway.gate` or the stores
+and never run on the hot path. Nothing in `gateway.proxy.handler`, `gateway.core.gate` or the stores
 imports from here.
 
 - `observations`: parse the JSON request lines `serve` writes into `Observation`s.

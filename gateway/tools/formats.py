@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from gateway.grants import Allowlist, Grants, Job
+from gateway.stores.grants import Allowlist, Grants, Job
 from gateway.tools.observations import Reading
 from gateway.tools.suggest import Plan, Suggestion
 
@@ -35,7 +35,7 @@ _STORE_LOAD_REPLACES = (
 
 
 def grants_document(grants: Grants) -> dict[str, Any]:
-    """`grants` as the interchange file's document (gateway/grants.py): projects by id, jobs by
+    """`grants` as the interchange file's document (gateway/stores/grants.py): projects by id, jobs by
     token digest (never a token), entries by source path with an explicit kind."""
     paths = {p.id: p.path for p in grants.projects}
     document: dict[str, Any] = {"projects": [{"id": p.id, "path": p.path} for p in grants.projects]}

@@ -1,9 +1,9 @@
 """Observations: the decided job-token requests, read back from the gateway's JSON log lines.
 
-`serve --log-format json` writes one line per request (event `request`, gateway/exchange.py);
+`serve --log-format json` writes one line per request (event `request`, gateway/ops/exchange.py);
 in dry-run a would-be denial keeps `"decision": "deny"` with `"would_deny": true`. A line is:
 
-- a request line: a JSON object with `"event": "request"` and `"logger": "gateway.request"`.
+- a request line: a JSON object with `"event": "request"` and `"logger": "gateway.core.request"`.
   One that carries a job token's decision (`fingerprint` and `decision`) is an `Observation`;
   one without (no token, refused before the gate) is counted, not observed.
 - malformed: text that starts like a JSON object but does not parse, or a request line whose
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.decision import Reason
-from gateway.permissions import KNOWN_POLICIES
+from gateway.core.decision import Reason
+from gateway.routing.permissions import KNOWN_POLICIES
 
 __all__ = [
     "ALLOWED_THROUGH_ALLOWLIST",
@@ -39,7 +39,7 @@ __all__ = [
     "read_store",
 ]
 
-# Denials a grant would lift (gateway/policy.py `decide`, after GitLab's
+# Denials a grant would lift (gateway/core/policy.py `decide`, after GitLab's
 # Ci::JobToken::Scope#policies_allowed?): no entry for the source on the accessed project's
 # allowlist (`not_allowlisted`), or an entry whose policies lack one the route needs
 # (`insufficient_permissions`). Every other denial is about the request or the token (bad target,
@@ -95,7 +95,7 @@ class Observation:
     target_path: str | None
     required: tuple[str, ...]
     granted: tuple[str, ...]
-    # From the store's aggregate (gateway/observe.py): how many requests, and since when.
+    # From the store's aggregate (gateway/ops/observe.py): how many requests, and since when.
     count: int = 1
     since: str | None = None
 
@@ -186,14 +186,14 @@ def read_sources(names: Iterable[str], stdin: TextIO) -> Reading:
 
 
 def read_store(url: str, reading: Reading | None = None, *, timeout: float = 2.0) -> Reading:
-    """Add the aggregate `serve --observations N` keeps in a Redis store (gateway/observe.py).
+    """Add the aggregate `serve --observations N` keeps in a Redis store (gateway/ops/observe.py).
 
     A field that does not read back is malformed (origin `url`, line = its index). Raises
     OSError (or redis' errors) when the store cannot answer.
     """
     import asyncio
 
-    from gateway import observe
+    from gateway.ops import observe
 
     reading = reading if reading is not None else Reading()
 
@@ -248,7 +248,7 @@ def _read_line(line: str, origin: str, number: int, reading: Reading) -> None:
         record = json.loads(text)
         if not isinstance(record, dict):
             raise _Bad("not a JSON object")
-        if record.get("event") != "request" or record.get("logger") != "gateway.request":
+        if record.get("event") != "request" or record.get("logger") != "gateway.core.request":
             reading.ignored += 1
             return
         observation = _observation(record)

@@ -1,6 +1,6 @@
 """Least-privilege allowlists from observed traffic, and their difference from a store's grants.
 
-The model is GitLab's (gateway/grants.py, gateway/policy.py): an allowlist belongs to the
+The model is GitLab's (gateway/stores/grants.py, gateway/core/policy.py): an allowlist belongs to the
 accessed (target) project; the source's nearest entry decides; a route needs ALL its policies
 (`Ci::JobToken::Scope#policies_allowed?`, app/models/ci/job_token/scope.rb), and `admin_X`
 implies `read_X` (app/models/concerns/ci/job_token/expanded_job_token_policies.rb).
@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from gateway.grants import Allowlist, AllowlistEntry, EntryKind, Grants, Project, expand
+from gateway.stores.grants import Allowlist, AllowlistEntry, EntryKind, Grants, Project, expand
 from gateway.tools.observations import Observation
 
 __all__ = [

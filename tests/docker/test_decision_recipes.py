@@ -64,12 +64,12 @@ UNKNOWN = "glcbt-recipe-nobody"
 FORM = ("Content-Type", "application/x-www-form-urlencoded")
 STOP = "/api/v4/projects/20/environments/1/stop"  # admin_environments: granted to APP on #20
 
-# The image's demo upstream (gateway.demo, what `demo-upstream` serves), with aiohttp's access
+# The image's demo upstream (gateway.tools.demo, what `demo-upstream` serves), with aiohttp's access
 # log on: `demo-upstream` logs no requests, and the log is how the test sees what reached it.
 DEMO_WITH_ACCESS_LOG = """\
 import logging, sys
 from aiohttp import web
-from gateway.demo import create_demo_app
+from gateway.tools.demo import create_demo_app
 logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
 web.run_app(create_demo_app(), host="{host}", port={port}, auto_decompress=False, print=None,
             access_log=logging.getLogger("aiohttp.access"), access_log_format="reached %r %s")

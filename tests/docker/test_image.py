@@ -113,7 +113,7 @@ def test_the_image_builds_as_the_dockerfile_says(
     assert config["Entrypoint"] == ["python", "-m", "gateway"]
     assert config["Cmd"] == ["serve"]
     assert set(config["ExposedPorts"]) == {"8080/tcp", "9090/tcp"}
-    assert config["Healthcheck"]["Test"] == ["CMD", "python", "-m", "gateway.healthcheck"]
+    assert config["Healthcheck"]["Test"] == ["CMD", "python", "-m", "gateway.ops.healthcheck"]
     size = int(str(inspect(gateway_image)["Size"]))
     with capsys.disabled():
         print(f"\nimage {gateway_image} on {engine.python_image}: {size / 1e6:.0f} MB")

@@ -21,8 +21,8 @@ from typing import Any
 
 from multidict import CIMultiDict
 
-from gateway import tokens
-from gateway.request import RequestView
+from gateway.core import tokens
+from gateway.core.request import RequestView
 
 SCRIPT = Path(__file__).with_name("gitlab_reader.rb")
 PREFIX = tokens.JOB_TOKEN_PREFIX.encode()

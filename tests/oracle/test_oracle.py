@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from multidict import CIMultiDict
 
-from gateway import tokens
-from gateway.request import RequestView
+from gateway.core import tokens
+from gateway.core.request import RequestView
 
 from .generate import KNOWN, requests
 from .reader import (

@@ -1,4 +1,4 @@
-"""The oracle over the route families of `gateway.carriers` (issue 10's carriers): on a route of
+"""The oracle over the route families of `gateway.core.carriers` (issue 10's carriers): on a route of
 each family GitLab also reads that family's carriers (TokenLocator `http_token`,
 `http_bearer_token`, `http_header`, the package helpers' Basic password of any user), and it
 tries an unprefixed Doorkeeper value as a job token everywhere. Whenever GitLab reads a job
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from gateway.carriers import FAMILIES, Family, Reading
+from gateway.core.carriers import FAMILIES, Family, Reading
 
 from .generate import KNOWN, POOL, requests
 from .reader import GitLabReader, Raw, gateway_reads, job_tokens

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from security.conftest import exchange, http, parse_answer
 
-from gateway import log, tokens
+from gateway.core import tokens
+from gateway.ops import log
 
 from .generate import POOL, credential_query, requests, secrets, urlencoded
 from .test_oracle_e2e import PATHS

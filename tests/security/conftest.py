@@ -30,10 +30,10 @@ from fixtures.proxy import GatewayProcess
 from fixtures.upstream import Received, Upstream
 from multidict import CIMultiDict
 
-from gateway.gate import Gate
-from gateway.grants import Grants, parse_grants
+from gateway.core.gate import Gate
 from gateway.settings import Settings
 from gateway.stores import Store, open_store
+from gateway.stores.grants import Grants, parse_grants
 from gateway.stores.memory import MemoryStore
 
 REPO = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@
 
 It shares no code with `gateway/`: it reads `policies/routes.yaml` and a grants YAML text with
 PyYAML only, and spells out each rule once, in the order the gateway documents them
-(gateway/gate.py): target refusals, credentials, route, job, accessed project, allowlist.
+(gateway/core/gate.py): target refusals, credentials, route, job, accessed project, allowlist.
 
 How it reads a request-target (what GitLab would route, see docs/security.md):
 - anything another reader could resolve differently is `Refuse` (the gateway must answer 400):

@@ -6,7 +6,7 @@ Each case sends a job token of acme/app (#10) to a project whose allowlist does 
 (or to a route job tokens cannot use through the gateway): the gateway must answer itself and
 the upstream must receive nothing. The tokens: an unprefixed one of GitLab < 16.9 the store
 knows, one with the instance prefix, one only the upstream knows, and the usual prefixed one,
-in each family's carriers (gateway/carriers.py). Then `--unknown-credential` decides what an
+in each family's carriers (gateway/core/carriers.py). Then `--unknown-credential` decides what an
 unrecognised value in a shared carrier is.
 """
 
@@ -21,11 +21,11 @@ import pytest
 from aiohttp import web
 from fixtures.upstream import Received, Upstream
 
-from gateway import tokens
+from gateway.core import tokens
+from gateway.core.gate import Gate
 from gateway.errors import ConfigError
-from gateway.gate import Gate
-from gateway.grants import parse_grants
 from gateway.settings import Settings
+from gateway.stores.grants import parse_grants
 from gateway.stores.memory import MemoryStore
 
 from .conftest import APP, GRANTS_YAML, Answer, Attack, assert_forwarded, http

@@ -3,7 +3,7 @@
 The danger is a verdict on one view and a forward of another: a credential the gateway
 authorized that vanishes, a credential it did not see that arrives, or a body it did not read
 that the upstream parses. The gateway decides on exactly the end-to-end headers it forwards
-(gateway/headers.py `HeaderPolicy.inbound`), so a Connection-listed credential is judged absent
+(gateway/proxy/headers.py `HeaderPolicy.inbound`), so a Connection-listed credential is judged absent
 and never sent, and listing a framing header must not hide a body from inspection.
 """
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway import routes
-from gateway.routes import RouteTable
+from gateway.routing import table as routes
+from gateway.routing.table import RouteTable
 
 from .conftest import APP, ROUTES
 

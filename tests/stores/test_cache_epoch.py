@@ -7,8 +7,8 @@ import hashlib
 
 from job_grants import APP, the_grants
 
-from gateway.grants import Job
 from gateway.stores.cache import MISS, CachedStore
+from gateway.stores.grants import Job
 from gateway.stores.memory import MemoryStore
 
 

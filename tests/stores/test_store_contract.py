@@ -10,11 +10,11 @@ import pytest
 import redis.asyncio as aioredis
 from job_grants import APP, GRANTS_YAML, the_grants
 
-from gateway import tokens
+from gateway.core import tokens
 from gateway.errors import ConfigError
-from gateway.grants import EntryKind, Project, parse_grants
 from gateway.stores import Store, open_store
 from gateway.stores.file import FileStore
+from gateway.stores.grants import EntryKind, Project, parse_grants
 
 
 def redis_db(url: str, db: int) -> str:

@@ -17,8 +17,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.errors import PolicyFileError
-from gateway.grants import FEATURE_LEVELS, Visibility, parse_grants
 from gateway.stores import Store, open_store
+from gateway.stores.grants import FEATURE_LEVELS, Visibility, parse_grants
 
 GRANTS = """
 projects:

@@ -1,0 +1,764 @@
+"""The decision core's entry point: extract -> match -> resolve -> decide, with no aiohttp in sight.
+
+CONTRACT used by the proxy (`gateway.proxy.handler`), the `check` command and future decision endpoints:
+    gate = await Gate.open(settings)          # loads the route table, opens the token store
+    gate.needs_body(view) -> bool             # may the body carry params (form/JSON/multipart)?
+    await gate.evaluate(view) -> Decision     # never raises for a request; store faults -> 503 Decision
+    await gate.ready() -> tuple[bool, str]    # route table loaded and store reachable, with detail
+    await gate.reload() -> None               # SIGHUP: re-read route table/store; ConfigError keeps old
+    await gate.close() -> None
+
+Order of work (cheap first): target refusals, token extraction, route match and git recognition
+use no I/O; a request without a job token is decided there, and so is a job token on a route
+job tokens cannot use. Only then is the job resolved (cache, then store, then optionally the
+upstream), then the accessed project and its allowlist, and `policy.decide` rules.
+
+An unrecognised value in a carrier GitLab shares with other credentials (`tokens.Candidate`) is
+a job token when the store knows its digest, or (`--unknown-credential upstream`) when the
+upstream's `GET /api/v4/job` accepts it; it is then judged like any job token. Otherwise it is
+another credential: forwarded (reason `no_token`, and a log line saying why).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.core import policy, tokens, visibility
+from gateway.core.decision import Audit, Decision, Reason, make_audit
+from gateway.core.request import RequestView
+from gateway.errors import ConfigError, PolicyFileError, StoreUnavailable
+from gateway.routing import gitpath
+from gateway.routing import table as routes
+from gateway.routing.table import (
+    Refusal,
+    Route,
+    RouteMatch,
+    RouteRule,
+    RouteTable,
+    Target,
+    TargetKind,
+)
+from gateway.settings import Settings, UnknownCredential
+from gateway.stores import Store, open_store
+from gateway.stores.cache import MISS, CachedStore
+from gateway.stores.file import FileStore
+from gateway.stores.grants import Job, Project, project_key
+from gateway.stores.job_projects import JobProjects
+from gateway.stores.packages import Miss, PackageLookup, PackageQuery, query_for
+from gateway.stores.upstream import UpstreamValidator
+
+__all__ = ["Gate"]
+
+log = logging.getLogger(__name__)
+
+UNAUTHORIZED = policy.UNAUTHORIZED  # GitLab's 401 body, defined once in gateway/core/policy.py
+NOT_AVAILABLE = (
+    "403 Forbidden - This endpoint is not available to CI/CD job tokens through this gateway."
+)
+UNRESOLVED = (
+    "403 Forbidden - The gateway cannot tell which project's resources this endpoint returns, "
+    "so CI/CD job tokens cannot use it."
+)
+STORE_DOWN = "503 Service Unavailable - The token store cannot answer; try again later."
+# `forbidden!` without a reason (lib/api/ci/helpers/runner.rb `authenticate_job!`).
+JOB_FORBIDDEN = "403 Forbidden"
+NOT_PROCESSING = "403 Forbidden - Job is not processing on runner"
+# The carriers GitLab's runner routes read a job token from: `params[:token] ||
+# env['HTTP_JOB_TOKEN']` (lib/api/ci/helpers/runner.rb `job_token`).
+_RUNNER_CARRIERS = frozenset({tokens.Carrier.TOKEN_PARAM, tokens.Carrier.JOB_TOKEN_HEADER})
+# GitLab's answer on the npm dist-tags routes when the namespace holds no such package:
+# `not_found!('Project') unless project_id` (lib/api/helpers/packages/npm.rb, `project`).
+PROJECT_NOT_FOUND = "404 Project Not Found"
+# CONNECT never reaches the gate (the handler refuses it); a TRACE body is read like any other:
+# Rack would parse a form body whatever the method.
+_METHODS_WITHOUT_BODY = frozenset({"CONNECT"})
+
+
+class Gate:
+    """One per process (or per app): owns the route table, the cached store and the validator."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        table: RouteTable,
+        store: CachedStore,
+        validator: UpstreamValidator | None = None,
+        packages: PackageLookup | None = None,
+        job_projects: JobProjects | None = None,
+    ) -> None:
+        self.settings = settings
+        self.table = table
+        self.store = store
+        self.validator = validator
+        self.packages = packages  # group/instance package routes (gateway/stores/packages.py)
+        self.job_projects = job_projects
+        self._root = settings.relative_url_root
+        self._ask_upstream = unknown_credential_mode(settings) is UnknownCredential.UPSTREAM
+        # What each route of `table` requires, built once per route (by id, checked by identity).
+        self._access: dict[int, tuple[Route, policy.Access]] = {}
+        # The last match `needs_body` made, for `evaluate` of the same request (a pure function
+        # of method, target and table: reused only for equal strings and the same table).
+        self._matched: tuple[RouteTable, str, str, RouteMatch | Refusal | None] | None = None
+
+    @classmethod
+    async def open(cls, settings: Settings, *, store: Store | None = None) -> Gate:
+        """Load the route table and open the store (given, or from `settings.store`).
+
+        Raises ConfigError for a bad route table, store URL or grants file. A store that is
+        down does not stop start-up: the gate answers 503 and `ready()` says why until it is back.
+        """
+        table = _load_table(settings)
+        validator = _validator(settings)  # ConfigError first: before anything is opened
+        tokens.configure(
+            job_token_prefix=settings.job_token_prefix,
+            api_prefix=settings.api_prefix,
+            relative_url_root=settings.relative_url_root,
+        )
+        backend = store or open_store(settings.store, timeout=settings.store_timeout)
+        if isinstance(backend, FileStore):
+            await backend.check()
+        cached = CachedStore(
+            backend,
+            size=settings.cache_size,
+            ttl=settings.cache_ttl,
+            timeout=settings.store_timeout,
+        )
+        cached.start()
+        try:
+            await cached.poll()
+        except StoreUnavailable as exc:
+            log.warning("token store unavailable at start-up: %s", exc)
+        if (warning := unknown_credential_warning(settings)) is not None:
+            log.warning("%s", warning)
+        return cls(
+            settings,
+            table,
+            cached,
+            validator,
+            _package_lookup(settings),
+            _job_projects(settings),
+        )
+
+    # ---- the contract
+
+    def needs_body(self, view: RequestView) -> bool:
+        """True for a form, JSON or multipart body Rails would read params from (any method
+        can carry one). Framing headers may already be gone from the view (Transfer-Encoding
+        is hop-by-hop), so only an explicit `Content-Length: 0` means "no body".
+
+        The caller then evaluates a view with the body buffered, or, for a multipart/form-data
+        body too large to buffer, evaluates the headers alone and checks the parts as they
+        stream with `gateway.proxy.bodyguard.Guard` (the proxy does; see gateway/proxy/handler.py)."""
+        if view.method in _METHODS_WITHOUT_BODY:
+            return False
+        if tokens.body_kind(view.headers, view.method) is None:
+            return False
+        if view.headers.get("Content-Length", "").strip() == "0":
+            return False
+        return not self._body_is_file(view)  # one route match, only for a body to parse
+
+    async def evaluate(self, view: RequestView) -> Decision:
+        """The verdict for one request; never raises for a request (store faults -> 503)."""
+        started = self._start(view)
+        if isinstance(started, tokens.Candidate):
+            resolved = await self._candidate(view, started)
+            if isinstance(resolved, Decision):
+                return resolved
+            started = self._decide(view, resolved)
+        if isinstance(started, Decision):
+            return started  # everything came from the cache: no await, no suspension
+        return await self._authorize(*started)
+
+    def evaluate_now(self, view: RequestView) -> Decision | None:
+        """`evaluate`'s verdict when it needs no I/O (decided before any lookup, or every value
+        from the cache), else None: then `await evaluate(view)`. For callers that answer cache
+        hits without a Task (the decision listener, gateway/authz); never raises for a request."""
+        started = self._start(view)
+        return started if isinstance(started, Decision) else None
+
+    def _start(
+        self, view: RequestView
+    ) -> Decision | tokens.Candidate | tuple[tokens.Credential, policy.Access, Aim, _Lookup]:
+        """The verdict when no I/O is needed; else a candidate to resolve first (`_candidate`),
+        or what `_authorize` needs to fetch."""
+        found: tokens.Extraction | Decision
+        try:
+            found = tokens.read(view)
+        except tokens.BodyError as exc:
+            found = Decision(False, Reason.BAD_BODY, f"400 Bad request - {exc}")
+        if isinstance(found, tokens.Candidate):
+            return found
+        return self._decide(view, found)
+
+    def _decide(
+        self,
+        view: RequestView,
+        found: tokens.Credential | tokens.Conflict | tokens.Malformed | Decision | None,
+    ) -> Decision | tuple[tokens.Credential, policy.Access, Aim, _Lookup]:
+        if isinstance(found, tokens.Credential):
+            # `RouteTable.match` refuses every target `check_target` refuses (and more).
+            planned = self._plan(view, found)
+            if isinstance(planned, Decision):
+                return planned  # refused before any store lookup
+            decided = self._resolve(found, *planned)
+            if isinstance(decided, Decision):
+                return decided
+            return found, *planned, decided
+        refusal = routes.check_target(view.target)
+        if refusal is not None:
+            return _bad_target(refusal)
+        if isinstance(found, Decision):
+            return found
+        if found is None:
+            if self.settings.require_job_token:
+                return policy.deny(Reason.TOKEN_REQUIRED, UNAUTHORIZED, Audit())
+            return Decision(allowed=True, reason=Reason.NO_TOKEN)
+        if isinstance(found, tokens.Conflict):
+            message = f"400 Bad request - Conflicting credentials: {found.detail}."
+            return policy.deny(Reason.CREDENTIAL_CONFLICT, message, Audit())
+        return policy.deny(Reason.TOKEN_INVALID, UNAUTHORIZED, Audit())  # Malformed
+
+    async def ready(self) -> tuple[bool, str]:
+        try:
+            await self.store.ping()
+        except StoreUnavailable as exc:
+            return False, f"token store unavailable: {exc}"
+        return True, f"{len(self.table)} routes, {self.store.store.kind} store reachable"
+
+    async def reload(self) -> None:
+        """Re-read the route table and a file store; drop caches. Each part is replaced only
+        when its new version is valid; a ConfigError says what was kept, for the caller to log."""
+        self.table = _load_table(self.settings)
+        self._access = {}
+        backend = self.store.store
+        if isinstance(backend, FileStore):
+            await backend.reload()
+        self.store.invalidate()
+        if self.validator is not None:
+            self.validator.invalidate()
+        if self.packages is not None:
+            self.packages.invalidate()
+        if self.job_projects is not None:
+            self.job_projects.invalidate()
+        if isinstance(backend, FileStore) and backend.error is not None:
+            raise PolicyFileError(f"{backend.error} (the previous grants stay in force)")
+
+    async def close(self) -> None:
+        await self.store.close()
+        if self.validator is not None:
+            await self.validator.close()
+        if self.packages is not None:
+            await self.packages.close()
+        if self.job_projects is not None:
+            await self.job_projects.close()
+
+    # ---- the stages
+
+    async def _candidate(
+        self, view: RequestView, candidate: tokens.Candidate
+    ) -> tokens.Credential | tokens.Conflict | Decision | None:
+        """What an unrecognised value in a shared carrier is: a job token (the store knows its
+        digest, or the upstream check says so) -> its Credential, or a Conflict when other
+        credentials stand next to it; else None (another credential, forwarded)."""
+        refusal = routes.check_target(view.target)
+        if refusal is not None:
+            return _bad_target(refusal, Audit(candidate.fingerprint))
+        try:
+            job = self.store.peek_job(candidate.digest)
+            if job is MISS:
+                job = await self.store.fetch_job(candidate.digest)
+            if job is None and self._ask_upstream and self.validator is not None:
+                job = await self.validator.job(candidate.digest, candidate.secret)
+        except StoreUnavailable as exc:
+            log.warning("token store unavailable: %s", exc)
+            audit = Audit(candidate.fingerprint)
+            return policy.deny(Reason.STORE_UNAVAILABLE, STORE_DOWN, audit)
+        if not isinstance(job, Job):
+            why = (
+                "the upstream says it is no job token"
+                if self._ask_upstream
+                else ("unknown to the store (--unknown-credential forward)")
+            )
+            log.info(
+                "credential in %s (%s) forwarded as another credential: %s",
+                candidate.carrier,
+                candidate.fingerprint,
+                why,
+            )
+            return None
+        return candidate.conflict() or candidate.credential()
+
+    async def _authorize(
+        self,
+        credential: tokens.Credential,
+        access: policy.Access,
+        target: Aim,
+        lookup: _Lookup,
+    ) -> Decision:
+        """`_resolve`, asking the store for each value the cache did not have."""
+        known: dict[str, Any] = {}
+        try:
+            while True:
+                known[lookup.what] = await self._fetch(lookup, credential, target)
+                decided = self._resolve(credential, access, target, **known)
+                if isinstance(decided, Decision):
+                    return decided
+                lookup = decided
+        except StoreUnavailable as exc:
+            log.warning("token store unavailable: %s", exc)
+            audit = _audit(credential, None, None, access)
+            return policy.deny(Reason.STORE_UNAVAILABLE, STORE_DOWN, audit)
+
+    async def _fetch(self, lookup: _Lookup, credential: tokens.Credential, target: Aim) -> Any:
+        if lookup.what == "job":
+            return await self._job(credential, lookup.cached)
+        if lookup.what == "accessed":
+            return await self._accessed(target, lookup.cached)
+        return await self.store.fetch(lookup.cached)
+
+    def _plan(
+        self, view: RequestView, credential: tokens.Credential
+    ) -> Decision | tuple[policy.Access, Aim]:
+        found = self._match(view)
+        if isinstance(found, Refusal):
+            return _bad_target(found, Audit(credential.fingerprint))
+        if found is not None:
+            route = found.route
+            ruled = _route_rule(route, credential)
+            if ruled is not None:
+                return ruled
+            cached = self._access.get(id(route))  # what the route requires, built once
+            if cached is None or cached[0] is not route:
+                cached = self._access[id(route)] = (route, _access(route))
+            path = view.target.partition("?")[0]
+            return cached[1], self._package_target(route, found.params, found.target, path)
+        not_available = policy.deny(
+            Reason.ROUTE_NOT_AVAILABLE, NOT_AVAILABLE, Audit(credential.fingerprint)
+        )
+        if self.table.in_api(view.target):
+            return not_available
+        git = self._git(view)
+        if git is None or not self.settings.git_http:
+            return not_available
+        # Cross-project push needs admin_repositories (ProjectPolicy
+        # #cross_project_push_allowed_for_job_token?); reads need the allowlist only.
+        required = ("admin_repositories",) if git.push else ()
+        access = policy.Access(
+            f"git {git.operation}", required, controllable=git.push, git=True, push=git.push
+        )
+        return access, Target(TargetKind.PROJECT, git.project)
+
+    def _git(self, view: RequestView) -> gitpath.GitAccess | None:
+        path, _, query = view.target.partition("?")
+        if self._root:
+            if not path.startswith(self._root + "/"):
+                return None
+            path = path[len(self._root) :]
+        return gitpath.parse(view.method, path, query)
+
+    def _resolve(
+        self,
+        credential: tokens.Credential,
+        access: policy.Access,
+        target: Aim,
+        job: Job | object | None = MISS,
+        accessed: policy.Accessed | object | None = MISS,
+        allowlist: Any = MISS,  # Allowlist | None, or MISS
+    ) -> Decision | _Lookup:
+        """The decision from what is known: the values given (fetched from the store), else the
+        cache's. Returns the `_Lookup` of the first value neither has (no I/O here)."""
+        store = self.store
+        if job is MISS:
+            job = store.peek_job(credential.digest)
+            if not isinstance(job, Job) and (job is not None or self.validator is not None):
+                return _Lookup("job", job)
+        if access.rule != "page":
+            ruled = _job_rule(credential, job, target, access, store.wall())
+            if ruled is not None:
+                return ruled
+        if not isinstance(job, Job):
+            audit = _audit(credential, None, None, access)
+            return policy.deny(Reason.TOKEN_INVALID, UNAUTHORIZED, audit)
+        if job.revoked:
+            # GitLab answers a token whose job may no longer use it (finished, erased) with the
+            # same 401 as an unknown one: Ci::AuthJobFinder#validate_job! raises, and
+            # Gitlab::Auth::AuthFinders#find_user_from_job_token turns that into UnauthorizedError
+            # (app/finders/ci/auth_job_finder.rb, lib/gitlab/auth/auth_finders.rb). Same answer
+            # here; only the log reason (`token_revoked`) tells the operator why.
+            audit = _audit(credential, job if job.job_id else None, None, access)
+            return policy.deny(Reason.TOKEN_REVOKED, UNAUTHORIZED, audit)
+        if job.expired(store.wall()):
+            audit = _audit(credential, job, None, access)
+            return policy.deny(Reason.TOKEN_EXPIRED, UNAUTHORIZED, audit)
+        kind = target.kind
+        if kind is TargetKind.OWN:
+            audit = _audit(credential, job, _label(job.project), access, job.project.id)
+            return policy.allow(Reason.OWN_PROJECT, audit)
+        if kind is TargetKind.NONE and not access.permissions:
+            audit = _audit(credential, job, None, access)
+            return policy.allow(Reason.UNCONTROLLED_ENDPOINT, audit)
+        if accessed is MISS:
+            accessed = self._peek_accessed(target)
+            if accessed is MISS:
+                return _Lookup("accessed", job)
+        if accessed is NO_PACKAGE:
+            audit = _audit(credential, job, target.ref, access)
+            if isinstance(target, PackageQuery) and target.miss is Miss.PROJECT_NOT_FOUND:
+                # npm dist-tags: `project` -> `not_found!('Project')`, no public-registry
+                # redirect (lib/api/helpers/packages/npm.rb): GitLab's 404, answered here.
+                return policy.deny(Reason.PROJECT_NOT_FOUND, PROJECT_NOT_FOUND, audit)
+            # GitLab checks the package's project only `if package` (lib/api/maven_packages.rb,
+            # npm_namespace_endpoints.rb): it answers 404 or forwards to the public registry.
+            return policy.allow(Reason.PACKAGE_NOT_FOUND, audit)
+        if not isinstance(accessed, policy.Accessed):
+            audit = _audit(credential, job, target.ref, access)
+            return policy.deny(Reason.TARGET_UNRESOLVED, UNRESOLVED, audit)
+        project = accessed.project
+        if project is not None:
+            audit = _audit(credential, job, _label(project), access, project.id)
+        else:
+            audit = _audit(credential, job, accessed.ref, access)
+        if project is not None and not accessed.is_project(job.project):
+            if allowlist is MISS:
+                allowlist = store.peek(("allowlist", project.id))
+                if allowlist is MISS:
+                    return _Lookup("allowlist", ("allowlist", project.id))
+        else:
+            allowlist = None
+        return policy.decide(
+            job,
+            accessed,
+            allowlist,
+            access,
+            audit,
+            enforce_allowlist=self.settings.enforce_allowlist,
+        )
+
+    async def _job(self, credential: tokens.Credential, cached: object) -> Job | None:
+        job = cached
+        if job is MISS:
+            job = await self.store.fetch_job(credential.digest)
+        if job is not None or self.validator is None:
+            return job  # type: ignore[return-value]
+        validated = await self.validator.job(credential.digest, credential.secret)
+        if validated is None:
+            return None
+        # A job revoked in the store stays revoked whatever the upstream says.
+        known = await self._lookup("job_id", validated.job_id)
+        return known if isinstance(known, Job) and known.revoked else validated
+
+    def _peek_accessed(self, target: Aim) -> policy.Accessed | object:
+        """The accessed project from the cache alone (MISS when the store must be asked)."""
+        if isinstance(target, PackageQuery):
+            return MISS
+        if target.kind is TargetKind.PROJECT and target.ref is not None:
+            project = self.store.peek(("project", target.ref.lower()))
+            if isinstance(project, Project) or project is None:
+                return policy.accessed(target.ref, project)
+        return MISS
+
+    async def _accessed(
+        self, target: Aim, job: Job | None = None
+    ) -> policy.Accessed | object | None:
+        if isinstance(target, PackageQuery):
+            return await self._package_project(target)
+        ref = target.ref
+        if ref is None:
+            return None
+        if target.kind is TargetKind.PROJECT:
+            project = await self._lookup("project", ref.lower())
+            return policy.Accessed(ref, project if isinstance(project, Project) else None)
+        job_id = project_key(ref)  # a job id reads like a project id: ASCII digits, a bigint
+        if target.kind is TargetKind.JOB and isinstance(job_id, int):
+            owner = await self._lookup("job_id", job_id)
+            if isinstance(owner, Job) and owner.project.id:
+                return policy.Accessed(str(owner.project.id), await self._full(owner.project))
+            return await self._dependency(job_id, job)
+        return None  # GROUP, UNRESOLVED, an unknown job: never more permissive than GitLab
+
+    async def _dependency(self, job_id: int, job: Job | None) -> policy.Accessed | None:
+        """The project of a job the store does not hold, when the upstream places it in the
+        token's own project (gateway/stores/job_projects.py); else None (unresolved: refused)."""
+        if job is None or not job.project.id:
+            return None
+        if job.job_id == job_id or (
+            self.job_projects is not None
+            and await self.job_projects.job_in_project(job_id, job.project.id)
+        ):
+            # the token's own job, or one the upstream finds in the token's own project
+            return policy.Accessed(str(job.project.id), await self._full(job.project))
+        return None
+
+    def _body_is_file(self, view: RequestView) -> bool:
+        """Workhorse takes this route's body as an uploaded file (route_facts
+        WORKHORSE_BODY_FILES): Rails never reads parameters from it, so neither do we."""
+        found = self.table.match(view.method, view.target)
+        self._matched = (self.table, view.method, view.target, found)
+        return isinstance(found, RouteMatch) and found.route.body_file
+
+    def _match(self, view: RequestView) -> RouteMatch | Refusal | None:
+        matched = self._matched
+        if (
+            matched is not None
+            and matched[0] is self.table
+            and matched[2] == view.target
+            and matched[1] == view.method
+        ):
+            return matched[3]
+        return self.table.match(view.method, view.target)
+
+    async def _full(self, project: Project) -> Project:
+        """The store's record of a job's project, with its visibility (a job record carries
+        only id and path); the job's copy when the store has no project record."""
+        known = await self._lookup("project", str(project.id))
+        return known if isinstance(known, Project) else project
+
+    # ---- group and instance package routes (issue 10, point 5)
+
+    def _package_target(self, route: Route, params: Any, target: Target, path: str) -> Aim:
+        """The package a group/instance package route is about (gateway/stores/packages.py),
+        when it can be judged: GitLab finds no package (no lookup needed), or the operator
+        configured the lookup (`package_lookup_token`). Else the route's own target.
+        `path` is the request's raw path (no query): the route a miss is confirmed on."""
+        if target.kind not in (TargetKind.GROUP, TargetKind.UNRESOLVED):
+            return target
+        group = target.ref if target.kind is TargetKind.GROUP else None
+        query = query_for(route.path, params, group, path)
+        if query is None or (query.needs_lookup and self.packages is None):
+            return target
+        return query
+
+    async def _package_project(self, query: PackageQuery) -> policy.Accessed | object | None:
+        """The package's project; NO_PACKAGE when the group holds none; None (unresolved)
+        when several projects hold it (GitLab would pick one; the gateway cannot tell which),
+        or when GitLab's own route finds a package the packages API did not list."""
+        if not query.needs_lookup:
+            return NO_PACKAGE
+        assert self.packages is not None  # `_package_target` made sure of it
+        ids = await self.packages.projects(query)
+        if not ids:
+            # SECURITY: an empty listing alone is not "no package": the packages API hides
+            # packages GitLab's route finders serve (gateway/stores/packages.py). GitLab's own
+            # route, asked with the read token, confirms the miss or the request is refused.
+            if await self.packages.probe(query):
+                return None
+            return NO_PACKAGE
+        if len(ids) > 1:
+            return None
+        project = await self._lookup("project", str(ids[0]))
+        return policy.Accessed(str(ids[0]), project if isinstance(project, Project) else None)
+
+    async def _lookup(self, kind: str, arg: object) -> object:
+        key = (kind, arg)
+        value = self.store.peek(key)
+        return await self.store.fetch(key) if value is MISS else value
+
+
+Aim = Target | PackageQuery  # what a request touches: a route's target, or a package to find
+NO_PACKAGE = object()  # the package lookup found no such package
+
+
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """What `Gate._resolve` needs from the store: `job` (`cached` is the cache's MISS or
+    negative entry, for the upstream validation), `accessed`, or `allowlist` (`cached` is the
+    store key)."""
+
+    what: str
+    cached: Any = None
+
+
+def _audit(
+    credential: tokens.Credential,
+    job: Job | None,
+    target: str | None,
+    access: policy.Access,
+    target_id: int | None = None,
+) -> Audit:
+    fingerprint, route, required = credential.fingerprint, access.name, access.permissions
+    if job is None:
+        return make_audit(fingerprint, None, None, target, route, required, ())
+    source = job.project.path or None
+    source_id = job.project.id or None
+    return make_audit(
+        fingerprint, job.job_id, source, target, route, required, (), source_id, target_id
+    )
+
+
+def _access(route: Route) -> policy.Access:
+    return policy.Access(
+        route.name,
+        route.permissions,
+        route.controllable,
+        route.own_project_only,
+        rule=route.rule.value,
+        public_features=visibility.public_features(route.method, route.path),
+    )
+
+
+def _load_table(settings: Settings) -> RouteTable:
+    return RouteTable.load(
+        settings.routes,
+        api_prefix=settings.api_prefix,
+        relative_url_root=settings.relative_url_root,
+        supplementary=settings.routes_supplementary,
+    )
+
+
+# ---- the supplementary routes' rules (RouteRule; policies/routes-supplementary.yaml)
+
+
+def _route_rule(route: Route, credential: tokens.Credential) -> Decision | None:
+    """A decision the route's rule makes before any lookup, else None."""
+    rule = route.rule
+    if rule is RouteRule.RUNNER_TOKEN:
+        # GitLab reads no job token on these routes: `token` is the runner's own credential
+        # (lib/api/ci/helpers/runner.rb `current_runner` = Ci::Runner.find_by_token(params[:token]))
+        audit = Audit(credential.fingerprint, route=route.name)
+        return policy.allow(Reason.RUNNER_TOKEN, audit)
+    if rule is RouteRule.OWN_JOB and credential.carrier not in _RUNNER_CARRIERS:
+        # `job_token` is `params[:token] || env['HTTP_JOB_TOKEN']`: a token anywhere else leaves
+        # it empty, and `job.valid_token?("")` fails: `forbidden!` (authenticate_job!).
+        audit = Audit(credential.fingerprint, route=route.name)
+        return policy.deny(Reason.JOB_TOKEN_MISMATCH, JOB_FORBIDDEN, audit)
+    return None
+
+
+def _job_rule(
+    credential: tokens.Credential,
+    job: Job | object | None,
+    target: Aim,
+    access: policy.Access,
+    now: float,
+) -> Decision | None:
+    """The trigger and own-job rules once the job is resolved (None: decide as usual)."""
+    if access.rule == RouteRule.TRIGGER.value:
+        # A job the store knows (revoked or not) makes the value a job token: judged as usual.
+        if isinstance(job, Job) or credential.carrier is not tokens.Carrier.TOKEN_PARAM:
+            return None
+        if tokens.JOB_TOKEN_PREFIX in credential.secret:
+            # A job token GitLab does not know (`glcbt-`, or an instance's `<prefix>glcbt-`):
+            # 401 as anywhere else. Trigger tokens are `glptt-` or 40 hex digits, never this.
+            return None
+        # Ci::PipelineTriggerService#execute tries `trigger_from_token` first: a `token` that
+        # is no job token is a pipeline trigger token, GitLab's own credential to judge. A job
+        # token goes on to `create_pipeline_from_job`: `can?(job.user, :read_project, project)`
+        # under the job's token scope, i.e. the allowlist (app/services/ci/pipeline_trigger_service.rb).
+        return policy.allow(Reason.TRIGGER_TOKEN, _audit(credential, None, target.ref, access))
+    if access.rule != RouteRule.OWN_JOB.value:
+        return None
+    if not isinstance(job, Job) or job.revoked:
+        # authenticate_job!: `forbidden! unless job.valid_token?(job_token)`: 403, not 401.
+        audit = _audit(credential, None, target.ref, access)
+        return policy.deny(Reason.JOB_TOKEN_MISMATCH, JOB_FORBIDDEN, audit)
+    audit = _audit(credential, job, target.ref, access)
+    if target.ref != str(job.job_id):
+        # The token belongs to another job than params[:id] (authenticate_job! /
+        # job_from_token: `current_job == Ci::AuthJobFinder.new(token: job_token).execute!`).
+        return policy.deny(Reason.JOB_TOKEN_MISMATCH, JOB_FORBIDDEN, audit)
+    if job.expired(now):
+        # Its own job, no longer running: Ci::AuthJobFinder::NotRunningJobError ->
+        # job_forbidden!(job, 'Job is not processing on runner').
+        return policy.deny(Reason.JOB_TOKEN_MISMATCH, NOT_PROCESSING, audit)
+    return policy.allow(Reason.OWN_JOB, audit)
+
+
+def _label(project: Project) -> str:
+    return f"#{project.id} {project.path}"
+
+
+def _bad_target(refusal: Refusal, audit: Audit | None = None) -> Decision:
+    return policy.deny(Reason.BAD_TARGET, f"400 Bad request - {refusal.detail}", audit or Audit())
+
+
+def unknown_credential_mode(settings: Settings) -> UnknownCredential:
+    """`--unknown-credential` with `auto` resolved: `upstream` when upstream validation is on."""
+    mode = settings.unknown_credential
+    if mode is UnknownCredential.AUTO:
+        upstream = settings.upstream_validation
+        return UnknownCredential.UPSTREAM if upstream else UnknownCredential.FORWARD
+    return mode
+
+
+def unknown_credential_warning(settings: Settings) -> str | None:
+    """The start-up warning when `--unknown-credential` resolves to `forward`, else None.
+
+    GitLab reads a job token from carriers other credentials share: `Authorization: Bearer`
+    (Gitlab::Auth::AuthFinders#find_user_from_job_bearer_token), HTTP Basic (the package
+    helpers' `find_job_from_http_basic_auth`, lib/api/helpers/packages_manager_clients_helpers.rb)
+    and the route families' own (gateway.core.carriers). Job tokens of GitLab < 16.9 carry no
+    `glcbt-` prefix, so there only GitLab can tell one from another credential; `forward`
+    passes such a value on unjudged: the gateway enforces nothing for it (gateway/core/tokens.py)."""
+    if unknown_credential_mode(settings) is not UnknownCredential.FORWARD:
+        return None
+    how = (
+        "--unknown-credential forward"
+        if settings.unknown_credential is UnknownCredential.FORWARD
+        else "--unknown-credential auto without --upstream-validation"
+    )
+    return (
+        # No literal token prefix here: tests and operators grep logs for it as a leaked token.
+        f"unknown credentials are forwarded unjudged ({how}): a job token without GitLab's "
+        "job-token prefix (GitLab < 16.9) in a carrier other credentials share (Bearer, "
+        "Basic, a bare Authorization, X-Nuget-Apikey) reaches the upstream without the "
+        "gateway's policy; set --upstream-validation (GATEWAY_UPSTREAM_VALIDATION=true) so "
+        "that --unknown-credential auto/upstream asks the upstream's GET /api/v4/job"
+    )
+
+
+def _job_projects(settings: Settings) -> JobProjects | None:
+    if settings.upstream is None or settings.package_lookup_token is None:
+        return None
+    return JobProjects(
+        settings.upstream,
+        settings.package_lookup_token.get_secret_value(),
+        api_prefix=settings.api_prefix,
+        relative_url_root=settings.relative_url_root,
+        timeout=settings.store_timeout,
+        ttl=settings.cache_ttl,
+        size=settings.cache_size,
+    )
+
+
+def _package_lookup(settings: Settings) -> PackageLookup | None:
+    token = settings.package_lookup_token
+    if token is None:
+        return None
+    if settings.upstream is None:
+        raise ConfigError("--package-lookup-token needs --upstream (the API server to ask)")
+    return PackageLookup(
+        settings.upstream,
+        api_prefix=settings.api_prefix,
+        relative_url_root=settings.relative_url_root,
+        token=token.get_secret_value(),
+        timeout=settings.store_timeout,
+        ttl=settings.package_lookup_ttl,
+        size=settings.cache_size,
+    )
+
+
+def _validator(settings: Settings) -> UpstreamValidator | None:
+    if settings.unknown_credential is UnknownCredential.UPSTREAM and not (
+        settings.upstream_validation
+    ):
+        raise ConfigError(
+            "--unknown-credential upstream needs --upstream-validation (the upstream's "
+            "GET /api/v4/job is what tells a job token from another credential); use "
+            "--unknown-credential forward to pass unrecognised credentials on instead"
+        )
+    if not settings.upstream_validation:
+        return None
+    if settings.upstream is None:
+        raise ConfigError("--upstream-validation needs --upstream (the API server to ask)")
+    return UpstreamValidator(
+        settings.upstream,
+        api_prefix=settings.api_prefix,
+        relative_url_root=settings.relative_url_root,
+        timeout=settings.store_timeout,
+        ttl=settings.cache_ttl,
+        size=settings.cache_size,
+        negative_ttl=settings.negative_cache_ttl,
+        negative_size=settings.negative_cache_size,
+    )

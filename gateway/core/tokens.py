@@ -1,0 +1,929 @@
+# ruff: noqa: S105 - carrier names ("JOB-TOKEN header") are labels, not secrets
+"""Finding the CI/CD job token in a request exactly where GitLab looks, and nothing else.
+
+GitLab reads credentials in this order (`API::APIGuard#find_user_from_sources`, lib/api/api_guard.rb;
+`Gitlab::Auth::AuthFinders`, lib/gitlab/auth/auth_finders.rb):
+
+1. a job token as an OAuth value (`find_user_from_job_bearer_token`): Doorkeeper's
+   `access_token` param, `Authorization: Bearer`, `bearer_token` param
+   (config/initializers/doorkeeper.rb `access_token_methods`);
+2. a PAT (`find_user_from_access_token`): `private_token` param, `PRIVATE-TOKEN` header. A
+   `glcbt-` value there is skipped: `return if api_request? && CiJobToken.prefix?(current_token)`
+   (runners send the job token as PRIVATE-TOKEN on `PUT /api/v4/jobs/:id`);
+3. the job token proper (`find_user_from_job_token`): HTTP Basic with user `gitlab-ci-token`
+   (`Gitlab::Auth::CI_JOB_USER`), then `get_job_token_from_query_param_or_header`:
+   `params[:job_token] || params[:token] || env['HTTP_JOB_TOKEN']`. The package helpers take the
+   Basic password whatever the user name (lib/api/helpers/packages_manager_clients_helpers.rb
+   `find_job_from_http_basic_auth`).
+
+`params` is Rails/Grape params: the query string plus a form or JSON body (top-level keys).
+How a request is read (its media type, parameter names, Authorization scheme, Base64) is one
+small named function each, below, mirroring Rack/ActionPack; tests/oracle/ holds them to the
+Ruby originals (docs/security.md, "Reading requests as GitLab's own parsers do").
+
+Some route families read more carriers (`gateway.core.carriers`: a bare `Authorization` value, its
+last word, Basic with any user name, a named header such as `X-Nuget-Apikey`, the token a Conan
+or Terraform registry JWT wraps); `configure` compiles them, with the instance's job-token
+prefix, once at start-up.
+
+A value is a job token when it carries GitLab's prefix or sits in a carrier only job tokens use.
+An unprefixed value in a carrier GitLab shares with other credentials (Bearer, Basic, a bare
+Authorization, a named header) may be either (job tokens of GitLab < 16.9 have no prefix):
+`read` returns it as a `Candidate`, which the gate resolves (store, then the upstream's
+`GET /api/v4/job`, or forwarded, per `--unknown-credential`).
+
+Because the gateway must authorize the token the upstream will authenticate with, any request
+where that is ambiguous is refused (`Conflict`): two different job tokens anywhere, a job token
+next to another credential (a candidate counts as either), two different candidates, a repeated
+credential header, or a nested `job_token[]` parameter.
+
+Only a SHA-256 digest and a short fingerprint of it leave this module (the raw value stays on
+`Credential`, excluded from its repr, for the optional upstream validation).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, NamedTuple
+from urllib.parse import unquote_plus
+
+from gateway.core import conan_jwt, multipart
+from gateway.core.carriers import DEFAULT, CarrierMap, Family, Reading
+from gateway.core.drafts import check_layouts
+from gateway.core.request import Headers, RequestView
+
+__all__ = [
+    "JOB_TOKEN_PREFIX",
+    "MAX_JOB_TOKEN_SIZE_BYTES",
+    "BodyError",
+    "Candidate",
+    "Carrier",
+    "Conflict",
+    "Credential",
+    "Extraction",
+    "Malformed",
+    "authorization_scheme",
+    "basic_credentials",
+    "body_kind",
+    "configure",
+    "credential_param",
+    "digest",
+    "extract",
+    "fingerprint",
+    "media_type",
+    "packages_basic_password",
+    "param_base",
+    "parse_form",
+    "part_params",
+    "read",
+    "reads_param",
+    "ruby_decode64",
+    "same_credential",
+]
+
+# app/models/ci/build.rb TOKEN_PREFIX; lib/authn/tokens/ci_job_token.rb `prefix?`.
+JOB_TOKEN_PREFIX = "glcbt-"
+# lib/gitlab/auth/auth_finders.rb MAX_JOB_TOKEN_SIZE_BYTES (Ci::AuthJobFinder MAX_TOKEN_BYTESIZE).
+MAX_JOB_TOKEN_SIZE_BYTES = 8192
+CI_JOB_USER = "gitlab-ci-token"  # lib/gitlab/auth.rb CI_JOB_USER
+FINGERPRINT_CHARS = 12
+
+# GitLab token prefixes that are never job tokens: a `token` parameter carrying one is the
+# trigger or runner API's own credential (lib/api/ci/triggers.rb, lib/api/ci/runner.rb), not a
+# job token. Sources: app/models/ci/trigger.rb TRIGGER_TOKEN_PREFIX, app/models/ci/runner.rb
+# CREATED_RUNNER_TOKEN_PREFIX, app/models/personal_access_token.rb.
+_OTHER_TOKEN_PREFIXES = ("glptt-", "glrt-", "glrtr-", "GR1348941", "glpat-", "gldt-", "gloas-")
+
+# Rails' JSON MIME types plus GitLab's LFS one (config/initializers/mime_types.rb registers
+# application/vnd.git-lfs+json as JSON); reading a superset only makes the gateway stricter.
+_JSON_TYPES = frozenset(
+    {"application/json", "text/x-json", "application/jsonrequest", "application/vnd.git-lfs+json"}
+)
+_FORM_TYPE = "application/x-www-form-urlencoded"
+# Rack's query parser splits on & (and ; in Rack 2) and drops spaces after a separator; a form
+# body only on & (Rack 2.2 `Rack::Request#POST`: `parse_query(form_vars, '&')`).
+_PAIR_SEP = re.compile(r"[&;] *")
+_BODY_PAIR_SEP = re.compile(r"& *")
+_METHOD_KEY = re.compile(r"\s*[\[\]]*_method\]*\s*")  # Rack::MethodOverride's param
+_FOLD = re.compile(r"[^A-Z0-9]")
+# Rack::QueryParser#normalize_params (lib/rack/query_parser.rb): `%r(\A[\[\]]*([^\[\]]+)\]*)`.
+_KEY_BASE = re.compile(r"[\[\]]*([^\[\]]+)\]*")
+# Rack::MediaType SPLIT_PATTERN (lib/rack/media_type.rb) and ActionDispatch's
+# `content_mime_type` (`/^([^,;]*)/`): the media type ends at the first `;` or `,`.
+_MEDIA_END = re.compile(r"[;,]")
+# Ruby's whitespace for `String#split(" ")` (awk-style split): ASCII space, \t \n \v \f \r.
+_RUBY_SPACE = " \t\n\v\f\r"
+_RUBY_SPACES = re.compile(r"[ \t\n\v\f\r]+")
+# The errors a body parser can raise on hostile input: ValueError (JSONDecodeError,
+# UnicodeDecodeError, int-digit limits), RecursionError (deep JSON nesting), OverflowError.
+_PARSE_ERRORS = (ValueError, UnicodeError, RecursionError, OverflowError)
+
+
+# ---------------------------------------------------------------- the request-reading primitives
+# Small named functions, one per thing Rails reads, shared by every caller (the extractor, the
+# log's redaction, the streamed-body guard) so that they cannot disagree.
+
+
+def media_type(content_type: str | None) -> str | None:
+    """The media type of a Content-Type value as Rack reads it: cut at the first `;` or `,`,
+    stripped, lower-cased; None when there is none (absent or blank).
+
+    Rack: `Rack::MediaType.type` (lib/rack/media_type.rb, split on `[;,]`) and
+    `Rack::Request#content_type` (an empty CONTENT_TYPE is nil). ActionPack:
+    `ActionDispatch::Http::MimeNegotiation#content_mime_type` (`/^([^,;]*)/`, strip, downcase).
+    Python's `strip` removes more than Ruby's whitespace: a superset, so stricter only.
+    """
+    if content_type is None or not content_type.strip():
+        return None
+    return _MEDIA_END.split(content_type, 1)[0].strip().lower()
+
+
+def authorization_scheme(value: str) -> tuple[str | None, str | None]:
+    """(scheme, parameter) of an Authorization value as ActionPack splits it.
+
+    ActionController::HttpAuthentication::Basic `auth_scheme` / `auth_param`
+    (actionpack/lib/action_controller/metal/http_authentication.rb) are
+    `request.authorization.to_s.split(" ", 2)`: Ruby's awk-style split, which skips leading
+    whitespace and cuts at the first run of any ASCII whitespace (tab included), keeping the
+    rest (trailing whitespace too). The scheme is compared case-insensitively by callers
+    (`has_basic_credentials?` downcases it). (None, None) for a blank value.
+    """
+    text = value.lstrip(_RUBY_SPACE)
+    if not text:
+        return None, None
+    cut = _RUBY_SPACES.search(text)
+    if cut is None:
+        return text, None
+    return text[: cut.start()], text[cut.end() :]
+
+
+# Ruby's Base64.decode64 skips every byte outside the alphabet (and `=` in a group's first two
+# places); it stops at `=` in a group's last two places.
+_B64_NOISE = re.compile(r"[^A-Za-z0-9+/=]+")
+
+
+def ruby_decode64(text: str) -> bytes:
+    """Ruby's `Base64.decode64` (`String#unpack1("m")`, the lenient branch of pack.c's `m`):
+    what ActionPack and GitLab decode an Authorization parameter with. Bytes outside the base64
+    alphabet are skipped, `=` ends the data only in a group's third or fourth place, a lone
+    last character is dropped, and no padding or trailing bits are checked."""
+    chars = _B64_NOISE.sub("", text)
+    if "=" in chars:
+        kept: list[str] = []
+        for char in chars:
+            if char != "=":
+                kept.append(char)
+            elif len(kept) % 4 >= 2:
+                break
+        chars = "".join(kept)
+    if len(chars) % 4 == 1:
+        chars = chars[:-1]
+    return base64.b64decode(chars + "=" * (-len(chars) % 4))
+
+
+def _ruby_present(value: str) -> bool:
+    """ActiveSupport `present?` of a string: not empty, not only whitespace."""
+    return bool(value) and not value.isspace()
+
+
+def basic_credentials(value: str) -> tuple[str, str] | None:
+    """(user, password) as ActionController::HttpAuthentication::Basic#user_name_and_password
+    reads an Authorization value, whatever its scheme, when both are present; else None.
+
+    `user_name_and_password` is `decode_credentials(request).split(":", 2)` with
+    `Base64.decode64(auth_param(request))`: it never checks the scheme. GitLab's AuthFinders
+    check it first (`has_basic_credentials?`), but TokenLocator's `http_basic_auth` location
+    (lib/gitlab/api_authentication/token_locator.rb, `extract_from_http_basic_auth`: the NuGet,
+    Debian, RPM, Maven and virtual-registry routes) does not: `Bearer <base64 of user:token>`
+    is HTTP Basic there.
+    """
+    return _basic_pair(authorization_scheme(value)[1])
+
+
+def _basic_pair(param: str | None) -> tuple[str, str] | None:
+    """`basic_credentials` of a value whose `authorization_scheme` parameter is `param`."""
+    user, sep, password = ruby_decode64(param or "").partition(b":")
+    if not sep:
+        return None
+    pair = (user.decode("utf-8", "surrogateescape"), password.decode("utf-8", "surrogateescape"))
+    return pair if _ruby_present(pair[0]) and _ruby_present(pair[1]) else None
+
+
+def packages_basic_password(value: str) -> str | None:
+    """The password `API::Helpers::PackagesManagerClientsHelpers#decode_token`
+    (lib/api/helpers/packages_manager_clients_helpers.rb) reads from an Authorization value:
+    `split('Basic ', 2).second`, so whatever follows the first literal `Basic ` anywhere in the
+    value, through Ruby's `Base64.decode64`, `split(':', 2).second`. None when it reads none."""
+    _, found, encoded = value.partition("Basic ")
+    if not found:
+        return None
+    _, sep, password = ruby_decode64(encoded).partition(b":")
+    return password.decode("utf-8", "surrogateescape") if sep else None
+
+
+def param_base(key: str) -> tuple[str, bool] | None:
+    """The top-level params key a parameter name fills in Rack, and whether Rack nests its value
+    there (an Array or Hash instead of a string); None for a name that fills none.
+
+    `Rack::QueryParser#normalize_params` (lib/rack/query_parser.rb): leading brackets are
+    dropped and trailing `]` ignored, so `[job_token]`, `job_token]` and `[[job_token]]` all
+    are `job_token`; anything after (`job_token[]`, `job_token[x]`, `job_token]x`) nests
+    (`job_token[` is a key of its own: counted as nested, which refuses, never forwards).
+    Surrounding whitespace is ignored too (Rack keeps it: a superset, so stricter only).
+    """
+    name = key.strip()
+    match = _KEY_BASE.match(name)
+    if match is None:
+        return None
+    return match.group(1), match.end() != len(name)
+
+
+def credential_param(key: str) -> str | None:
+    """The credential parameter (`job_token`, `token`, `access_token`, `bearer_token`,
+    `private_token`) a decoded parameter name fills in Rails' params, or None.
+
+    The one notion of "credential parameter name": `extract` reads exactly these, and the
+    log's redaction (`gateway.ops.log.redact_target`) redacts at least these.
+    """
+    base = param_base(key)
+    return base[0] if base is not None and base[0] in _PARAMS else None
+
+
+class Carrier(StrEnum):
+    """Where a credential was found; the values appear in conflict messages and audits."""
+
+    ACCESS_TOKEN_PARAM = "access_token parameter"
+    BEARER = "Authorization Bearer"
+    BEARER_TOKEN_PARAM = "bearer_token parameter"
+    BASIC = "Authorization Basic"
+    JOB_TOKEN_PARAM = "job_token parameter"
+    TOKEN_PARAM = "token parameter"
+    JOB_TOKEN_HEADER = "JOB-TOKEN header"
+    PRIVATE_TOKEN_HEADER = "PRIVATE-TOKEN header"
+    PRIVATE_TOKEN_PARAM = "private_token parameter"
+    DEPLOY_TOKEN_HEADER = "DEPLOY-TOKEN header"
+    AUTHORIZATION = "Authorization header"
+    # Family carriers (gateway.core.carriers.Reading)
+    AUTHORIZATION_VALUE = "Authorization value"
+    AUTHORIZATION_LAST_WORD = "Authorization last word"
+    BASIC_ANY_USER = "Authorization Basic (any user)"
+    CONAN_JWT = "Conan JWT"
+    TOKEN_PARAM_JWT = "token parameter JWT"
+    API_KEY_HEADER = "token header"  # a family's named header (`http_header`): X-Nuget-Apikey
+
+
+# GitLab's precedence among job-token carriers (first wins); see the module docstring.
+_PRECEDENCE = (
+    Carrier.ACCESS_TOKEN_PARAM,
+    Carrier.BEARER,
+    Carrier.BEARER_TOKEN_PARAM,
+    Carrier.BASIC,
+    Carrier.JOB_TOKEN_PARAM,
+    Carrier.TOKEN_PARAM,
+    Carrier.JOB_TOKEN_HEADER,
+)
+_RANK = {carrier: rank for rank, carrier in enumerate(_PRECEDENCE)}
+
+# Parameter names that carry credentials, and what a value there is.
+_PARAMS: dict[str, Carrier] = {
+    "job_token": Carrier.JOB_TOKEN_PARAM,
+    "token": Carrier.TOKEN_PARAM,
+    "access_token": Carrier.ACCESS_TOKEN_PARAM,
+    "bearer_token": Carrier.BEARER_TOKEN_PARAM,
+    "private_token": Carrier.PRIVATE_TOKEN_PARAM,
+}
+# Header names (Rack folds '-' and '_' into the same HTTP_* key, so both spellings count).
+_HEADERS: dict[str, Carrier] = {
+    "JOB-TOKEN": Carrier.JOB_TOKEN_HEADER,
+    "JOB_TOKEN": Carrier.JOB_TOKEN_HEADER,
+    "PRIVATE-TOKEN": Carrier.PRIVATE_TOKEN_HEADER,
+    "PRIVATE_TOKEN": Carrier.PRIVATE_TOKEN_HEADER,
+    "DEPLOY-TOKEN": Carrier.DEPLOY_TOKEN_HEADER,
+    "DEPLOY_TOKEN": Carrier.DEPLOY_TOKEN_HEADER,
+}
+
+
+class _Config:
+    """What `configure` compiled: the job-token prefixes and the route families."""
+
+    __slots__ = ("carriers", "named", "others", "prefixes")
+
+    def __init__(self, prefixes: tuple[str, ...], carriers: CarrierMap) -> None:
+        self.prefixes = prefixes
+        self.carriers = carriers
+        # Other GitLab token types, with the instance prefix too: never job tokens.
+        instance = prefixes[1][: -len(JOB_TOKEN_PREFIX)] if len(prefixes) > 1 else ""
+        self.others = _OTHER_TOKEN_PREFIXES + tuple(
+            instance + other for other in _OTHER_TOKEN_PREFIXES if instance
+        )
+        # The families' named headers, folded as Rack folds them (HTTP_X_NUGET_APIKEY).
+        self.named = frozenset(_FOLD.sub("_", name) for name in carriers.headers)
+
+
+_CONFIG = _Config((JOB_TOKEN_PREFIX,), CarrierMap(api_prefix="/api/v4", relative_url_root=""))
+
+
+def configure(*, job_token_prefix: str, api_prefix: str, relative_url_root: str) -> None:
+    """Compile the carriers of every route family for this API prefix, and the job-token
+    prefixes, for every later `extract` in this process (the gate calls it at start-up).
+
+    `glcbt-` is always a job token's prefix (`Ci::Build::TOKEN_PREFIX`, app/models/ci/build.rb;
+    `Authn::Tokens::CiJobToken.prefix?`, lib/authn/tokens/ci_job_token.rb); an instance prefix
+    puts its own string in front of it (`Authn::TokenField::PrefixHelper
+    .prepend_instance_prefix`, lib/authn/token_field/prefix_helper.rb: `"#{instance_prefix}
+    #{prefix}"`, newer GitLab `"#{instance_prefix}-#{prefix}"`), so `job_token_prefix` is that
+    string as it appears in the tokens, separator included.
+    """
+    global _CONFIG
+    prefixes: tuple[str, ...] = (JOB_TOKEN_PREFIX,)
+    if job_token_prefix:
+        prefixes += (job_token_prefix + JOB_TOKEN_PREFIX,)
+    _CONFIG = _Config(
+        prefixes, CarrierMap(api_prefix=api_prefix, relative_url_root=relative_url_root)
+    )
+    _HEADER_MEMO.clear()
+
+
+def digest(token: str) -> str:
+    """The hex SHA-256 of a token: the only form stores hold."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def fingerprint(token_digest: str) -> str:
+    """A short, loggable name for a token derived from its digest (never from the token)."""
+    return "sha256:" + token_digest[:FINGERPRINT_CHARS]
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """The one job token a request carries. `secret` is kept out of repr and logs."""
+
+    carrier: Carrier
+    digest: str
+    secret: str = field(repr=False, compare=False)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.digest)
+
+
+class _CredentialDraft:  # see gateway/core/decision.py, "hot-path constructors"
+    __slots__ = ("carrier", "digest", "secret")
+
+
+def _credential(carrier: Carrier, token_digest: str, secret: str) -> Credential:
+    """`Credential(...)`, one per request: built from a draft (~0.1 us instead of ~0.3)."""
+    draft: Any = _CredentialDraft()
+    draft.carrier = carrier
+    draft.digest = token_digest
+    draft.secret = secret
+    draft.__class__ = Credential
+    credential: Credential = draft
+    return credential
+
+
+check_layouts((_CredentialDraft, Credential))
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """The request's credentials are ambiguous; `detail` names carriers, never values."""
+
+    carriers: tuple[str, ...]
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A job token that GitLab would reject before any lookup (too long, unprintable)."""
+
+    carrier: Carrier
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """An unrecognised value in a carrier GitLab shares between job tokens and other
+    credentials: a job token if the store or the upstream knows it, else another credential.
+    `others` names the carriers of other credentials next to it (a conflict if it is a job
+    token). `secret` is kept out of repr and logs."""
+
+    carrier: Carrier
+    digest: str
+    secret: str = field(repr=False, compare=False)
+    others: tuple[str, ...] = ()
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.digest)
+
+    def credential(self) -> Credential:
+        """This value as the job token it turned out to be."""
+        return _credential(self.carrier, self.digest, self.secret)
+
+    def conflict(self) -> Conflict | None:
+        """The conflict this value makes once known to be a job token (other credentials)."""
+        if not self.others:
+            return None
+        others = ", ".join(self.others)
+        detail = f"a job token ({self.carrier}) with other credentials ({others})"
+        return Conflict((str(self.carrier), *self.others), detail)
+
+
+class BodyError(ValueError):
+    """A form or JSON body the gateway was asked to inspect does not parse."""
+
+
+Extraction = Credential | Candidate | Conflict | Malformed | None
+
+
+class _Found(NamedTuple):  # scratch value of `extract`: a tuple is the cheapest to build
+    carrier: Carrier
+    value: str
+    job: bool  # a job token (else another credential, or a candidate)
+    problem: str | None = None  # a carrier whose value GitLab would read unpredictably
+    maybe: bool = False  # not `job`, but GitLab may read it as a job token: a candidate
+
+
+def body_kind(headers: Headers, method: str) -> str | None:
+    """ "form", "json" or "multipart" when Rails would parse this request's body into params
+    ("ambiguous" for several Content-Type headers: the body is read, then refused).
+
+    Rack parses a form body for any method, a POST without Content-Type as a form
+    (`Rack::Request#form_data?`) and any `multipart/*` body (`Rack::Multipart`); Rails parses
+    JSON for its JSON MIME types.
+    """
+    types = headers.getall("Content-Type", ())
+    if len(types) > 1:
+        # Which one would Rack read (one CONTENT_TYPE in its env)? Inspect, then refuse.
+        return "ambiguous"
+    media = media_type(types[0] if types else None)
+    if media is None:  # `Rack::Request#form_data?`: a POST without a media type is a form
+        return "form" if method == "POST" else None
+    if media == _FORM_TYPE:
+        return "form"
+    if media in _JSON_TYPES:
+        return "json"
+    if media.startswith("multipart/"):
+        return "multipart"
+    return None
+
+
+def parse_form(raw: str, *, body: bool = False) -> list[tuple[str, str]]:
+    """application/x-www-form-urlencoded pairs as Rack reads them, repeated keys kept: a query
+    split on `&` and `;`, a form `body` on `&` only (`job_token=a;b` is the value `a;b` there)."""
+    pairs = []
+    for part in (_BODY_PAIR_SEP if body else _PAIR_SEP).split(raw):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        pairs.append((unquote_plus(key), unquote_plus(value)))
+    return pairs
+
+
+def _json_pairs(body: bytes) -> list[tuple[str, object]]:
+    pairs: list[tuple[str, object]] = []
+
+    def keep(items: list[tuple[str, object]]) -> dict[str, object]:
+        # The hook runs innermost-first, so its last call is the top-level object.
+        pairs.clear()
+        pairs.extend(items)
+        return dict(items)
+
+    try:
+        document = json.loads(body, object_pairs_hook=keep)
+    except _PARSE_ERRORS as exc:  # RecursionError: a deeply nested document (Rails: 400)
+        raise BodyError(f"JSON body does not parse: {exc.__class__.__name__}") from None
+    return pairs if isinstance(document, dict) else []
+
+
+def _multipart_pairs(body: bytes, content_type: str) -> list[tuple[str, object]]:
+    """The credential params of a buffered multipart body (a part with a filename is a file,
+    not a string, as in Rack). Read by the very `multipart.Scanner` that checks streamed
+    bodies, fed whole: one reading, so a small body is refused whatever a large one would be
+    (e.g. a quoted-printable part: Workhorse's Go reader decodes `=67lcbt-` to `glcbt-`, Rack
+    does not). `BodyError` for anything the Scanner refuses."""
+    try:
+        scanner = multipart.Scanner(
+            multipart.boundary(content_type, any_multipart=True), reads_param
+        )
+        fields = scanner.feed(body)
+        scanner.finish()
+    except multipart.MultipartError as exc:
+        raise BodyError(str(exc)) from None
+    return [pair for part in fields for pair in part_params(part.name, part.value)]
+
+
+_UPLOAD = object()  # the value of a multipart file part: Rack makes it a file, not a string
+
+
+def part_params(name: str, value: bytes | None) -> list[tuple[str, object]]:
+    """The params one multipart part named `name` gives (`value` None: a file part). An escaped
+    name is read both ways, to read at least what Rack reads."""
+    text: object = _UPLOAD if value is None else value.decode("utf-8", "surrogateescape")
+    names = [name, unquote_plus(name)] if "%" in name or "+" in name else [name]
+    return [(key, text) for key in names]
+
+
+def reads_param(name: str) -> bool:
+    """Does `extract` read a body parameter (or multipart part) called `name`: a credential
+    carrier in any spelling Rack normalizes to one, or Rack::MethodOverride's `_method`?"""
+    return any(
+        _METHOD_KEY.fullmatch(key) or _param_carrier(key)[0] is not None
+        for key, _ in part_params(name, b"")
+    )
+
+
+def _refuse_method_override(method: str, pairs: Iterable[tuple[str, object]]) -> None:
+    if method == "POST" and any(_METHOD_KEY.fullmatch(key) for key, _ in pairs):
+        # Rack::MethodOverride would route this POST as another method (it reads `req.POST`,
+        # forms and multipart alike): we cannot authorize a method we do not see on the
+        # request line.
+        raise BodyError("a _method form field (method override) is not accepted")
+
+
+def _params(view: RequestView) -> list[tuple[str, object]]:
+    _, _, query = view.target.partition("?")
+    pairs: list[tuple[str, object]] = []
+    # Every credential parameter name contains "token"; escapes could hide it, so parse those.
+    if "token" in query or "%" in query:
+        pairs.extend(parse_form(query))
+    if view.body:
+        try:
+            pairs.extend(_body_params(view))
+        except BodyError:
+            raise
+        except _PARSE_ERRORS as exc:  # never a 500: every parser failure is `bad_body`
+            raise BodyError(f"the body does not parse: {exc.__class__.__name__}") from None
+    return pairs
+
+
+def _body_params(view: RequestView) -> list[tuple[str, object]]:
+    pairs: list[tuple[str, object]] = []
+    if view.body:
+        kind = body_kind(view.headers, view.method)
+        if kind == "ambiguous":
+            raise BodyError("more than one Content-Type")
+        if kind == "form":
+            form = parse_form(view.body.decode("utf-8", "surrogateescape"), body=True)
+            _refuse_method_override(view.method, form)
+            pairs.extend(form)
+        elif kind == "json":
+            pairs.extend(_json_pairs(view.body))
+        elif kind == "multipart":
+            parts = _multipart_pairs(view.body, view.headers["Content-Type"])
+            _refuse_method_override(view.method, parts)
+            pairs.extend(parts)
+    return pairs
+
+
+def _from_params(pairs: Iterable[tuple[str, object]], target: str) -> Iterator[_Found]:
+    for key, value in pairs:
+        carrier, bracket = _param_carrier(key)
+        if carrier is None:
+            continue
+        if bracket or not isinstance(value, str):
+            # Rack turns `job_token[]=x` into an array; JSON may carry a non-string.
+            problem = f"{carrier} is not a plain string"
+            yield _Found(
+                carrier, "", job=carrier is not Carrier.PRIVATE_TOKEN_PARAM, problem=problem
+            )
+        elif value:  # GitLab uses `.presence`: an empty value is absent
+            if (
+                carrier is Carrier.TOKEN_PARAM
+                and Reading.TOKEN_PARAM_JWT in _family(target).readings
+            ):
+                # The Terraform registry's `?token=<JWT>`: the job token is its `token` claim.
+                wrapped = conan_jwt.claim(value, "token")
+                if wrapped is not None:
+                    found = _classify(Carrier.TOKEN_PARAM_JWT, wrapped)
+                    if found is not None:
+                        yield found
+                    continue
+            found = _classify(carrier, value)
+            if found is not None:
+                yield found
+
+
+def _param_carrier(key: str) -> tuple[Carrier | None, bool]:
+    """The carrier a parameter key names, and whether Rack nests it (`job_token[]`):
+    `param_base`, the same reading as `credential_param` (and so the log's redaction)."""
+    base = param_base(key)
+    if base is None:
+        return None, False
+    return _PARAMS.get(base[0]), base[1]
+
+
+def _classify(carrier: Carrier, value: str) -> _Found | None:
+    if carrier in (Carrier.PRIVATE_TOKEN_HEADER, Carrier.PRIVATE_TOKEN_PARAM):
+        # A glcbt- PAT is skipped by GitLab (find_personal_access_token: `current_token
+        # .start_with?(::Ci::Build::TOKEN_PREFIX)`, the bare prefix), so it is absent here too.
+        return None if value.startswith(JOB_TOKEN_PREFIX) else _Found(carrier, value, job=False)
+    if carrier in (Carrier.JOB_TOKEN_PARAM, Carrier.JOB_TOKEN_HEADER):
+        return _Found(carrier, value, job=True)
+    config = _CONFIG
+    if carrier is Carrier.TOKEN_PARAM:
+        return _Found(carrier, value, job=not value.startswith(config.others))
+    prefixed = value.startswith(config.prefixes)
+    if carrier is Carrier.DEPLOY_TOKEN_HEADER:  # never a job token for GitLab: stricter
+        return _Found(carrier, value, job=prefixed)
+    # Bearer, access_token and bearer_token params: `find_user_from_job_bearer_token` runs
+    # Ci::AuthJobFinder on any OAuth value (lib/gitlab/auth/auth_finders.rb), and the family
+    # carriers run TokenResolver's job finder on any value (`with_job_token`): unprefixed, it
+    # is a job token of GitLab < 16.9 or another credential, so a candidate.
+    maybe = not prefixed and not value.startswith(config.others)
+    return _Found(carrier, value, job=prefixed, maybe=maybe)
+
+
+def _from_authorization(
+    value: str, family: Family, split: tuple[str | None, str | None]
+) -> list[_Found]:
+    """What GitLab reads from one Authorization value on a route of `family`.
+
+    One split for every scheme (`authorization_scheme`, ActionPack's): `Basic<TAB>...` is
+    Basic there. Doorkeeper's Bearer rule is narrower (`/^Bearer /i`,
+    Doorkeeper::OAuth::Token.from_bearer_authorization): whatever it reads, this reads too.
+    `split` is `authorization_scheme(value)`, computed once for this and `_hidden_basic`.
+    """
+    scheme, param = split
+    if scheme is None:
+        return []
+    readings = family.readings
+    rest = (param or "").strip(_RUBY_SPACE)
+    lower = scheme.lower()
+    if not readings:  # APIGuard's carriers only (most routes): the branches below, shortened
+        if lower == "bearer" and rest:
+            item = _classify(Carrier.BEARER, rest)
+        elif lower == "basic" and rest:
+            item = _from_basic(rest)
+        else:
+            item = _Found(Carrier.AUTHORIZATION, value, job=False)
+        return [] if item is None else [item]
+    found: list[_Found | None] = []
+    if lower == "bearer" and rest:
+        wrapped = conan_jwt.conan_access_token(rest) if Reading.CONAN_JWT in readings else None
+        if wrapped is not None:  # a Conan JWT: it wraps the credential GitLab reads
+            found.append(_classify(Carrier.CONAN_JWT, wrapped))
+        else:
+            found.append(_classify(Carrier.BEARER, rest))
+    elif lower == "basic" and rest:
+        found.append(_from_basic(rest, any_user=Reading.BASIC_ANY_USER in readings))
+    elif Reading.HTTP_TOKEN in readings and param is None:
+        # `http_token` (TokenLocator#extract_from_http_token): the whole value is the token
+        # (RubyGems clients send it bare). A value with a scheme is no token GitLab finds.
+        found.append(_classify(Carrier.AUTHORIZATION_VALUE, scheme))
+    elif Reading.BEARER_LAST_WORD not in readings:  # (there, the last word is what is read)
+        found.append(_Found(Carrier.AUTHORIZATION, value, job=False))
+    if Reading.BEARER_LAST_WORD in readings:
+        # `http_bearer_token` (TokenLocator#extract_from_http_bearer_token):
+        # `password.split(' ').last`, Ruby's awk-style split, whatever the scheme.
+        last = _RUBY_SPACES.split(value.strip(_RUBY_SPACE))[-1]
+        found.append(_classify(Carrier.AUTHORIZATION_LAST_WORD, last))
+    if Reading.BASIC_ANY_USER in readings and "Basic " in value and scheme != "Basic":
+        # PackagesManagerClientsHelpers#decode_token reads whatever follows the first
+        # "Basic " anywhere in the value (`split('Basic ', 2).second`), with Ruby's lenient
+        # Base64: what it would read is unknowable, so refused.
+        problem = "Authorization holds 'Basic ' where GitLab's package helpers would read it"
+        found.append(_Found(Carrier.BASIC_ANY_USER, "", job=True, problem=problem))
+    return [item for item in found if item is not None]
+
+
+def _hidden_basic(value: str, family: Family, split: tuple[str | None, str | None]) -> list[_Found]:
+    """Job tokens GitLab's scheme-blind Basic readings find in an Authorization value
+    (`basic_credentials`, `packages_basic_password`): a user `gitlab-ci-token` or a prefixed
+    password, whatever the scheme; on a family whose helpers take any user's Basic password,
+    an unprefixed password too (a candidate). Only job tokens (and candidates) are kept: any
+    Authorization value is already a credential of its own (`_from_authorization`)."""
+    scheme, param = split  # authorization_scheme(value)
+    if scheme is None or scheme.lower() == "basic":
+        return []  # `_from_basic` reads it (strictly: what it cannot decode is refused)
+    found: list[_Found] = []
+    prefixes = _CONFIG.prefixes
+    any_user = Reading.BASIC_ANY_USER in family.readings
+    pair = _basic_pair(param)  # basic_credentials(value)
+    if pair is not None:
+        if pair[0] == CI_JOB_USER or pair[1].startswith(prefixes):
+            found.append(_Found(Carrier.BASIC, pair[1], job=True))
+        elif any_user and _token_shaped(pair[1]):
+            found.append(_classify(Carrier.BASIC_ANY_USER, pair[1]))  # type: ignore[arg-type]
+    password = packages_basic_password(value)
+    if password is not None:
+        if password.startswith(prefixes):
+            found.append(_Found(Carrier.BASIC, password, job=True))
+        elif any_user and _token_shaped(password):
+            found.append(_classify(Carrier.BASIC_ANY_USER, password))  # type: ignore[arg-type]
+    return found
+
+
+def _token_shaped(value: str) -> bool:
+    """Could this be a job token at all (printable ASCII, no space)? Decoding any Bearer value
+    as Base64 yields bytes: only a token-shaped password is a candidate (a job token always is
+    one; garbage would make every Bearer on those routes two credentials)."""
+    return bool(value) and value.isascii() and value.isprintable() and " " not in value
+
+
+def _from_basic(encoded: str, *, any_user: bool = False) -> _Found | None:
+    try:
+        user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        # Ruby's Base64.decode64 is lenient: what it would read is unknowable, so refuse.
+        return _Found(Carrier.BASIC, "", job=True, problem="Authorization Basic does not decode")
+    if not sep or not password:
+        # `find_user_from_job_token_basic_auth` needs login and password present.
+        return _Found(Carrier.BASIC, password, job=False) if user or password else None
+    if user == CI_JOB_USER:
+        return _Found(Carrier.BASIC, password, job=True)
+    if any_user:  # find_job_from_http_basic_auth: any user name, any password
+        return _classify(Carrier.BASIC_ANY_USER, password)
+    return _Found(Carrier.BASIC, password, job=password.startswith(_CONFIG.prefixes))
+
+
+def _header_carrier(name: str) -> Carrier | None:
+    """The carrier a header name is (Carrier.AUTHORIZATION for `Authorization`), or None."""
+    upper = name.upper()
+    carrier = _HEADERS.get(upper)
+    if carrier is None and "TOKEN" in upper:
+        # CGI-style servers fold every byte outside [A-Za-z0-9] to `_`: `Job.Token` is
+        # HTTP_JOB_TOKEN there, so it is judged as the JOB-TOKEN header.
+        carrier = _HEADERS.get(_FOLD.sub("_", upper))
+    if carrier is None and upper == "AUTHORIZATION":
+        carrier = Carrier.AUTHORIZATION
+    if carrier is None and _FOLD.sub("_", upper) in _CONFIG.named:
+        carrier = Carrier.API_KEY_HEADER  # read on its family's routes only (`_from_headers`)
+    return carrier
+
+
+# Header names as clients spell them -> `_header_carrier`: the same few names arrive on every
+# request. Bounded (512 names of at most 64 characters), so that odd names cannot grow memory:
+# the others are judged afresh each time.
+_HEADER_MEMO: dict[str, Carrier | None] = {}
+_HEADER_MEMO_SIZE = 512
+
+
+def _family(target: str) -> Family:
+    """The route family of a request-target (`configure`): decided only for the carriers whose
+    reading depends on it (Authorization, a named header, `token`), not for JOB-TOKEN alone."""
+    # Every family lives under a `packages` segment: other targets skip the expression.
+    if "packages" in target or "%" in target:
+        return _CONFIG.carriers.family_for(target)
+    return DEFAULT
+
+
+def _from_headers(headers: Headers, target: str) -> tuple[list[_Found], list[str]]:
+    found: list[_Found] = []
+    repeated: list[str] = []
+    seen: list[Carrier] = []
+    memo = _HEADER_MEMO
+    for name, value in headers.items():  # one pass: requests carry few headers
+        try:
+            carrier = memo[name]
+        except KeyError:  # a name not seen yet (or past the memo's bound)
+            carrier = _header_carrier(name)
+            if len(memo) < _HEADER_MEMO_SIZE and len(name) <= 64:
+                memo[name] = carrier
+        if carrier is None:
+            continue
+        if carrier is Carrier.API_KEY_HEADER and not _reads_header(_family(target), name):
+            continue  # another family's header: GitLab does not read it here
+        if seen.count(carrier) == 1:  # its second occurrence
+            repeated.append(f"{carrier} repeated")
+        seen.append(carrier)
+        if carrier is Carrier.AUTHORIZATION:
+            family = _family(target)
+            split = authorization_scheme(value)
+            found.extend(_from_authorization(value, family, split))
+            found.extend(_hidden_basic(value, family, split))
+            continue
+        value = value.strip()
+        if not value:
+            continue
+        if carrier is Carrier.JOB_TOKEN_HEADER:  # the usual carrier: `_classify`, inlined
+            found.append(_Found(carrier, value, True))
+        elif (item := _classify(carrier, value)) is not None:
+            found.append(item)
+    return found, repeated
+
+
+def _reads_header(family: Family, name: str) -> bool:
+    folded = _FOLD.sub("_", name.upper())
+    return any(_FOLD.sub("_", header.upper()) == folded for header in family.headers)
+
+
+def extract(
+    view: RequestView, body_params: Sequence[tuple[str, object]] = ()
+) -> Credential | Conflict | Malformed | None:
+    """`read`, for callers that judge definite job tokens only: a `Candidate` is None."""
+    found = read(view, body_params)
+    return None if isinstance(found, Candidate) else found
+
+
+def read(view: RequestView, body_params: Sequence[tuple[str, object]] = ()) -> Extraction:
+    """The job token GitLab would authenticate this request with, or why there is none.
+
+    Returns None when no job token is present (other credentials alone are not ours to judge),
+    a `Conflict` when the credentials are ambiguous, `Malformed` for a token GitLab rejects on
+    sight, a `Candidate` for one unrecognised value GitLab may read as a job token or as another
+    credential (the caller finds out which), else the `Credential`. The carriers read are those
+    of the request-target's route family (`configure`). Raises `BodyError` when `view.body`
+    should be a form, JSON or multipart body and does not parse (Rails would answer 400; we
+    cannot tell what it would read), or is multipart that readers could read differently
+    (`multipart.Scanner`). `body_params` are the parameters of a body read elsewhere (a
+    streamed multipart body, `gateway.proxy.bodyguard`), judged exactly as if `view.body` held them.
+    """
+    target = view.target
+    found, repeated = _from_headers(view.headers, target)
+    pairs = _params(view)
+    if body_params:
+        _refuse_method_override(view.method, body_params)
+        pairs = [*pairs, *body_params]
+    if pairs:
+        found.extend(_from_params(pairs, target))
+    if len(found) == 1 and not repeated:  # the common case: one carrier
+        chosen = found[0]
+        if not chosen.job:
+            return _candidate(chosen, []) if chosen.maybe else None
+        if chosen.problem:
+            return _conflict(found, [], repeated)
+    else:
+        jobs = [item for item in found if item.job]
+        if not jobs:
+            return _without_job_token(found, repeated)
+        values = {item.value for item in jobs if not item.problem}
+        # A candidate holding the very value of a job token is that job token.
+        others = [
+            item
+            for item in found
+            if (not item.job and not item.maybe) or (item.maybe and item.value not in values)
+        ]
+        if conflict := _conflict(jobs, others, repeated):
+            return conflict
+        chosen = min(jobs, key=lambda item: _RANK.get(item.carrier, len(_RANK)))
+    if why := _malformation(chosen):
+        return Malformed(chosen.carrier, why)
+    return _credential(chosen.carrier, digest(chosen.value), chosen.value)
+
+
+def _without_job_token(found: list[_Found], repeated: list[str]) -> Extraction:
+    """No definite job token: None, or the one candidate (two different ones, or a candidate
+    in a repeated header, are a conflict: either could be the job token GitLab reads)."""
+    maybes = [item for item in found if item.maybe]
+    if not maybes:
+        return None
+    if len({item.value for item in maybes}) > 1 or repeated:
+        reasons = [*repeated]
+        if len({item.value for item in maybes}) > 1:
+            reasons.append("different unrecognised credentials in " + _names(maybes))
+        carriers = tuple(dict.fromkeys(str(item.carrier) for item in found))
+        return Conflict(carriers, "; ".join(reasons))
+    chosen = min(maybes, key=lambda item: _RANK.get(item.carrier, len(_RANK)))
+    return _candidate(chosen, [item for item in found if not item.maybe])
+
+
+def _candidate(item: _Found, others: list[_Found]) -> Candidate | None:
+    if _malformation(item):
+        return None  # no job token GitLab could find: another credential
+    names = tuple(dict.fromkeys(str(other.carrier) for other in others))
+    return Candidate(item.carrier, digest(item.value), item.value, names)
+
+
+def same_credential(one: Extraction, other: Extraction) -> bool:
+    """Do two extractions authenticate alike (the same token, whatever its carrier)?"""
+    if isinstance(one, Credential) and isinstance(other, Credential):
+        return one.digest == other.digest
+    return one == other
+
+
+def _conflict(jobs: list[_Found], others: list[_Found], repeated: list[str]) -> Conflict | None:
+    reasons: list[str] = []
+    reasons.extend(item.problem for item in jobs if item.problem)
+    if len({item.value for item in jobs if not item.problem}) > 1:
+        reasons.append("different job tokens in " + _names(jobs))
+    if others:
+        reasons.append(f"a job token ({_names(jobs)}) with other credentials ({_names(others)})")
+    reasons.extend(repeated)
+    if not reasons:
+        return None
+    carriers = tuple(dict.fromkeys(str(item.carrier) for item in [*jobs, *others]))
+    return Conflict(carriers, "; ".join(reasons))
+
+
+def _names(items: list[_Found]) -> str:
+    """Carrier names in GitLab's precedence order (stable messages)."""
+    ordered = sorted(items, key=lambda item: _RANK.get(item.carrier, len(_RANK)))
+    return ", ".join(dict.fromkeys(str(item.carrier) for item in ordered))
+
+
+def _malformation(item: _Found) -> str | None:
+    value = item.value
+    if not (value.isascii() and value.isprintable()) or " " in value or not value:
+        return "contains characters outside printable ASCII"
+    if len(value) > MAX_JOB_TOKEN_SIZE_BYTES:  # ASCII: characters are bytes
+        return f"longer than {MAX_JOB_TOKEN_SIZE_BYTES} bytes"
+    return None
