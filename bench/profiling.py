@@ -3,8 +3,8 @@
 `record()` samples a running server (and its worker processes) with `py-spy record --native`
 while load runs, then `layers()` assigns every sample to one layer:
 
-1. a sample with a decision-core frame anywhere on its stack (gateway.core.gate, tokens, routes,
-   policy, grants, stores, ...) is "decision"; one with logging/metrics frames is "log + metrics";
+1. a sample with a decision-core frame anywhere on its stack (gateway/core, routing,
+   stores) is "decision"; one with logging/metrics frames is "log + metrics";
 2. otherwise the innermost *Python* frame decides (generic helpers such as asyncio, yarl or
    aiohttp's streams are skipped outward), except that native socket-write frames (uvloop's
    write path, writev/send) always count as "socket writes";
@@ -37,11 +37,9 @@ LAYERS = (
 )
 TITLES = dict(LAYERS)
 
-DECISION = re.compile(
-    r"gateway/(gate|tokens|routes|policy|grants|gitpath|permissions|decision|stores/\w+)\.py"
-)
+DECISION = re.compile(r"gateway/(core|routing|stores)/\w+\.py")
 LOGGING = re.compile(
-    r"gateway/(log|metrics)\.py|structlog/|prometheus_client/|logging/__init__\.py"
+    r"gateway/ops/(log|metrics)\.py|structlog/|prometheus_client/|logging/__init__\.py"
 )
 NATIVE_WRITE = re.compile(
     r"UVStream_?_?\w*[Ww]rite|uv__write|uv_try_write|\bwritev\b|\bsendmsg\b|\b__?send\b"
@@ -68,7 +66,7 @@ BY_MODULE = (
         ),
         "server",
     ),
-    (re.compile(r"gateway/\w+\.py|bare_proxy\.py"), "handler"),
+    (re.compile(r"gateway/(proxy|ops)/\w+\.py|bare_proxy\.py"), "handler"),
 )
 GENERIC = re.compile(
     r"asyncio/|yarl/|multidict/|random\.py|secrets\.py|json/|dataclasses\.py|aiohttp/(streams|helpers|base_protocol|payload|abc|typedefs)\.py|typing\.py|enum\.py|contextlib\.py"
@@ -76,7 +74,7 @@ GENERIC = re.compile(
 # The frames that own the event loop: a sample whose innermost Python frame is one of these
 # is spent in the loop itself (uvloop/libuv: epoll, reads, callbacks).
 LOOP_OWNER = re.compile(
-    r"aiohttp/web\.py|asyncio/(runners|base_events)\.py|uvloop/|gateway/commands/|gateway/(app|server|supervisor|workers|cli|__main__)\.py|\(<module>|^main "
+    r"aiohttp/web\.py|asyncio/(runners|base_events)\.py|uvloop/|gateway/commands/|gateway/(proxy/app|proxy/server|ops/supervisor|cli|__main__)\.py|\(<module>|^main "
 )
 RATE = 100  # native unwinding pauses the process per sample: keep the rate modest
 # A thread parked on a lock, a condition or a queue uses no CPU: py-spy --native still reports

@@ -236,9 +236,9 @@ def start_gateway(container: Container, name: str, **env: str) -> RunningGateway
     process = container.start(name, [*IMAGE.entrypoint, *IMAGE.cmd], **env)
     gateway = RunningGateway(container, process, env, container.logs[-1])
     deadline = time.monotonic() + START_TIMEOUT
-    while gateway.ops.healthcheck().returncode != 0:
+    while gateway.healthcheck().returncode != 0:
         if process.poll() is not None or time.monotonic() > deadline:
             stop(process)
-            pytest.fail(f"{name} did not become healthy:\n{gateway.ops.log.read_text()}")
+            pytest.fail(f"{name} did not become healthy:\n{gateway.log.read_text()}")
         time.sleep(0.1)
     return gateway

@@ -315,7 +315,7 @@ def through_nginx(
 ) -> tuple[int, Any, Any]:
     front, gateway = setup
     headers = {"Host": "gitlab.example.com", **headers}
-    return gateway.core.request(method, path, port=front, body=body, headers=headers)
+    return gateway.request(method, path, port=front, body=body, headers=headers)
 
 
 def via_gateway(body: Any) -> bool:

@@ -152,9 +152,9 @@ def test_stop_signal_drains_exits_cleanly_and_healthcheck_then_fails(
     try:
         stop_signal = signal.Signals[IMAGE.last("STOPSIGNAL").args]
         os.kill(gateway.process.pid, stop_signal)
-        assert gateway.process.wait(timeout=15) == 0, gateway.ops.log.read_text()
-        assert "draining" in gateway.ops.log.read_text()
-        result = gateway.ops.healthcheck()
+        assert gateway.process.wait(timeout=15) == 0, gateway.log.read_text()
+        assert "draining" in gateway.log.read_text()
+        result = gateway.healthcheck()
         assert result.returncode == 1
         assert "unhealthy" in result.stderr
     finally:
