@@ -26,7 +26,7 @@ from gateway.proxy.lean.connection import ClientConnection, Handler
 from gateway.proxy.lean.pipeline import LeanProxy, refusal_bytes
 from gateway.proxy.responses import gitlab_message
 from gateway.settings import Settings
-from gateway.wire import Limits
+from gateway.wire import Limits, Listener
 from gateway.wire.client import Pool
 
 __all__ = ["LeanListener", "LeanServer", "run_lean_worker", "start_proxy"]
@@ -37,16 +37,12 @@ _log = structlog.get_logger("gateway.proxy.lean")
 _MACHINE_REASONS = {408: Reason.CLIENT_TIMEOUT}
 
 
-class LeanServer:
+class LeanServer(Listener[ClientConnection]):
     """The listening socket and its connections (what `ClientConnection` needs)."""
 
     def __init__(self, handler: Handler, limits: Limits) -> None:
+        super().__init__(limits)
         self.handler = handler
-        self.limits = limits
-        self.loop = asyncio.get_running_loop()
-        self.connections: set[ClientConnection] = set()
-        self.idle = asyncio.Event()
-        self._server: asyncio.Server | None = None
 
     def refusal(self, status: int, detail: str) -> bytes:
         """A refusal the machinery makes (malformed head, limits, timeouts); it closes."""
@@ -55,54 +51,13 @@ class LeanServer:
         verdict = Refuse(reason, status, gitlab_message(status, detail or None), close=True)
         return refusal_bytes(verdict, None)
 
-    @property
-    def addresses(self) -> list[tuple[str, int]]:
-        assert self._server is not None
-        return [sock.getsockname()[:2] for sock in self._server.sockets]
+    def connection(self) -> ClientConnection:
+        return ClientConnection(self)
 
-    async def start(self, host: str, port: int, *, reuse_port: bool) -> None:
-        from gateway.proxy.server import _Overloaded  # the aiohttp engine's: one 503 `overloaded`
+    def overloaded(self) -> asyncio.BaseProtocol:
+        from gateway.proxy.server import Overloaded  # the aiohttp engine's: one 503 `overloaded`
 
-        limit = self.limits.max_connections
-
-        def protocol() -> asyncio.BaseProtocol:
-            if len(self.connections) < limit:
-                return ClientConnection(self)
-            return _Overloaded(limit)
-
-        self._server = await self.loop.create_server(
-            protocol, host, port, reuse_port=reuse_port or None, backlog=1024
-        )
-
-    async def stop(self, grace: float, cut: Callable[[], int] | None = None) -> None:
-        """Stop accepting and end within `grace` seconds (`gateway.proxy.server.drain`'s rule):
-        idle connections close now, busy ones after their answer; requests still running
-        when the grace period minus a cut window (min(1 s, 20%)) has passed are `cut`, and
-        whatever is left at the end is aborted."""
-        if self._server is not None:
-            self._server.close()
-        for connection in list(self.connections):
-            connection.drain_connection()
-        window = min(1.0, grace * 0.2)
-        if not await self._wait_idle(grace - window) and cut is not None:
-            _log.warning("drain_cut", requests=cut(), grace_period=grace)
-            await self._wait_idle(window / 2)
-        for connection in list(self.connections):
-            connection.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def _wait_idle(self, within: float) -> bool:
-        if self.connections and within > 0:
-            self.idle.clear()
-            try:
-                async with asyncio.timeout(within):
-                    while self.connections:
-                        await self.idle.wait()
-                        self.idle.clear()
-            except TimeoutError:
-                pass
-        return not self.connections
+        return Overloaded(self.limits.max_connections)
 
 
 class LeanListener:
@@ -128,17 +83,18 @@ class LeanListener:
 
     @property
     def urls(self) -> list[str]:
-        return [
-            f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
-            for host, port in self.server.addresses
-        ]
+        return self.server.urls
 
     async def stop(self, grace: float) -> None:
         """Drain (see `LeanServer.stop`), then close the upstream pool and the recorder."""
         started = self.server.loop.time()
         _log.info("draining", grace_period=grace, in_flight=self._proxy.in_flight)
+
+        def cut() -> None:
+            _log.warning("drain_cut", requests=self._proxy.cut(), grace_period=grace)
+
         try:
-            await self.server.stop(grace, self._proxy.cut)
+            await self.server.stop(grace, cut)
         finally:
             self._pool.close()
             self._recorder.close()
