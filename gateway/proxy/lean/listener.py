@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import structlog
 
 from gateway.core.decision import Reason
 from gateway.errors import ConfigError
-from gateway.ops import metrics, observe
+from gateway.ops import observe
 from gateway.ops.exchange import Recorder
+from gateway.proxy import worker
 from gateway.proxy.handler import Decider, Refuse
 from gateway.proxy.headers import HeaderPolicy
 from gateway.proxy.lean.connection import ClientConnection, Handler
@@ -28,6 +29,9 @@ from gateway.proxy.responses import gitlab_message
 from gateway.settings import Settings
 from gateway.wire import Limits, Listener
 from gateway.wire.client import Pool
+
+if TYPE_CHECKING:
+    from gateway.core.gate import Gate
 
 __all__ = ["LeanListener", "LeanServer", "run_lean_worker", "start_proxy"]
 
@@ -103,18 +107,6 @@ class LeanListener:
         _log.info("drained", seconds=round(self.server.loop.time() - started, 3))
 
 
-def limits_for(settings: Settings) -> Limits:
-    return Limits(
-        max_line_size=settings.max_line_size,
-        max_field_size=settings.max_field_size,
-        max_headers=settings.max_headers,
-        max_body=0,  # bodies stream through the Task; never buffered by the connection
-        header_timeout=settings.client_header_timeout,
-        body_timeout=settings.client_body_timeout,
-        max_connections=settings.max_connections,
-    )
-
-
 async def start_proxy(
     settings: Settings,
     gate: Decider,
@@ -143,7 +135,8 @@ async def start_proxy(
     proxy = LeanProxy(
         settings, gate, HeaderPolicy(settings), recorder, pool, target.netloc or upstream_host
     )
-    server = LeanServer(proxy.handle, limits_for(settings))
+    # bodies stream through the Task; never buffered by the connection
+    server = LeanServer(proxy.handle, worker.limits_for(settings, max_body=0))
     bind_host = settings.host if host is None else host
     bind_port = settings.port if port is None else port
     try:
@@ -168,55 +161,17 @@ async def run_lean_worker(
     on_ready: Callable[[], None] | None = None,
 ) -> int:
     """`gateway.proxy.server.run_worker` on the lean engine (see the module docstring)."""
-    from gateway.core.gate import Gate
-    from gateway.proxy import server  # here: gateway.proxy.server calls this function lazily
 
-    draining = asyncio.Event()
-    gate = await Gate.open(settings)
-    listener: LeanListener | None = None
-    decision = None
-    admin_runner = None
-    stopping = False
-    try:
-        listener = await start_proxy(settings, gate, reuse_port=reuse_port)
-        metrics.init_labels(server.store_kind(settings.store))
-        group: metrics.GroupMetrics | None = None
-        if settings.decision_port is not None:
-            from gateway.authz.listener import start_listener
+    async def start(gate: Gate) -> LeanListener:
+        return await start_proxy(settings, gate, reuse_port=reuse_port)
 
-            decision = await start_listener(settings, gate, reuse_port=reuse_port)
-        if admin:
-
-            async def readiness() -> tuple[bool, str]:
-                if draining.is_set():
-                    return False, "draining: shutting down"
-                return await gate.ready()
-
-            registry = metrics.collecting_registry(None)
-            group = server.group_metrics(settings, registry)
-            admin_runner = await server.start_admin(settings, readiness, registry)
-        _log.info(
-            "listening",
-            proxy=listener.urls,
-            decision=decision.urls if decision is not None else None,
-            upstream=settings.upstream,
-            mode=settings.mode.value,
-            engine="lean",
-            config=server.effective_config(settings),
-        )
-        if on_ready is not None:
-            on_ready()
-        await server.wait_for_stop(lambda: server.reload_gate(gate, settings, group))
-        stopping = True
-    finally:
-        draining.set()  # readiness turns 503 while in-flight requests finish
-        stops = [decision.stop(settings.grace_period)] if decision is not None else []
-        if listener is not None:
-            grace = settings.grace_period if stopping else 0.0
-            stops.append(listener.stop(grace))
-        await asyncio.gather(*stops)  # both listeners drain within the one grace period
-        if admin_runner is not None:
-            await admin_runner.cleanup()
-        await gate.close()
-    _log.info("stopped")
-    return 0
+    return await worker.run_listeners(
+        settings,
+        start,
+        admin=admin,
+        reuse_port=reuse_port,
+        on_ready=on_ready,
+        upstream=settings.upstream,
+        mode=settings.mode.value,
+        engine="lean",
+    )
