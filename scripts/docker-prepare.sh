@@ -136,30 +136,20 @@ if ! official_or_missing "$OFFICIAL_PYTHON" "$STANDIN_PYTHON"; then
 fi
 if have_image "$OFFICIAL_PYTHON"; then note "python base: $OFFICIAL_PYTHON"; else note "python base: $STANDIN_PYTHON (stand-in)"; fi
 
-if ! official_or_missing "$OFFICIAL_REDIS" "$STANDIN_REDIS"; then
-  # On the Debian python base in use (the official one is Debian bookworm too).
-  base="$STANDIN_PYTHON"; have_image "$base" || base="$OFFICIAL_PYTHON"
-  note "$OFFICIAL_REDIS cannot be pulled: building $STANDIN_REDIS on $base"
-  docker build --quiet --network host --build-arg "BASE=$base" -t "$STANDIN_REDIS" \
-    -f scripts/redis-standin.Dockerfile scripts >/dev/null \
-    || give_up "building the redis stand-in failed"
-fi
-if have_image "$OFFICIAL_REDIS"; then note "redis: $OFFICIAL_REDIS"; else note "redis: $STANDIN_REDIS (stand-in)"; fi
-
-if ! official_or_missing "$OFFICIAL_NGINX" "$STANDIN_NGINX"; then
-  base="$STANDIN_PYTHON"; have_image "$base" || base="$OFFICIAL_PYTHON"
-  note "$OFFICIAL_NGINX cannot be pulled: building $STANDIN_NGINX on $base"
-  docker build --quiet --network host --build-arg "BASE=$base" -t "$STANDIN_NGINX" \
-    -f scripts/nginx-standin.Dockerfile scripts >/dev/null \
-    || give_up "building the nginx stand-in failed"
-fi
-if have_image "$OFFICIAL_NGINX"; then note "nginx: $OFFICIAL_NGINX"; else note "nginx: $STANDIN_NGINX (stand-in)"; fi
-
-if ! official_or_missing "$OFFICIAL_ENVOY" "$STANDIN_ENVOY"; then
-  base="$STANDIN_PYTHON"; have_image "$base" || base="$OFFICIAL_PYTHON"
-  note "$OFFICIAL_ENVOY cannot be pulled: building $STANDIN_ENVOY on $base"
-  docker build --quiet --network host --build-arg "BASE=$base" -t "$STANDIN_ENVOY" \
-    -f scripts/envoy-standin.Dockerfile scripts >/dev/null \
-    || give_up "building the envoy stand-in failed"
-fi
-if have_image "$OFFICIAL_ENVOY"; then note "envoy: $OFFICIAL_ENVOY"; else note "envoy: $STANDIN_ENVOY (stand-in)"; fi
+# $1 name, $2 official image, $3 stand-in: the stand-in is built from
+# scripts/<name>-standin.Dockerfile on the Debian python base in use (the official one is Debian
+# bookworm too).
+official_or_standin() {
+  local name="$1" official="$2" standin="$3" base
+  if ! official_or_missing "$official" "$standin"; then
+    base="$STANDIN_PYTHON"; have_image "$base" || base="$OFFICIAL_PYTHON"
+    note "$official cannot be pulled: building $standin on $base"
+    docker build --quiet --network host --build-arg "BASE=$base" -t "$standin" \
+      -f "scripts/$name-standin.Dockerfile" scripts >/dev/null \
+      || give_up "building the $name stand-in failed"
+  fi
+  if have_image "$official"; then note "$name: $official"; else note "$name: $standin (stand-in)"; fi
+}
+official_or_standin redis "$OFFICIAL_REDIS" "$STANDIN_REDIS"
+official_or_standin nginx "$OFFICIAL_NGINX" "$STANDIN_NGINX"
+official_or_standin envoy "$OFFICIAL_ENVOY" "$STANDIN_ENVOY"

@@ -120,28 +120,24 @@ async def test_a_source_off_the_allowlist_is_refused_on_new_routes(
     await gate.close()
 
 
-async def test_an_unavailable_endpoint_is_allowlist_only(a_gateway: Any, an_upstream: Any) -> None:
-    # "Unavailable API endpoints" = GitLab's skip_job_token_policies routes: any allowlisted
-    # source may call them, whatever its grants; a source off the allowlist may not.
-    target = f"{API}/projects/20/packages/conan/v2/conans/search?q=pkg"
-    gateway, gate = await a_gateway_on("current", a_gateway, an_upstream)
-    answer = await call("GET", gateway.url + target, headers={"JOB-TOKEN": OPS})
-    assert answer.status == 200
-    assert an_upstream.last.raw_path == target
-    answer = await call("GET", gateway.url + target, headers={"JOB-TOKEN": TOOL})
-    assert (answer.status, answer.headers["X-Gateway-Reason"]) == (403, "not_allowlisted")
-    assert len(an_upstream.received) == 1
-    await gate.close()
-
-
-async def test_the_conan_v2_token_exchange_is_an_ordinary_route(
-    a_gateway: Any, an_upstream: Any
+@pytest.mark.parametrize(
+    ("target", "allowlisted"),
+    [
+        # "Unavailable API endpoints" = GitLab's skip_job_token_policies routes: any allowlisted
+        # source may call them, whatever its grants; a source off the allowlist may not.
+        (f"{API}/projects/20/packages/conan/v2/conans/search?q=pkg", OPS),
+        # The Conan v2 token exchange: the Conan JWT it issues is read on every Conan route
+        # (gateway/core/conan_jwt.py), so the exchange is decided like any `None` row:
+        # allowlisted sources only.
+        (f"{API}/projects/20/packages/conan/v2/users/authenticate", APP),
+    ],
+    ids=["an_unavailable_endpoint", "the_conan_v2_token_exchange"],
+)
+async def test_an_allowlist_only_route_admits_any_allowlisted_source(
+    a_gateway: Any, an_upstream: Any, target: str, allowlisted: str
 ) -> None:
-    # The Conan JWT it issues is read on every Conan route (gateway/core/conan_jwt.py), so the
-    # exchange is decided like any `None` row: allowlisted sources only.
     gateway, gate = await a_gateway_on("current", a_gateway, an_upstream)
-    target = f"{API}/projects/20/packages/conan/v2/users/authenticate"
-    answer = await call("GET", gateway.url + target, headers={"JOB-TOKEN": APP})
+    answer = await call("GET", gateway.url + target, headers={"JOB-TOKEN": allowlisted})
     assert answer.status == 200
     assert an_upstream.last.raw_path == target
     answer = await call("GET", gateway.url + target, headers={"JOB-TOKEN": TOOL})

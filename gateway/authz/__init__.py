@@ -7,7 +7,8 @@ headers; its listener's start/stop hook for `serve`.
 MAY IMPORT: gateway.wire (HTTP machinery), the decision core (gateway.core.gate via its contract,
 gateway.core.request, gateway.core.decision, gateway.core.tokens, gateway.proxy.headers' name sets,
 gateway.proxy.responses' messages), gateway.ops.exchange/log/metrics for the log line and metrics, and
-gateway.settings. Never aiohttp's server or client: the forwarding is the asking proxy's.
+gateway.settings, and `gateway.proxy.worker` (the worker lifecycle and listener limits it shares
+with the lean proxy). Never aiohttp's server or client: the forwarding is the asking proxy's.
 
     service = DecisionService(settings, gate, recorder)   # a gateway.wire.Handler
     listener = await start_listener(settings, gate, reuse_port=...)   # ConfigError if unusable

@@ -20,13 +20,14 @@ import importlib
 import signal
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from gateway import wire
 from gateway.errors import ConfigError
 from gateway.ops import metrics
 from gateway.ops.admin import Readiness, create_admin_app
@@ -41,6 +42,7 @@ from gateway.proxy.app import (
 from gateway.settings import Engine, Settings
 
 __all__ = [
+    "Overloaded",
     "check_extensions",
     "check_serving",
     "decision_only",
@@ -268,7 +270,7 @@ def _readiness(gate: GateService, draining: asyncio.Event) -> Readiness:
 
 class BoundedSite(web.TCPSite):
     """A TCPSite that answers connections beyond `limit` with 503 `overloaded` and closes them
-    (`_Overloaded`).
+    (`Overloaded`).
 
     aiohttp accepts connections without bound; each costs memory and a file descriptor, so a
     flood of idle connections could exhaust a worker. (`start` mirrors TCPSite.start with a
@@ -289,7 +291,7 @@ class BoundedSite(web.TCPSite):
         def protocol() -> asyncio.BaseProtocol:
             if len(server.connections) < self._limit:
                 return server()
-            return _Overloaded(self._limit)
+            return Overloaded(self._limit)
 
         self._server = await asyncio.get_running_loop().create_server(
             protocol, self._host, self._port, backlog=self._backlog, reuse_port=self._reuse_port
@@ -326,41 +328,19 @@ class _RefusalLog:
 _refusals = _RefusalLog()
 
 
-class _Overloaded(asyncio.Protocol):
-    """A connection over `max_connections`: answer 503 `overloaded` at once, without reading
-    the request, then close cleanly.
-
-    The answer is written, then the write side is shut (FIN after the answer), and what the
-    client sends meanwhile is read and dropped until it closes its side (at most
-    `OVERLOAD_LINGER` s): closing a socket with unread bytes would send a RST, and a RST can
-    destroy the answer in the client's receive buffer (nginx's lingering close, for the same
-    reason).
-    """
+class Overloaded(wire.Overloaded):
+    """A connection over `max_connections` (either engine): 503 `overloaded` at once, without
+    reading the request, then a lingering close (`gateway.wire.Overloaded`); counted, and logged
+    at most once per `OVERLOAD_LOG_EVERY` seconds."""
 
     def __init__(self, limit: int) -> None:
+        super().__init__(_OVERLOADED, OVERLOAD_LINGER)
         self._limit = limit
-        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A streaming protocol is given a Transport (asyncio docs, "Streaming Protocols");
-        # uvloop's has that interface without subclassing asyncio.Transport, so no isinstance.
-        stream = cast(asyncio.Transport, transport)
         metrics.CONNECTIONS_REFUSED.inc()
         _refusals.note(self._limit)
-        stream.write(_OVERLOADED)
-        if stream.can_write_eof():
-            stream.write_eof()
-        self._timer = asyncio.get_running_loop().call_later(OVERLOAD_LINGER, stream.abort)
-
-    def data_received(self, data: bytes) -> None:
-        return None  # the request is never read: dropped
-
-    def eof_received(self) -> bool:
-        return False  # the client is done: the transport closes itself
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        super().connection_made(transport)
 
 
 async def listen(

@@ -32,6 +32,7 @@ from typing import cast
 
 import httptools
 
+from gateway.wire.head import strict
 from gateway.wire.pipe import Pipe
 
 __all__ = [
@@ -117,20 +118,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.body = Pipe(self._loop, self._pause, self._resume)
 
     def _new_parser(self) -> httptools.HttpResponseParser:
-        parser = httptools.HttpResponseParser(self)
-        parser.set_dangerous_leniencies(
-            lenient_headers=False,
-            lenient_chunked_length=False,
-            lenient_keep_alive=False,
-            lenient_transfer_encoding=False,
-            lenient_version=False,
-            lenient_data_after_close=False,
-            lenient_optional_lf_after_cr=False,
-            lenient_optional_cr_before_lf=False,
-            lenient_optional_crlf_after_chunk=False,
-            lenient_spaces_after_chunk_size=False,
-        )
-        return parser
+        return strict(httptools.HttpResponseParser(self))  # SECURITY: gateway.wire.head
 
     # ---- the exchange
 

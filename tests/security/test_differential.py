@@ -7,18 +7,27 @@ Property, for every generated request:
 - its verdict equals the reference's: same status for an unmutated target; for a mutated one
   the same status or a 400 (refusing an ambiguous spelling is always allowed), and a 400 only
   where the reference says the spelling is ambiguous for every reader.
+
+It runs on both shipped tables: the seed's (with the supplementary routes) and the current
+page's (`--routes current`: pipelines, jobs lists, repository files, merge requests, work items,
+Conan v2, the "Unavailable API endpoints" rows), with the same mutations.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from .conftest import APP, EXPIRED, GRANTS_YAML, OUTSIDER, ROUTES, SECRET, UNKNOWN, http
+from gateway.settings import shipped_table
+
+from .conftest import APP, EXPIRED, GRANTS_YAML, OUTSIDER, ROUTES, SECRET, UNKNOWN, Guarded, http
 from .reference import Deny, Forward, Reference, Refuse
 
 REFERENCE = Reference(
@@ -32,6 +41,11 @@ TEMPLATES = [
     (r["method"], r["path"])
     for table in (ROUTES, SUPPLEMENTARY)
     for r in yaml.safe_load(table.read_text())["routes"]
+]
+CURRENT = shipped_table("current")
+CURRENT_REFERENCE = Reference(CURRENT, GRANTS_YAML, now=time.time())
+CURRENT_TEMPLATES = [
+    (r["method"], r["path"]) for r in yaml.safe_load(CURRENT.read_text())["routes"]
 ]
 
 # Includes a fullwidth "20" and an Arabic-Indic "10": Ruby's \d is ASCII-only, so GitLab reads
@@ -54,9 +68,9 @@ QUERIES = ["x=/api/v4/projects/20/deployments", "next=/../releases", "q=%2F%2e%2
 
 
 @st.composite
-def a_path(draw: st.DrawFn) -> tuple[str, str]:
+def a_path(draw: st.DrawFn, templates: list[tuple[str, str]]) -> tuple[str, str]:
     """A method and a concrete /api/v4 path from one of the route table's templates."""
-    method, template = draw(st.sampled_from(TEMPLATES))
+    method, template = draw(st.sampled_from(templates))
     text = _drop_optionals(draw, template)
 
     def fill(match: re.Match[str]) -> str:
@@ -109,8 +123,10 @@ def a_mutation(draw: st.DrawFn, path: str) -> str:
 
 
 @st.composite
-def a_request(draw: st.DrawFn) -> tuple[str, str, str | None, str, bool]:
-    method, path = draw(a_path())
+def a_request(
+    draw: st.DrawFn, templates: list[tuple[str, str]] = TEMPLATES
+) -> tuple[str, str, str | None, str, bool]:
+    method, path = draw(a_path(templates))
     if draw(st.booleans()):
         method = draw(st.sampled_from(METHODS))
     mutations = draw(st.integers(0, 2))
@@ -134,6 +150,18 @@ def with_token(target: str, token: str | None, carrier: str) -> tuple[str, list[
     return f"{target}{'&' if '?' in target else '?'}job_token={token}", []
 
 
+@pytest.fixture
+async def guarded_current(a_guarded_gateway: Callable[..., Awaitable[Guarded]]) -> Guarded:
+    return await a_guarded_gateway(routes="current")
+
+
+def test_the_fuzzed_table_is_the_current_one() -> None:
+    paths = {path for _, path in CURRENT_TEMPLATES}
+    assert len(CURRENT_TEMPLATES) == 188
+    assert "/projects/:id/pipelines/:pipeline_id/metadata" in paths
+    assert "/projects/:id/repository/files/:file_path/raw" in paths
+
+
 @settings(
     max_examples=2500,
     deadline=None,
@@ -141,9 +169,32 @@ def with_token(target: str, token: str | None, carrier: str) -> tuple[str, list[
 )
 @given(case=a_request())
 async def test_the_gateway_agrees_with_the_reference(guarded, case):
+    method, _, token, carrier, _ = case
+    await agrees(guarded, case, lambda target: REFERENCE.verdict(method, target, token, carrier))
+
+
+@settings(
+    max_examples=1000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(case=a_request(CURRENT_TEMPLATES))
+async def test_the_gateway_agrees_with_the_reference_on_the_current_table(
+    guarded_current: Any, case: tuple[str, str, str | None, str, bool]
+) -> None:
+    method, _, token, _, _ = case  # (this reference reads every token as a JOB-TOKEN header's)
+    await agrees(
+        guarded_current, case, lambda target: CURRENT_REFERENCE.verdict(method, target, token)
+    )
+
+
+async def agrees(
+    guarded: Any, case: tuple[str, str, str | None, str, bool], reference: Callable[[str], Any]
+) -> None:
+    """The property (module docstring) for one request; `reference(target)` is the verdict."""
     method, path, token, carrier, mutated = case
     target, headers = with_token(path, token, carrier)
-    expected = REFERENCE.verdict(method, target, token, carrier)
+    expected = reference(target)
 
     answer = await guarded.attack.raw(http(method, target, headers))
     event(f"{type(expected).__name__} -> {answer.status}")

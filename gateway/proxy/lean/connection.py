@@ -13,7 +13,10 @@ waits in a queue and reading pauses; its Task starts when the first response is 
 A request whose body was not read whole when its response ended is read to its end and
 discarded (up to `_DISCARD_LIMIT` bytes and `client_body_timeout`), else the connection closes.
 
-SECURITY: see gateway/wire/server.py for the parser settings; docs/security.md ("The lean
+The parser, the head limits, the timer and the listener's bookkeeping are `gateway.wire.head`'s
+(`HeadProtocol`, shared with the decision listener's connection).
+
+SECURITY: see gateway/wire/head.py for the parser settings; docs/security.md ("The lean
 engine's parser") maps each to the smuggling class it closes.
 """
 
@@ -24,12 +27,13 @@ import contextlib
 import socket
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import httptools
 import structlog
 from multidict import CIMultiDict
 
+from gateway.wire.head import HEAD, IDLE, HeadProtocol, refused
 from gateway.wire.pipe import Pipe
 
 if TYPE_CHECKING:
@@ -39,7 +43,7 @@ __all__ = ["ClientConnection", "ClientGone", "Incoming", "ParseFailed"]
 
 _DISCARD_LIMIT = 1024 * 1024
 _log = structlog.get_logger("gateway.proxy.lean")
-_IDLE, _HEAD, _BUSY = 0, 1, 2
+_BUSY = 2  # a request in flight (after `IDLE` and `HEAD`): no deadline
 
 
 class ParseFailed(Exception):
@@ -90,63 +94,33 @@ class Incoming:
 Handler = Callable[["ClientConnection", Incoming], Coroutine[Any, Any, bool]]
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(HeadProtocol):
     """See the module docstring. `handler(conn, incoming)` returns whether the connection may
     carry another request."""
 
     def __init__(self, server: LeanServer) -> None:
+        super().__init__(server)
         self._server = server
-        self._loop = server.loop
-        self._limits = server.limits
         self._handler = server.handler
-        self._parser = httptools.HttpRequestParser(self)
-        # SECURITY: strict llhttp (docs/security.md, "The lean engine's parser").
-        self._parser.set_dangerous_leniencies(
-            lenient_headers=False,
-            lenient_chunked_length=False,
-            lenient_keep_alive=False,
-            lenient_transfer_encoding=False,
-            lenient_version=False,
-            lenient_data_after_close=False,
-            lenient_optional_lf_after_cr=False,
-            lenient_optional_cr_before_lf=False,
-            lenient_optional_crlf_after_chunk=False,
-            lenient_spaces_after_chunk_size=False,
-        )
-        self.transport: asyncio.Transport | None = None
-        self.peer: str | None = None
         self._queue: deque[Incoming] = deque()  # parsed, not yet answered (first: in flight)
         self._parsing: Incoming | None = None  # whose body the parser is reading
         self._task: asyncio.Task[bool] | None = None
         self._writable: asyncio.Future[None] | None = None
         self._read_paused = 0  # bit 1: body back-pressure, bit 2: pipelining, bit 4: writes
         self._broken: tuple[int, str] | None = None
-        self._closing = False
-        self._url: list[bytes] = []
-        self._url_size = 0
-        self._headers: list[tuple[str, str]] = []
-        self._phase = _IDLE
-        self._deadline = 0.0
-        self._timer: asyncio.TimerHandle | None = None
         self._discarding = 0  # bytes of an answered request's body still being read and dropped
         self._close_when_read = False  # close once that body is read (the answer said close)
 
     # ---- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.peer = peer[0] if isinstance(peer, tuple) else None
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._server.connections.add(self)
-        self._arm(_IDLE, self._limits.header_timeout)
+        super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._server.connections.discard(self)
-        self.transport = None
         lost = ClientGone("the client closed the connection")
         for incoming in self._queue:
             incoming.body.fail(lost)
@@ -154,11 +128,7 @@ class ClientConnection(asyncio.Protocol):
             self._task.cancel()  # the client left: the upstream request is cancelled too
         if self._writable is not None and not self._writable.done():
             self._writable.set_exception(ConnectionResetError("client gone"))
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if not self._server.connections:
-            self._server.idle.set()
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._broken is not None:
@@ -178,8 +148,7 @@ class ClientConnection(asyncio.Protocol):
             return
         except httptools.HttpParserError as exc:
             # A callback's exception comes back wrapped (HttpParserCallbackError, context).
-            cause = exc.__context__
-            refusal = cause.refusal if isinstance(cause, _Refused) else None
+            refusal = refused(exc)
             # One INFO line naming the error class, as the aiohttp engine logs (gateway/ops/log.py
             # `_QuietParserErrors`); never the bytes, which may hold a token.
             _log.info(f"malformed request refused: {type(exc).__name__}", peer=self.peer)
@@ -211,38 +180,23 @@ class ClientConnection(asyncio.Protocol):
     # ---- httptools callbacks
 
     def on_message_begin(self) -> None:
-        if self._phase == _IDLE:
-            self._arm(_HEAD, self._limits.header_timeout, restart=False)
-
-    def on_url(self, url: bytes) -> None:
-        self._url_size += len(url)
-        if self._url_size > self._limits.max_line_size:
-            raise _Refused(414, "the request target is too long")
-        self._url.append(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self._headers
-        if len(headers) >= self._limits.max_headers:
-            raise _Refused(431, "too many headers")
-        if len(name) + len(value) > self._limits.max_field_size:
-            raise _Refused(431, "a header is too long")
-        headers.append(
-            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        )
+        if self._phase == IDLE:
+            self._arm(HEAD, self._limits.header_timeout, restart=False)
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
+        target, headers = self._take_head()
         incoming = Incoming(
             parser.get_method().decode("ascii", "replace"),
-            url.decode("utf-8", "surrogateescape"),
+            target,
             parser.get_http_version(),
-            CIMultiDict(self._headers),
+            CIMultiDict(headers),
             parser.should_keep_alive(),
             Pipe(self._loop, self._pause_body, self._resume_body),
         )
-        _framing(incoming, self._headers)
-        self._url, self._url_size, self._headers = [], 0, []
+        if self._framing_seen:  # a Content-Length, Transfer-Encoding or Expect header
+            self._framing_seen = False
+            _framing(incoming, headers)
         self._phase, self._deadline = _BUSY, 0.0
         self._parsing = incoming if incoming.has_body else None
         if not incoming.has_body:
@@ -286,12 +240,6 @@ class ClientConnection(asyncio.Protocol):
     def closing(self) -> bool:
         return self._closing
 
-    def abort(self) -> None:
-        """Drop the connection without a clean end (a response cut after it started)."""
-        self._closing = True
-        if self.transport is not None:
-            self.transport.abort()
-
     def _start(self, incoming: Incoming) -> None:
         self._task = self._loop.create_task(self._handler(self, incoming))
         self._task.add_done_callback(self._done)
@@ -322,7 +270,7 @@ class ClientConnection(asyncio.Protocol):
             self._discarding = 1
             self._discard(0)
             self._resume(1)
-            self._arm(_HEAD, self._limits.body_timeout)  # the rest must come in time
+            self._arm(HEAD, self._limits.body_timeout)  # the rest must come in time
             return
         if not keep or self._closing or body.failed:
             self._close_after_answers()
@@ -351,7 +299,7 @@ class ClientConnection(asyncio.Protocol):
         if self._closing:
             self._close_after_answers()
             return
-        self._arm(_IDLE, self._limits.header_timeout)
+        self._arm(IDLE, self._limits.header_timeout)
 
     def _close_after_answers(self) -> None:
         self._closing = True
@@ -406,27 +354,12 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(self._server.refusal(status, detail))
             self.transport.close()
 
-    # ---- the head timer (one timer, a deadline checked lazily)
+    # ---- the head timer (`HeadProtocol._arm`)
 
-    def _arm(self, phase: int, seconds: float, *, restart: bool = True) -> None:
-        self._phase = phase
-        if restart or not self._deadline:
-            self._deadline = self._loop.time() + seconds
-        if self._timer is not None and self._timer.when() > self._deadline:
-            # A timer set for a later deadline (a longer phase) would check this one too late.
-            self._timer.cancel()
-            self._timer = None
-        if self._timer is None:
-            self._timer = self._loop.call_at(self._deadline, self._check_deadline)
-
-    def _check_deadline(self) -> None:
-        self._timer = None
-        if not self._deadline or self.transport is None or self._phase == _BUSY:
+    def _timed_out(self) -> None:
+        if self._phase == _BUSY or self.transport is None:
             return
-        if self._loop.time() + 0.001 < self._deadline:
-            self._timer = self._loop.call_at(self._deadline, self._check_deadline)
-            return
-        if self._phase == _IDLE or self._discarding:
+        if self._phase == IDLE or self._discarding:
             # An idle keep-alive connection, or the unread rest of an answered request's body
             # that stopped coming: a silent close (the answer has gone out already).
             self.transport.close()
@@ -438,14 +371,8 @@ class ClientConnection(asyncio.Protocol):
     def drain_connection(self) -> None:
         """Stop taking requests: close now if idle, else after the answer owed."""
         self._closing = True
-        if not self._queue and self._phase == _IDLE and self.transport is not None:
+        if not self._queue and self._phase == IDLE and self.transport is not None:
             self.transport.close()
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.refusal = (status, detail)
 
 
 def _framing(incoming: Incoming, headers: list[tuple[str, str]]) -> None:

@@ -11,23 +11,27 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import structlog
 
 from gateway.core.decision import Reason
 from gateway.errors import ConfigError
-from gateway.ops import metrics, observe
+from gateway.ops import observe
 from gateway.ops.exchange import Recorder
+from gateway.proxy import worker
 from gateway.proxy.handler import Decider, Refuse
 from gateway.proxy.headers import HeaderPolicy
 from gateway.proxy.lean.connection import ClientConnection, Handler
 from gateway.proxy.lean.pipeline import LeanProxy, refusal_bytes
 from gateway.proxy.responses import gitlab_message
 from gateway.settings import Settings
-from gateway.wire import Limits
+from gateway.wire import Limits, Listener
 from gateway.wire.client import Pool
+
+if TYPE_CHECKING:
+    from gateway.core.gate import Gate
 
 __all__ = ["LeanListener", "LeanServer", "run_lean_worker", "start_proxy"]
 
@@ -37,16 +41,12 @@ _log = structlog.get_logger("gateway.proxy.lean")
 _MACHINE_REASONS = {408: Reason.CLIENT_TIMEOUT}
 
 
-class LeanServer:
+class LeanServer(Listener[ClientConnection]):
     """The listening socket and its connections (what `ClientConnection` needs)."""
 
     def __init__(self, handler: Handler, limits: Limits) -> None:
+        super().__init__(limits)
         self.handler = handler
-        self.limits = limits
-        self.loop = asyncio.get_running_loop()
-        self.connections: set[ClientConnection] = set()
-        self.idle = asyncio.Event()
-        self._server: asyncio.Server | None = None
 
     def refusal(self, status: int, detail: str) -> bytes:
         """A refusal the machinery makes (malformed head, limits, timeouts); it closes."""
@@ -55,54 +55,13 @@ class LeanServer:
         verdict = Refuse(reason, status, gitlab_message(status, detail or None), close=True)
         return refusal_bytes(verdict, None)
 
-    @property
-    def addresses(self) -> list[tuple[str, int]]:
-        assert self._server is not None
-        return [sock.getsockname()[:2] for sock in self._server.sockets]
+    def connection(self) -> ClientConnection:
+        return ClientConnection(self)
 
-    async def start(self, host: str, port: int, *, reuse_port: bool) -> None:
-        from gateway.proxy.server import _Overloaded  # the aiohttp engine's: one 503 `overloaded`
+    def overloaded(self) -> asyncio.BaseProtocol:
+        from gateway.proxy.server import Overloaded  # the aiohttp engine's: one 503 `overloaded`
 
-        limit = self.limits.max_connections
-
-        def protocol() -> asyncio.BaseProtocol:
-            if len(self.connections) < limit:
-                return ClientConnection(self)
-            return _Overloaded(limit)
-
-        self._server = await self.loop.create_server(
-            protocol, host, port, reuse_port=reuse_port or None, backlog=1024
-        )
-
-    async def stop(self, grace: float, cut: Callable[[], int] | None = None) -> None:
-        """Stop accepting and end within `grace` seconds (`gateway.proxy.server.drain`'s rule):
-        idle connections close now, busy ones after their answer; requests still running
-        when the grace period minus a cut window (min(1 s, 20%)) has passed are `cut`, and
-        whatever is left at the end is aborted."""
-        if self._server is not None:
-            self._server.close()
-        for connection in list(self.connections):
-            connection.drain_connection()
-        window = min(1.0, grace * 0.2)
-        if not await self._wait_idle(grace - window) and cut is not None:
-            _log.warning("drain_cut", requests=cut(), grace_period=grace)
-            await self._wait_idle(window / 2)
-        for connection in list(self.connections):
-            connection.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def _wait_idle(self, within: float) -> bool:
-        if self.connections and within > 0:
-            self.idle.clear()
-            try:
-                async with asyncio.timeout(within):
-                    while self.connections:
-                        await self.idle.wait()
-                        self.idle.clear()
-            except TimeoutError:
-                pass
-        return not self.connections
+        return Overloaded(self.limits.max_connections)
 
 
 class LeanListener:
@@ -128,35 +87,24 @@ class LeanListener:
 
     @property
     def urls(self) -> list[str]:
-        return [
-            f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
-            for host, port in self.server.addresses
-        ]
+        return self.server.urls
 
     async def stop(self, grace: float) -> None:
         """Drain (see `LeanServer.stop`), then close the upstream pool and the recorder."""
         started = self.server.loop.time()
         _log.info("draining", grace_period=grace, in_flight=self._proxy.in_flight)
+
+        def cut() -> None:
+            _log.warning("drain_cut", requests=self._proxy.cut(), grace_period=grace)
+
         try:
-            await self.server.stop(grace, self._proxy.cut)
+            await self.server.stop(grace, cut)
         finally:
             self._pool.close()
             self._recorder.close()
             if self._observing is not None:
                 await observe.stop(self._observing[1])
         _log.info("drained", seconds=round(self.server.loop.time() - started, 3))
-
-
-def limits_for(settings: Settings) -> Limits:
-    return Limits(
-        max_line_size=settings.max_line_size,
-        max_field_size=settings.max_field_size,
-        max_headers=settings.max_headers,
-        max_body=0,  # bodies stream through the Task; never buffered by the connection
-        header_timeout=settings.client_header_timeout,
-        body_timeout=settings.client_body_timeout,
-        max_connections=settings.max_connections,
-    )
 
 
 async def start_proxy(
@@ -187,7 +135,8 @@ async def start_proxy(
     proxy = LeanProxy(
         settings, gate, HeaderPolicy(settings), recorder, pool, target.netloc or upstream_host
     )
-    server = LeanServer(proxy.handle, limits_for(settings))
+    # bodies stream through the Task; never buffered by the connection
+    server = LeanServer(proxy.handle, worker.limits_for(settings, max_body=0))
     bind_host = settings.host if host is None else host
     bind_port = settings.port if port is None else port
     try:
@@ -212,55 +161,17 @@ async def run_lean_worker(
     on_ready: Callable[[], None] | None = None,
 ) -> int:
     """`gateway.proxy.server.run_worker` on the lean engine (see the module docstring)."""
-    from gateway.core.gate import Gate
-    from gateway.proxy import server  # here: gateway.proxy.server calls this function lazily
 
-    draining = asyncio.Event()
-    gate = await Gate.open(settings)
-    listener: LeanListener | None = None
-    decision = None
-    admin_runner = None
-    stopping = False
-    try:
-        listener = await start_proxy(settings, gate, reuse_port=reuse_port)
-        metrics.init_labels(server.store_kind(settings.store))
-        group: metrics.GroupMetrics | None = None
-        if settings.decision_port is not None:
-            from gateway.authz.listener import start_listener
+    async def start(gate: Gate) -> LeanListener:
+        return await start_proxy(settings, gate, reuse_port=reuse_port)
 
-            decision = await start_listener(settings, gate, reuse_port=reuse_port)
-        if admin:
-
-            async def readiness() -> tuple[bool, str]:
-                if draining.is_set():
-                    return False, "draining: shutting down"
-                return await gate.ready()
-
-            registry = metrics.collecting_registry(None)
-            group = server.group_metrics(settings, registry)
-            admin_runner = await server.start_admin(settings, readiness, registry)
-        _log.info(
-            "listening",
-            proxy=listener.urls,
-            decision=decision.urls if decision is not None else None,
-            upstream=settings.upstream,
-            mode=settings.mode.value,
-            engine="lean",
-            config=server.effective_config(settings),
-        )
-        if on_ready is not None:
-            on_ready()
-        await server.wait_for_stop(lambda: server.reload_gate(gate, settings, group))
-        stopping = True
-    finally:
-        draining.set()  # readiness turns 503 while in-flight requests finish
-        stops = [decision.stop(settings.grace_period)] if decision is not None else []
-        if listener is not None:
-            grace = settings.grace_period if stopping else 0.0
-            stops.append(listener.stop(grace))
-        await asyncio.gather(*stops)  # both listeners drain within the one grace period
-        if admin_runner is not None:
-            await admin_runner.cleanup()
-        await gate.close()
-    _log.info("stopped")
-    return 0
+    return await worker.run_listeners(
+        settings,
+        start,
+        admin=admin,
+        reuse_port=reuse_port,
+        on_ready=on_ready,
+        upstream=settings.upstream,
+        mode=settings.mode.value,
+        engine="lean",
+    )
