@@ -440,7 +440,7 @@ async def test_an_unreachable_upstream_validation_is_503() -> None:
     await gate.close()
 
 
-# ---- end to end: a real gateway (create_app) in front of a real upstream
+# ---- end to end: a real gateway (`a_gateway`) in front of a real upstream
 
 
 async def test_an_allowed_call_reaches_the_upstream_unchanged(

@@ -1,5 +1,5 @@
 """The decision suite on the current page's table (`--routes current`): a real gateway
-(create_app + the real Gate over a memory store) in front of the real recording upstream, on
+(`a_gateway` + the real Gate over a memory store) in front of the real recording upstream, on
 the routes and permissions where the current table differs from the seed's."""
 
 from __future__ import annotations

@@ -1,16 +1,18 @@
-"""`create_app(settings)`: the proxy application and its app-lifetime resources.
+"""The aiohttp engine's proxy: its app-lifetime resources and the handler its server calls.
 
-Resources live in cleanup contexts under typed keys: the Gate (route table + token store), the
-one upstream `ClientSession`, and the `Proxy` handler built from both. Every path and method
-goes to the same handler (one catch-all route); nothing on the proxy port is special-cased.
-`runner_options(settings)` are the server options every listener of the proxy must use;
-`dispatch_directly(runner)` (what `serve` does) skips the router on the way to that handler.
+`ProxyApp.open(settings, gate=None)` builds, in this order, the Gate (route table + token
+store; a `gate` given instead stays its caller's), the one upstream `ClientSession` and the
+`Proxy` handler over both; `close()` releases them in the reverse order.
+`ProxyApp.handle` is the handler of aiohttp's low-level `web.Server` (aiohttp docs, "Low Level
+Server"): every method and target goes to the `Proxy`; there is no router, so nothing on the
+proxy port is special-cased. `runner_options(settings)` are that `web.Server`'s options (the
+listener, `gateway.proxy.server.ProxyListener`, builds it).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol, cast
+from contextlib import AsyncExitStack
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -26,15 +28,7 @@ from gateway.proxy.handler import Proxy
 from gateway.proxy.headers import HeaderPolicy
 from gateway.settings import Settings
 
-__all__ = [
-    "GATE",
-    "PROXY",
-    "SESSION",
-    "GateService",
-    "create_app",
-    "dispatch_directly",
-    "runner_options",
-]
+__all__ = ["GateService", "ProxyApp", "runner_options"]
 
 
 class GateService(Protocol):
@@ -48,24 +42,14 @@ class GateService(Protocol):
     async def close(self) -> None: ...
 
 
-GATE = web.AppKey("gate", GateService)
-SESSION = web.AppKey("session", aiohttp.ClientSession)
-PROXY = web.AppKey("proxy", Proxy)
-
-CleanupContext = Callable[[web.Application], AsyncIterator[None]]
-
-
 def runner_options(settings: Settings) -> dict[str, Any]:
-    """`AppRunner` options of the proxy listener (reference aiohttp-proxying.md §1, §6)."""
+    """The proxy's `web.Server` options: its own (`handler_cancellation`) and those it passes to
+    every connection's protocol (reference aiohttp-proxying.md §1, §6). aiohttp's shutdown
+    timeout is the runner's (`gateway.proxy.server`)."""
     return {
         "access_log": None,  # the proxy writes its own request line
         "auto_decompress": False,  # a gzip upload must reach the upstream still gzipped (§1.10)
         "handler_cancellation": True,  # a client that goes away cancels the upstream call (§1.22)
-        # How long aiohttp's own shutdown waits for handlers at cleanup. Not the drain:
-        # `serve` (server.run_worker) replaces it with a sliver of the cut window and drains
-        # first itself (server.drain: --grace-period in all, then the cut); an embedding
-        # runner (tests) that is cleaned up without a drain waits up to this long, twice.
-        "shutdown_timeout": settings.grace_period,
         # aiohttp's keep-alive timer runs from connect (and from each response) until a complete
         # request head arrives: the slowloris guard. Its default is 3630 s.
         "keepalive_timeout": settings.client_header_timeout,
@@ -75,99 +59,57 @@ def runner_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def create_app(settings: Settings, *, gate: GateService | None = None) -> web.Application:
-    """The proxy application. `gate` replaces `Gate.open(settings)` (the caller then owns it)."""
-    if settings.upstream is None:
-        raise ConfigError("--upstream / GATEWAY_UPSTREAM is required to serve")
-    app = web.Application(middlewares=[_unmatched_targets])
-    app.cleanup_ctx.append(_gate_context(settings, gate))
-    app.cleanup_ctx.append(_session_context(settings))
-    app.cleanup_ctx.append(_proxy_context(settings))
-    app.router.add_route("*", "/{tail:.*}", _handle, expect_handler=_expect)
-    return app
+class ProxyApp:
+    """The gate, the upstream session and the `Proxy` of one proxy listener, and their owner."""
 
+    def __init__(
+        self,
+        gate: GateService,
+        session: aiohttp.ClientSession,
+        proxy: Proxy,
+        resources: AsyncExitStack,
+    ) -> None:
+        self.gate = gate
+        self.session = session
+        self.proxy = proxy
+        self._resources = resources
 
-def dispatch_directly(runner: web.AppRunner) -> None:
-    """Make the started runner's server call the proxy itself (before any site listens).
-
-    Every request goes to the one catch-all handler anyway; the application's router (which
-    walks the path's prefixes), middleware chain and match info cost ~6-9 us per request, about
-    5% of a proxied request. `Expect` is dispatched as `Application._handle` does.
-    """
-    proxy = runner.app[PROXY]
-    server = runner.server
-    if server is None:
-        raise RuntimeError("dispatch_directly needs a runner that is set up")
-
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        ours = cast(web.Request, request)  # the app's request factory still makes them
-        if request.headers.get("Expect"):
-            await proxy.expect(ours)
-            await request.writer.drain()
-        return await proxy.handle(ours)
-
-    server.request_handler = handle
-
-
-@web.middleware
-async def _unmatched_targets(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Targets the catch-all cannot match (`OPTIONS *`, authority-form) still get the gateway's
-    own refusal and log line, not aiohttp's bare 404."""
-    if request.match_info.http_exception is None:
-        return await handler(request)
-    return await request.app[PROXY].handle(request)
-
-
-async def _handle(request: web.Request) -> web.StreamResponse:
-    return await request.app[PROXY].handle(request)
-
-
-async def _expect(request: web.Request) -> None:
-    await request.app[PROXY].expect(request)
-
-
-def _gate_context(settings: Settings, injected: GateService | None) -> CleanupContext:
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        if injected is not None:
-            app[GATE] = injected
-            yield
-            return
-        gate = await Gate.open(settings)
-        app[GATE] = gate
+    @classmethod
+    async def open(cls, settings: Settings, gate: GateService | None = None) -> ProxyApp:
+        """Build the proxy's resources. Raises ConfigError without `--upstream`, or when the
+        route table, the store or `--observations` cannot be used (`Gate.open`, `observe`);
+        what was built by then is released."""
+        if settings.upstream is None:
+            raise ConfigError("--upstream / GATEWAY_UPSTREAM is required to serve")
+        resources = AsyncExitStack()
         try:
-            yield
-        finally:
-            await gate.close()
-
-    return context
-
-
-def _session_context(settings: Settings) -> CleanupContext:
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        session = forward.open_session(settings)
-        app[SESSION] = session
-        try:
-            yield
-        finally:
-            await session.close()
-
-    return context
-
-
-def _proxy_context(settings: Settings) -> CleanupContext:
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        headers = HeaderPolicy(settings)
-        forwarder = forward.ClientForwarder(settings, app[SESSION], headers)
-        observing = observe.start(settings)  # None unless --observations (issue 14)
-        recorder = Recorder(observing[0] if observing else None)
-        app[PROXY] = Proxy(settings, app[GATE], forwarder, headers, recorder)
-        try:
-            yield
-        finally:
-            recorder.close()
+            if gate is None:
+                gate = await Gate.open(settings)
+                resources.push_async_callback(gate.close)
+            session = forward.open_session(settings)
+            resources.push_async_callback(session.close)
+            headers = HeaderPolicy(settings)
+            forwarder = forward.ClientForwarder(settings, session, headers)
+            observing = observe.start(settings)  # None unless --observations (issue 14)
             if observing is not None:
-                await observe.stop(observing[1])
+                resources.push_async_callback(observe.stop, observing[1])
+            recorder = Recorder(observing[0] if observing else None)
+            resources.callback(recorder.close)
+            proxy = Proxy(settings, gate, forwarder, headers, recorder)
+        except BaseException:
+            await resources.aclose()
+            raise
+        return cls(gate, session, proxy, resources)
 
-    return context
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The `web.Server` handler: a request with `Expect` goes through `Proxy.expect` first,
+        its `100 Continue` (if any) flushed, as aiohttp's router does for a route's
+        `expect_handler`; then `Proxy.handle`."""
+        if request.headers.get("Expect"):
+            await self.proxy.expect(request)
+            await request.writer.drain()
+        return await self.proxy.handle(request)
+
+    async def close(self) -> None:
+        """Release the recorder, the observer, the session and the gate (if it is ours)."""
+        await self._resources.aclose()

@@ -100,7 +100,7 @@ class BodyInspector(Protocol):
 class Forwarder(Protocol):
     async def forward(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         view: RequestView,
         transfer: Transfer,
         inspector: BodyInspector | None = None,
@@ -149,7 +149,7 @@ class ClientForwarder:
 
     async def forward(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         view: RequestView,
         transfer: Transfer,
         inspector: BodyInspector | None = None,
@@ -165,7 +165,7 @@ class ClientForwarder:
 
     async def _send(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         view: RequestView,
         transfer: Transfer,
         inspector: BodyInspector | None,
@@ -192,7 +192,7 @@ class ClientForwarder:
 
     def _body(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         view: RequestView,
         transfer: Transfer,
         inspector: BodyInspector | None,
@@ -261,7 +261,7 @@ class ClientForwarder:
             yield chunk
 
     async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, transfer: Transfer
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, transfer: Transfer
     ) -> web.StreamResponse:
         headers = response_headers(upstream.headers)
         body, failure = None, None
@@ -305,7 +305,7 @@ class ClientForwarder:
         return response
 
 
-def _small(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
+def _small(request: web.BaseRequest, upstream: aiohttp.ClientResponse) -> bool:
     """A body to read whole and send with its headers in one write: framed by a Content-Length
     up to SMALL_BODY (a StreamResponse writes its headers on their own, one more send per
     request; reference aiohttp-proxying.md §3). Larger or unframed bodies stream as they come."""
@@ -365,7 +365,7 @@ async def _copy(
         await response.write(chunk)  # waits for the client to drain: memory stays bounded
 
 
-def _abort(request: web.Request, upstream: aiohttp.ClientResponse) -> None:
+def _abort(request: web.BaseRequest, upstream: aiohttp.ClientResponse) -> None:
     # SECURITY: never let aiohttp finish a truncated body as if it were complete (§1.15; Home
     # Assistant ingress swallowed ClientPayloadError and served silently truncated files).
     upstream.close()

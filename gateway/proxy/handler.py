@@ -114,7 +114,7 @@ class Proxy:
         if settings.max_body_size:
             self._inspect_limit = min(self._inspect_limit, settings.max_body_size)
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         # Only a request with `Expect` went through `expect` (aiohttp's condition): the lookup
         # of a missing key costs a KeyError inside MutableMapping.get.
         exchange = (request.get(EXCHANGE) if "Expect" in request.headers else None) or (
@@ -192,7 +192,7 @@ class Proxy:
             task.cancel("drain_cut")
         return len(tasks)
 
-    async def expect(self, request: web.Request) -> None:
+    async def expect(self, request: web.BaseRequest) -> None:
         """Decide on the headers alone, then send `100 Continue` only if the request may go on.
 
         aiohttp's default handler sends 100 before any handler runs, so a refused client would
@@ -213,7 +213,7 @@ class Proxy:
         except ConnectionError:
             return  # the client is gone; `handle` finds out when it reads the body
 
-    def _begin(self, request: web.Request) -> Exchange:
+    def _begin(self, request: web.BaseRequest) -> Exchange:
         peer = request.remote
         if self._headers.trusts(peer):
             # Behind a trusted proxy: the log shows the real client (the proxy in `peer`), and
@@ -237,7 +237,7 @@ class Proxy:
             started=perf_counter(),
         )
 
-    async def _respond(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+    async def _respond(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         verdict = exchange.verdict
         if verdict is None:
             verdict = await self._judge(request, exchange, headers_only=False)
@@ -263,7 +263,7 @@ class Proxy:
         return forwarded
 
     async def _judge(
-        self, request: web.Request, exchange: Exchange, *, headers_only: bool
+        self, request: web.BaseRequest, exchange: Exchange, *, headers_only: bool
     ) -> Verdict | None:
         """The verdict, or None when only the body can tell (and we may not read it yet).
 
@@ -303,7 +303,7 @@ class Proxy:
             _log.exception("decision_failed", request_id=exchange.transfer.request_id)
             return Refuse(Reason.INTERNAL_ERROR, 500, gitlab_message(500))
 
-    def _precheck(self, request: web.Request) -> Refuse | None:
+    def _precheck(self, request: web.BaseRequest) -> Refuse | None:
         """The checks that need no I/O and apply to every request."""
         # SECURITY: dot segments, `#`, backslashes and absolute-form targets are refused before
         # anything else: the upstream could read them differently from the route table, and an
@@ -331,7 +331,7 @@ class Proxy:
         return None
 
     def _stream_guard(
-        self, request: web.Request, view: RequestView
+        self, request: web.BaseRequest, view: RequestView
     ) -> bodyguard.Guard | Refuse | None:
         """A guard for a multipart/form-data body too large to buffer (or chunked), else None:
         the gate then decides on the headers and query, the guard checks the body's parts."""
@@ -349,7 +349,7 @@ class Proxy:
             return Refuse(Reason.BAD_BODY, 400, gitlab_message(400, str(exc)))
         return bodyguard.Guard(view, boundary, enforce=not self._dry_run)
 
-    async def _read_body(self, request: web.Request) -> bytes | Refuse:
+    async def _read_body(self, request: web.BaseRequest) -> bytes | Refuse:
         """The whole body, if it fits `body_inspect_limit` (and `max_body_size`); never more."""
         limit = self._inspect_limit
         too_large = Refuse(Reason.BODY_NOT_INSPECTABLE, 413, gitlab_message(413))
@@ -397,7 +397,7 @@ class Proxy:
         return response
 
     def _forward_failed(
-        self, request: web.Request, exchange: Exchange, exc: Exception
+        self, request: web.BaseRequest, exchange: Exchange, exc: Exception
     ) -> web.Response:
         exchange.transfer.error = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, ClientBodyError):
@@ -437,7 +437,7 @@ def _deny(exchange: Exchange, violation: bodyguard.Violation, *, would: bool = F
     exchange.would_deny = exchange.would_deny or would
 
 
-async def _read_within(request: web.Request, seconds: float) -> bytes:
+async def _read_within(request: web.BaseRequest, seconds: float) -> bytes:
     """The next piece of the body; TimeoutError when the client stays silent that long."""
     content = request.content
     chunk = content.read_nowait()  # what has arrived already needs no timer (~3 us to arm)
@@ -447,7 +447,7 @@ async def _read_within(request: web.Request, seconds: float) -> bytes:
         return await content.readany()
 
 
-def _framing_problem(request: web.Request) -> Refuse | None:
+def _framing_problem(request: web.BaseRequest) -> Refuse | None:
     """Framings llhttp accepts that the gateway cannot forward faithfully (RFC 9112 §6.1).
 
     SECURITY: Transfer-Encoding in HTTP/1.0 "MUST be treated as faulty framing"; a coding other
@@ -468,7 +468,7 @@ def _framing_problem(request: web.Request) -> Refuse | None:
     return None
 
 
-async def _answer_and_close(request: web.Request, response: web.StreamResponse) -> None:
+async def _answer_and_close(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """Send the answer now and close: aiohttp would otherwise wait up to its lingering time
     for a body that a refused `Expect: 100-continue` client will never send."""
     try:

@@ -31,22 +31,15 @@ from gateway import wire
 from gateway.errors import ConfigError
 from gateway.ops import metrics
 from gateway.ops.admin import Readiness, create_admin_app
-from gateway.proxy.app import (
-    GATE,
-    PROXY,
-    GateService,
-    create_app,
-    dispatch_directly,
-    runner_options,
-)
+from gateway.proxy.app import GateService, ProxyApp, runner_options
 from gateway.settings import Engine, Settings
 
 __all__ = [
     "Overloaded",
+    "ProxyListener",
     "check_extensions",
     "check_serving",
     "decision_only",
-    "drain",
     "effective_config",
     "group_metrics",
     "listen",
@@ -54,6 +47,7 @@ __all__ = [
     "routes_digest",
     "run_worker",
     "start_admin",
+    "start_proxy",
     "store_kind",
     "wait_for_stop",
 ]
@@ -129,22 +123,14 @@ async def run_worker(
         )
     draining = asyncio.Event()
     decision = None
-    options = {**runner_options(settings), "shutdown_timeout": _shutdown_timeout(settings)}
-    proxy = web.AppRunner(create_app(settings), **options)
+    # Opens the gate and the upstream session (a ConfigError stops here), then listens.
+    proxy = await start_proxy(
+        settings, host=settings.host, port=settings.port, reuse_port=reuse_port
+    )
+    gate = proxy.app.gate
     admin_runner: web.AppRunner | None = None
     stopping = False
     try:
-        await proxy.setup()  # opens the gate and the upstream session: ConfigError stops here
-        dispatch_directly(proxy)
-        gate = proxy.app[GATE]
-        await listen(
-            proxy,
-            settings.host,
-            settings.port,
-            "--port",
-            reuse_port=reuse_port,
-            limit=settings.max_connections,
-        )
         metrics.init_labels(store_kind(settings.store))
         group: metrics.GroupMetrics | None = None
         if settings.decision_port is not None:
@@ -157,7 +143,7 @@ async def run_worker(
             admin_runner = await start_admin(settings, _readiness(gate, draining), registry)
         _log.info(
             "listening",
-            proxy=_addresses(proxy),
+            proxy=_urls(proxy.addresses),
             decision=decision.urls if decision is not None else None,
             upstream=settings.upstream,
             mode=settings.mode.value,
@@ -170,10 +156,9 @@ async def run_worker(
     finally:
         draining.set()  # readiness turns 503 while in-flight requests finish
         stops = [decision.stop(settings.grace_period)] if decision is not None else []
-        if stopping:
-            stops.append(drain(proxy, settings.grace_period))
-        await asyncio.gather(*stops)  # both listeners drain within the one grace period
-        await proxy.cleanup()  # closes what is left (idle connections, cut requests)
+        # Both listeners drain within the one grace period; an error closes without a drain.
+        stops.append(proxy.stop(settings.grace_period if stopping else None))
+        await asyncio.gather(*stops)
         if admin_runner is not None:
             await admin_runner.cleanup()
     _log.info("stopped")
@@ -194,41 +179,6 @@ def _shutdown_timeout(settings: Settings) -> float:
     """aiohttp's own shutdown waits this long for a handler, then as long again after
     cancelling it: after `drain`, only the cut requests' answers are left to write."""
     return max(_cut_window(settings.grace_period) / 4, 0.001)
-
-
-async def drain(runner: web.AppRunner, grace: float) -> None:
-    """SIGTERM: stop accepting, let in-flight requests finish, and end within `grace` seconds.
-
-    Like nginx's graceful shutdown and Envoy's drain: the listener closes at once, idle
-    keep-alive connections are closed, running requests get the grace period minus a cut
-    window (min(1 s, 20%)), their bodies still read and streamed (an upload in progress goes
-    on), and each answer closes its connection; those still running then are cut (`Proxy.cut`:
-    503 `drain_cut` when their response has not started). aiohttp's own shutdown (which alone
-    would wait up to twice its timeout) then only has the cut requests' answers to write.
-    """
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    proxy = runner.app[PROXY]
-    _log.info("draining", grace_period=grace, in_flight=proxy.in_flight)
-    for site in list(runner.sites):
-        await site.stop()  # stop accepting new connections
-    proxy.begin_drain()  # busy connections close after their answer (force_close)
-    server = runner.server
-    if server is not None:
-        # Close only the idle keep-alive connections. Not `server.pre_shutdown()`, which closes
-        # every connection (RequestHandler.close): a closing handler drops the data that still
-        # arrives (`data_received` returns early), so an upload in progress would stall until
-        # the cut, its body half received.
-        busy = proxy.busy_transports()
-        for connection in server.connections:
-            if connection.transport not in busy:
-                connection.close()
-    window = _cut_window(grace)
-    if not await proxy.wait_idle(grace - window):
-        cut = proxy.cut()
-        _log.warning("drain_cut", requests=cut, grace_period=grace)
-        await proxy.wait_idle(window / 2)
-    _log.info("drained", seconds=round(loop.time() - started, 3))
 
 
 def effective_config(settings: Settings) -> dict[str, Any]:
@@ -268,35 +218,121 @@ def _readiness(gate: GateService, draining: asyncio.Event) -> Readiness:
     return readiness
 
 
-class BoundedSite(web.TCPSite):
-    """A TCPSite that answers connections beyond `limit` with 503 `overloaded` and closes them
-    (`Overloaded`).
+async def start_proxy(
+    settings: Settings,
+    *,
+    gate: GateService | None = None,
+    host: str,
+    port: int,
+    reuse_port: bool = False,
+) -> ProxyListener:
+    """The aiohttp engine's proxy listener, serving on `host:port` (what `serve` runs, and the
+    tests' in-process gateway). `gate` replaces `Gate.open(settings)` (its caller then owns it).
+
+    Raises ConfigError (one line naming the setting) when the resources cannot be built
+    (`ProxyApp.open`) or the port cannot be bound; what was built by then is released."""
+    app = await ProxyApp.open(settings, gate)
+    listener = ProxyListener(app, settings)
+    try:
+        await listener.listen(host, port, reuse_port=reuse_port)
+    except BaseException:
+        await listener.stop(None)
+        raise
+    return listener
+
+
+class ProxyListener:
+    """`ProxyApp.handle` behind aiohttp's low-level `web.Server`, run by a `web.ServerRunner`, on
+    one plain TCP socket (TLS ends in front of the gateway) whose protocol factory answers the
+    connections beyond `max_connections` with 503 `overloaded` and closes them (`Overloaded`).
 
     aiohttp accepts connections without bound; each costs memory and a file descriptor, so a
-    flood of idle connections could exhaust a worker. (`start` mirrors TCPSite.start with a
-    counting protocol factory.)
+    flood of idle connections could exhaust a worker. `stop` drains (SIGTERM) and closes.
     """
 
-    def __init__(
-        self, runner: web.BaseRunner, host: str, port: int, *, limit: int, reuse_port: bool
-    ) -> None:
-        super().__init__(runner, host, port, reuse_port=reuse_port or None)
-        self._limit = limit
+    BACKLOG = 128  # aiohttp's TCPSite default
 
-    async def start(self) -> None:
-        await web.BaseSite.start(self)  # registers the site with the runner
-        server = self._runner.server
-        assert server is not None
+    def __init__(self, app: ProxyApp, settings: Settings) -> None:
+        self.app = app
+        self.server = web.Server(app.handle, **runner_options(settings))
+        self.runner = web.ServerRunner(self.server, shutdown_timeout=_shutdown_timeout(settings))
+        self.limit = settings.max_connections
+        self._socket: asyncio.Server | None = None
 
-        def protocol() -> asyncio.BaseProtocol:
-            if len(server.connections) < self._limit:
-                return server()
-            return Overloaded(self._limit)
+    def protocol(self) -> asyncio.BaseProtocol:
+        """The protocol factory `loop.create_server` calls for each accepted connection: the
+        `web.Server`'s own (it "serves a protocol factory role", aiohttp docs, "Low Level
+        Server") while fewer than `limit` connections are open, `Overloaded` beyond."""
+        if len(self.server.connections) < self.limit:
+            return self.server()
+        return Overloaded(self.limit)
 
-        self._server = await asyncio.get_running_loop().create_server(
-            protocol, self._host, self._port, backlog=self._backlog, reuse_port=self._reuse_port
-        )
-        self._bound_port = self._server.sockets[0].getsockname()[1]
+    async def listen(self, host: str, port: int, *, reuse_port: bool) -> None:
+        """Start the server and bind; a bind failure is a one-line ConfigError (`--port`)."""
+        await self.runner.setup()
+        loop = asyncio.get_running_loop()
+        try:
+            self._socket = await loop.create_server(
+                self.protocol, host, port, backlog=self.BACKLOG, reuse_port=reuse_port or None
+            )
+        except OSError as exc:
+            raise _bind_error("--port", host, port, exc) from None
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) pairs listened on (the port chosen, for port 0)."""
+        sockets = self._socket.sockets if self._socket is not None else ()
+        return [sock.getsockname()[:2] for sock in sockets]
+
+    async def stop(self, grace: float | None) -> None:
+        """Drain within `grace` seconds (`drain`; None: no drain, after a failure), then close
+        what is left (idle connections, cut requests) and release the `ProxyApp`."""
+        try:
+            if grace is not None:
+                await self.drain(grace)
+        finally:
+            self._stop_accepting()
+            try:
+                await self.runner.cleanup()
+            finally:
+                await self.app.close()
+
+    async def drain(self, grace: float) -> None:
+        """SIGTERM: stop accepting, let in-flight requests finish, and end within `grace` s.
+
+        Like nginx's graceful shutdown and Envoy's drain: the listener closes at once, idle
+        keep-alive connections are closed, running requests get the grace period minus a cut
+        window (min(1 s, 20%)), their bodies still read and streamed (an upload in progress
+        goes on), and each answer closes its connection; those still running then are cut
+        (`Proxy.cut`: 503 `drain_cut` when their response has not started). aiohttp's own
+        shutdown (which alone would wait up to twice its timeout) then only has the cut
+        requests' answers to write.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        proxy = self.app.proxy
+        _log.info("draining", grace_period=grace, in_flight=proxy.in_flight)
+        self._stop_accepting()
+        proxy.begin_drain()  # busy connections close after their answer (force_close)
+        # Close only the idle keep-alive connections. Not `Server.shutdown`, which closes every
+        # connection (RequestHandler.close): a closing handler drops the data that still arrives
+        # (`data_received` returns early), so an upload in progress would stall until the cut,
+        # its body half received.
+        busy = proxy.busy_transports()
+        for connection in self.server.connections:
+            if connection.transport not in busy:
+                connection.close()
+        window = _cut_window(grace)
+        if not await proxy.wait_idle(grace - window):
+            cut = proxy.cut()
+            _log.warning("drain_cut", requests=cut, grace_period=grace)
+            await proxy.wait_idle(window / 2)
+        _log.info("drained", seconds=round(loop.time() - started, 3))
+
+    def _stop_accepting(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
 
 _OVERLOADED_BODY = b'{"message":"503 Service Unavailable"}'
@@ -343,29 +379,18 @@ class Overloaded(wire.Overloaded):
         super().connection_made(transport)
 
 
-async def listen(
-    runner: web.BaseRunner,
-    host: str,
-    port: int,
-    flag: str,
-    *,
-    reuse_port: bool,
-    limit: int | None = None,
-) -> None:
-    """Bind a listener (at most `limit` connections); a bind failure is a one-line ConfigError
+async def listen(runner: web.BaseRunner, host: str, port: int, flag: str) -> None:
+    """Bind a listener of `runner` (the admin's); a bind failure is a one-line ConfigError
     naming the setting."""
-    site: web.TCPSite
-    if limit is None:
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
-    else:
-        site = BoundedSite(runner, host, port, limit=limit, reuse_port=reuse_port)
     try:
-        await site.start()
+        await web.TCPSite(runner, host, port).start()
     except OSError as exc:
-        env = "GATEWAY_" + flag.removeprefix("--").replace("-", "_").upper()
-        raise ConfigError(
-            f"{flag} / {env}: cannot listen on {host}:{port}: {exc.strerror or exc}"
-        ) from None
+        raise _bind_error(flag, host, port, exc) from None
+
+
+def _bind_error(flag: str, host: str, port: int, exc: OSError) -> ConfigError:
+    env = "GATEWAY_" + flag.removeprefix("--").replace("-", "_").upper()
+    return ConfigError(f"{flag} / {env}: cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 async def start_admin(
@@ -377,13 +402,11 @@ async def start_admin(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     try:
-        await listen(
-            runner, settings.admin_host, settings.admin_port, "--admin-port", reuse_port=False
-        )
+        await listen(runner, settings.admin_host, settings.admin_port, "--admin-port")
     except BaseException:
         await runner.cleanup()
         raise
-    _log.info("admin_listening", admin=_addresses(runner))
+    _log.info("admin_listening", admin=_urls(runner.addresses))
     return runner
 
 
@@ -467,8 +490,8 @@ async def reload_gate(
     return True
 
 
-def _addresses(runner: web.BaseRunner) -> list[str]:
+def _urls(addresses: list[Any]) -> list[str]:
+    """`http://host:port` for each (host, port, ...) socket address, IPv6 in brackets."""
     return [
-        f"http://{a[0]}:{a[1]}" if "." in a[0] else f"http://[{a[0]}]:{a[1]}"
-        for a in runner.addresses
+        f"http://{a[0]}:{a[1]}" if "." in a[0] else f"http://[{a[0]}]:{a[1]}" for a in addresses
     ]

@@ -1,7 +1,7 @@
 """The gateway under attack, in front of the real recording upstream (tests/fixtures/upstream.py).
 
-- `a_guarded_gateway(**settings)`: `create_app(settings)` in-process on a loopback port, with
-  the real Gate over a memory store holding GRANTS_YAML; `.attack` sends raw bytes.
+- `a_guarded_gateway(**settings)`: the proxy listener (`a_gateway`) in-process on a loopback
+  port, with the real Gate over a memory store holding GRANTS_YAML; `.attack` sends raw bytes.
 - `a_served_gateway(*flags)`: a real `python -m gateway serve` subprocess over a file store
   holding the same grants (raw-socket smuggling, limits, load).
 

@@ -107,7 +107,7 @@ Start = Callable[..., Awaitable[Attack]]
 async def a_carrier_gateway(
     a_gitlab: GitLab, a_gateway: Callable[..., Awaitable[Any]]
 ) -> AsyncIterator[Start]:
-    """A real gateway (create_app) over a memory store with the security grants plus LEGACY
+    """A real gateway (`a_gateway`) over a memory store with the security grants plus LEGACY
     and CUSTOM, instance prefix `mycorp-`, in front of `a_gitlab`."""
     gates: list[Gate] = []
 
