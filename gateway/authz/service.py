@@ -51,13 +51,12 @@ import orjson
 import structlog
 from multidict import CIMultiDict
 
-from gateway.core.decision import Decision, Reason
+from gateway.core.decision import Decision, Reason, gitlab_message
 from gateway.core.request import RequestView
 from gateway.ops import metrics
 from gateway.ops.exchange import Exchange, Recorder, RequestIds, client_address
 from gateway.proxy.forward import Transfer
 from gateway.proxy.headers import FORWARDING, HOP_BY_HOP, REINTERPRETING, fold
-from gateway.proxy.responses import gitlab_message
 from gateway.settings import Mode, Settings
 from gateway.wire import Request, Response
 
