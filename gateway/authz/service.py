@@ -51,13 +51,12 @@ import orjson
 import structlog
 from multidict import CIMultiDict
 
-from gateway.core.decision import Decision, Reason
+from gateway.core.decision import Decision, Reason, gitlab_message, refuse
 from gateway.core.request import RequestView
 from gateway.ops import metrics
 from gateway.ops.exchange import Exchange, Recorder, RequestIds, client_address
 from gateway.proxy.forward import Transfer
 from gateway.proxy.headers import FORWARDING, HOP_BY_HOP, REINTERPRETING, fold
-from gateway.proxy.responses import gitlab_message
 from gateway.settings import Mode, Settings
 from gateway.wire import Request, Response
 
@@ -101,10 +100,15 @@ class Decider(Protocol):
 
 
 class _Refusal(Exception):
+    """The check request cannot be judged: leaves `_view` with the refusal's Decision (a 403,
+    whatever the reason's status on the proxy port: see the module docstring)."""
+
     def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
+        self.decision = refuse(reason, detail, status=403)
+
+
+_INTERNAL_ERROR = refuse(Reason.INTERNAL_ERROR)  # 500: nginx's 500 then fails closed
 
 
 class DecisionService:
@@ -141,10 +145,10 @@ class DecisionService:
             view = self._view(request, exchange)
             decision = self._gate.evaluate_now(view)
         except _Refusal as refusal:
-            return self._finish(exchange, self._refuse(exchange, refusal.reason, refusal.detail))
+            return self._finish(exchange, self._refuse(exchange, refusal.decision))
         except Exception:
             _log.exception("decision_failed", request_id=exchange.transfer.request_id)
-            return self._finish(exchange, self._refuse(exchange, Reason.INTERNAL_ERROR, None))
+            return self._finish(exchange, self._refuse(exchange, _INTERNAL_ERROR))
         if decision is None:
             return self._later(view, exchange)  # a store lookup: the wire runs it in a Task
         exchange.decision_seconds = perf_counter() - started
@@ -286,7 +290,7 @@ class DecisionService:
             raise
         except Exception:
             _log.exception("decision_failed", request_id=exchange.transfer.request_id)
-            return self._finish(exchange, self._refuse(exchange, Reason.INTERNAL_ERROR, None))
+            return self._finish(exchange, self._refuse(exchange, _INTERNAL_ERROR))
         exchange.decision_seconds = perf_counter() - exchange.started
         return self._finish(exchange, self._answer(exchange, decision))
 
@@ -312,12 +316,13 @@ class DecisionService:
             message = gitlab_message(status, message.partition(" - ")[2] or None)
         return _json(status, decision.reason, message, request_id, exchange.protocol != "nginx")
 
-    def _refuse(self, exchange: Exchange, reason: Reason, detail: str | None) -> Response:
-        exchange.reason = reason
-        status = _status(500 if reason is Reason.INTERNAL_ERROR else 403)
-        message = gitlab_message(status, detail)
+    def _refuse(self, exchange: Exchange, decision: Decision) -> Response:
+        """A check request refused before the gate: logged with its reason, not as a decision."""
+        exchange.reason = decision.reason
+        status = _status(decision.status or 403)
         request_id = exchange.transfer.request_id
-        return _json(status, reason, message, request_id, exchange.protocol != "nginx")
+        nginx = exchange.protocol == "nginx"
+        return _json(status, decision.reason, decision.message, request_id, not nginx)
 
     def _finish(self, exchange: Exchange, response: Response) -> Response:
         exchange.status = response.status

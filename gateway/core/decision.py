@@ -1,18 +1,38 @@
-"""The vocabulary of verdicts: stable reason codes and the `Decision` value.
+"""The vocabulary of verdicts: stable reason codes, GitLab's messages and the `Decision` value.
 
-A denial is a value, not an exception. Reason codes are grep-able and appear unchanged in
-logs, metric labels, the `X-Gateway-Reason` header and the README's troubleshooting table.
+A denial is a value, not an exception, and it has one shape wherever it starts: a `Decision`
+with its reason, its status (`Decision.status`: the reason's in `STATUS`, or the explicit one it
+carries), its GitLab-shaped message (always built by `gitlab_message`) and its audit. The gate
+and the policy make them; so do the proxy's checks before the gate (`refuse`), its body guard,
+and the route table's target refusals (`bad_target`, the one place a
+`gateway.routing.targets.Refusal` becomes a Decision). A listener only renders one
+(gateway/proxy/responses.py `refusal`). Reason codes are grep-able and appear unchanged in logs,
+metric labels, the `X-Gateway-Reason` header and the README's troubleshooting table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
 
 from gateway.core.drafts import check_layouts
 
-__all__ = ["STATUS", "Audit", "Decision", "Reason", "make_audit", "make_decision"]
+if TYPE_CHECKING:
+    from gateway.routing.targets import Refusal
+
+__all__ = [
+    "STATUS",
+    "Audit",
+    "Decision",
+    "Reason",
+    "bad_target",
+    "gitlab_message",
+    "make_audit",
+    "make_decision",
+    "refuse",
+]
 
 
 class Reason(StrEnum):
@@ -122,19 +142,64 @@ class Audit:
     target_project_id: int | None = None
 
 
+# GitLab's own wording where it differs from the HTTP reason phrase (lib/api/helpers.rb).
+_GITLAB_PHRASES = {400: "Bad request", 413: "Request Entity Too Large"}
+
+
+def gitlab_message(status: int, detail: str | None = None) -> str:
+    """`"403 Forbidden"`, or `"400 Bad request - <detail>"` when a detail is given: GitLab's
+    `render_api_error!` text (lib/api/helpers.rb `bad_request!`, `unauthorized!`, `forbidden!`)."""
+    phrase = _GITLAB_PHRASES.get(status) or HTTPStatus(status).phrase
+    head = f"{status} {phrase}"
+    return f"{head} - {detail}" if detail else head
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The verdict on one request. `message` is the GitLab-shaped `{"message": ...}` text."""
+    """The verdict on one request, and the one value for "no" (see the module docstring).
+
+    `message` is the GitLab-shaped `{"message": ...}` text (empty: `gitlab_message(status)`).
+    `explicit_status` is set only where the answer's status is not the reason's (`STATUS`): 501
+    for a transfer coding the gateway does not know, a listener's own machinery refusals.
+    `close`: the listener answers and closes the connection without reading on (framing it
+    cannot trust, a tunnel or upgrade request, a stalled upload, a refused 100-continue).
+    """
 
     allowed: bool
     reason: Reason
     message: str = ""
     audit: Audit = field(default_factory=Audit)
+    explicit_status: int | None = None
+    close: bool = False
 
     @property
     def status(self) -> int | None:
-        """The status of the gateway's own answer, or None when the request is forwarded."""
-        return None if self.allowed else STATUS.get(self.reason, 403)
+        """The status of the gateway's own answer, or None when the request is forwarded: the
+        one place a refusal's status is chosen."""
+        if self.allowed:
+            return None
+        return self.explicit_status or STATUS.get(self.reason, 403)
+
+
+def refuse(
+    reason: Reason,
+    detail: str | None = None,
+    *,
+    status: int | None = None,
+    close: bool = False,
+    audit: Audit | None = None,
+) -> Decision:
+    """A refusal made outside the policy (target, framing, body, listener faults): GitLab's
+    message for its status (`status`, else the reason's), with `detail` after it. Never put a
+    credential in `detail`."""
+    message = gitlab_message(status or STATUS.get(reason, 403), detail)
+    return Decision(False, reason, message, audit or Audit(), status, close)
+
+
+def bad_target(refusal: Refusal, audit: Audit | None = None) -> Decision:
+    """A request-target the route table refuses (`gateway.routing.targets`), as the 400
+    `bad_target` Decision: the one converter, used by the gate and the proxy's precheck."""
+    return refuse(Reason.BAD_TARGET, refusal.detail, audit=audit)
 
 
 # --- hot-path constructors (issue 6)
@@ -160,7 +225,7 @@ class _AuditDraft:
 
 
 class _DecisionDraft:
-    __slots__ = ("allowed", "audit", "message", "reason")
+    __slots__ = ("allowed", "audit", "close", "explicit_status", "message", "reason")
 
 
 def make_audit(
@@ -197,6 +262,8 @@ def make_decision(allowed: bool, reason: Reason, message: str, audit: Audit) -> 
     draft.reason = reason
     draft.message = message
     draft.audit = audit
+    draft.explicit_status = None
+    draft.close = False
     draft.__class__ = Decision
     decision: Decision = draft
     return decision

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.core import policy, tokens, visibility
-from gateway.core.decision import Audit, Decision, Reason, make_audit
+from gateway.core.decision import Audit, Decision, Reason, bad_target, make_audit, refuse
 from gateway.core.request import RequestView
 from gateway.errors import ConfigError, PolicyFileError, StoreUnavailable
 from gateway.routing import gitpath
@@ -187,7 +187,7 @@ class Gate:
         try:
             found = tokens.read(view)
         except tokens.BodyError as exc:
-            found = Decision(False, Reason.BAD_BODY, f"400 Bad request - {exc}")
+            found = refuse(Reason.BAD_BODY, str(exc))
         if isinstance(found, tokens.Candidate):
             return found
         return self._decide(view, found)
@@ -670,7 +670,7 @@ def _label(project: Project) -> str:
 
 
 def _bad_target(refusal: Refusal, audit: Audit | None = None) -> Decision:
-    return policy.deny(Reason.BAD_TARGET, f"400 Bad request - {refusal.detail}", audit or Audit())
+    return bad_target(refusal, audit)  # the one converter, shared with the proxy's precheck
 
 
 def unknown_credential_mode(settings: Settings) -> UnknownCredential:

@@ -30,7 +30,6 @@ from gateway.proxy.forward import Transfer
 
 if TYPE_CHECKING:
     from gateway.ops.observe import Observer
-    from gateway.proxy.handler import Verdict
 
 __all__ = ["Exchange", "Recorder", "RequestIds", "accepted_request_id", "client_address"]
 
@@ -40,7 +39,8 @@ _SCRAMBLE = 0x9E3779B97F4A7C15  # odd, so multiplying permutes 64-bit values (no
 
 @dataclass(slots=True)
 class Exchange:
-    """What happened to one request, filled in as it moves through the pipeline."""
+    """What happened to one request, filled in as it moves through the pipeline: a record for
+    the log line and the metrics, never read back to decide anything."""
 
     transfer: Transfer
     method: str
@@ -48,7 +48,6 @@ class Exchange:
     remote: str | None
     started: float
     peer: str | None = None  # the socket peer, when `remote` is a forwarded client address
-    verdict: Verdict | None = None
     decision: Decision | None = None
     decision_seconds: float | None = None
     would_deny: bool = False

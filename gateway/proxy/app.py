@@ -104,11 +104,12 @@ class ProxyApp:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """The `web.Server` handler: a request with `Expect` goes through `Proxy.expect` first,
         its `100 Continue` (if any) flushed, as aiohttp's router does for a route's
-        `expect_handler`; then `Proxy.handle`."""
+        `expect_handler`; then `Proxy.handle`, given `expect`'s verdict directly."""
+        expected = None
         if request.headers.get("Expect"):
-            await self.proxy.expect(request)
+            expected = await self.proxy.expect(request)
             await request.writer.drain()
-        return await self.proxy.handle(request)
+        return await self.proxy.handle(request, expected)
 
     async def close(self) -> None:
         """Release the recorder, the observer, the session and the gate (if it is ours)."""

@@ -7,7 +7,8 @@ decided on its request's headers and query; the proxy then forwards it through a
 with `tokens.extract`, the rules buffered bodies get. A part reported by `feed(chunk)` is
 complete only in `chunk`: the caller must check before it forwards that chunk, and call `end()`
 before the last one, so that the upstream never receives a complete request that carries
-something the gateway refused.
+something the gateway refused. A refusal is a `Decision` (400, GitLab's message): the guard's
+`violation`, and the `Refused` exception carries it out of the forwarding stream.
 
 Pure: no aiohttp, no I/O.
 """
@@ -15,38 +16,30 @@ Pure: no aiohttp, no I/O.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from gateway.core import multipart, tokens
-from gateway.core.decision import Reason
+from gateway.core.decision import Decision, Reason, refuse
 from gateway.core.request import RequestView
 from gateway.errors import GatewayError
 
-__all__ = ["MAX_WATCHED", "Guard", "Refused", "Violation"]
+__all__ = ["MAX_WATCHED", "Guard", "Refused"]
 
 MAX_WATCHED = 16  # distinct credential parts in one streamed body
 
 
-@dataclass(frozen=True, slots=True)
-class Violation:
-    """Why a streamed body was refused: a reason code and the GitLab-shaped message (400)."""
-
-    reason: Reason
-    message: str
-
-
 class Refused(GatewayError):
-    """`Guard` refused the body: the upload must stop before its current chunk is forwarded."""
+    """`Guard` refused the body: the upload must stop before its current chunk is forwarded.
+    An exception only to leave the stream; `violation` is the refusal's Decision."""
 
-    def __init__(self, violation: Violation) -> None:
+    def __init__(self, violation: Decision) -> None:
         super().__init__(violation.message)
         self.violation = violation
 
 
 _TOO_LATE = (
-    "400 Bad request - A CI/CD job token in a multipart body that is streamed (chunked, or over "
-    "the inspection limit) cannot be authorized before it is forwarded; send the token in the "
-    "JOB-TOKEN or Authorization header."
+    "A CI/CD job token in a multipart body that is streamed (chunked, or over the inspection "
+    "limit) cannot be authorized before it is forwarded; send the token in the JOB-TOKEN or "
+    "Authorization header."
 )
 
 
@@ -68,7 +61,7 @@ class Guard:
         self._scanner = multipart.Scanner(boundary, tokens.reads_param)
         self._params: dict[tuple[str, object], None] = {}  # ordered, without repeats
         self._enforce = enforce
-        self.violation: Violation | None = None
+        self.violation: Decision | None = None
 
     def feed(self, chunk: bytes) -> None:
         """Check `chunk` before it is forwarded."""
@@ -77,7 +70,7 @@ class Guard:
         try:
             fields = self._scanner.feed(chunk)
         except multipart.MultipartError as exc:
-            self._refuse(Reason.BAD_BODY, f"400 Bad request - {exc}")
+            self._refuse(Reason.BAD_BODY, str(exc))
             return
         if fields:
             self._check(fields)
@@ -88,28 +81,28 @@ class Guard:
             try:
                 self._scanner.finish()
             except multipart.MultipartError as exc:
-                self._refuse(Reason.BAD_BODY, f"400 Bad request - {exc}")
+                self._refuse(Reason.BAD_BODY, str(exc))
 
     def _check(self, fields: Sequence[multipart.Field]) -> None:
         for field in fields:
             self._params.update(dict.fromkeys(tokens.part_params(field.name, field.value)))
         if len(self._params) > MAX_WATCHED:
-            self._refuse(Reason.BAD_BODY, "400 Bad request - too many credential fields")
+            self._refuse(Reason.BAD_BODY, "too many credential fields")
             return
         try:
             found = tokens.extract(self._view, list(self._params))
         except tokens.BodyError as exc:
-            self._refuse(Reason.BAD_BODY, f"400 Bad request - {exc}")
+            self._refuse(Reason.BAD_BODY, str(exc))
             return
         if tokens.same_credential(found, self._decided):
             return
         if isinstance(found, tokens.Conflict):
-            message = f"400 Bad request - Conflicting credentials: {found.detail}."
-            self._refuse(Reason.CREDENTIAL_CONFLICT, message)
+            detail = f"Conflicting credentials: {found.detail}."
+            self._refuse(Reason.CREDENTIAL_CONFLICT, detail)
         else:  # a job token (or a malformed one) the decision did not see
             self._refuse(Reason.TOKEN_IN_STREAMED_BODY, _TOO_LATE)
 
-    def _refuse(self, reason: Reason, message: str) -> None:
-        self.violation = Violation(reason, message)
+    def _refuse(self, reason: Reason, detail: str) -> None:
+        self.violation = refuse(reason, detail)  # 400: every reason it refuses with
         if self._enforce:
             raise Refused(self.violation)

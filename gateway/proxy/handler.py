@@ -12,25 +12,27 @@ Order on every request (cheap checks first, no I/O before them):
   4. `gate.evaluate(view)`: denied -> the gate's status and message (enforce) or a forward with
      `would_deny=true` (dry-run); anything unexpected -> 500 internal_error, never a forward;
   5. the forwarder; upstream failures before the response -> 502/504.
-`Expect: 100-continue` runs steps 1-4 on the headers before answering 100 (`Proxy.expect`).
+`Expect: 100-continue` runs steps 1-4 on the headers before answering 100 (`Proxy.expect`),
+and hands its verdict to `handle` in the request's dict under this module's own key.
+Every refusal, wherever it starts, is a `Decision` (gateway/core/decision.py; the checks are
+`gateway.proxy.plan`'s, shared with the lean engine) answered by `responses.refusal`.
 Each request ends with exactly one log line and its metrics (`gateway.ops.exchange`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
-from dataclasses import dataclass, replace
 from time import perf_counter
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import aiohttp
 import structlog
 from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway.core import multipart
-from gateway.core.decision import Audit, Decision, Reason
+from gateway.core.decision import Decision, Reason, refuse
 from gateway.core.request import RequestView
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from gateway.ops import metrics
@@ -41,40 +43,25 @@ from gateway.ops.exchange import (
     accepted_request_id,
     client_address,
 )
-from gateway.proxy import bodyguard
+from gateway.proxy import bodyguard, plan
 from gateway.proxy.forward import BodyTooLarge, ClientBodyError, Forwarder, Transfer
-from gateway.proxy.headers import HeaderPolicy, is_upgrade
-from gateway.proxy.responses import REASON_HEADER, gitlab_message, refusal
-from gateway.routing import table as routes
+from gateway.proxy.headers import HeaderPolicy
+from gateway.proxy.plan import Permit, Verdict
+from gateway.proxy.responses import refusal
 from gateway.settings import Mode, Settings
 
-__all__ = ["EXCHANGE", "Decider", "Permit", "Proxy", "Refuse"]
+__all__ = ["Decider", "Proxy"]
 
-EXCHANGE = web.RequestKey("exchange", Exchange)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _log = structlog.get_logger("gateway.proxy.handler")
 
 
-@dataclass(frozen=True, slots=True)
-class Refuse:
-    """Answer the request ourselves."""
+class Expected(NamedTuple):
+    """What `Proxy.expect` hands to `Proxy.handle`: the request's record, begun there, and the
+    verdict on its headers (None: only the body can tell)."""
 
-    reason: Reason
-    status: int
-    message: str
-    close: bool = False  # close right after answering, without reading the body
-
-
-@dataclass(frozen=True, slots=True)
-class Permit:
-    """Forward this view (its body, when set, is the buffer that was authorized); `guard`
-    checks a streamed multipart body on its way."""
-
-    view: RequestView
-    guard: bodyguard.Guard | None = None
-
-
-Verdict = Refuse | Permit
+    exchange: Exchange
+    verdict: Verdict | None
 
 
 class Decider(Protocol):
@@ -114,19 +101,22 @@ class Proxy:
         if settings.max_body_size:
             self._inspect_limit = min(self._inspect_limit, settings.max_body_size)
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        # Only a request with `Expect` went through `expect` (aiohttp's condition): the lookup
-        # of a missing key costs a KeyError inside MutableMapping.get.
-        exchange = (request.get(EXCHANGE) if "Expect" in request.headers else None) or (
-            self._begin(request)
-        )
+    async def handle(
+        self, request: web.BaseRequest, expected: Expected | None = None
+    ) -> web.StreamResponse:
+        """Answer `request`: refused, or forwarded and relayed. `expected` is what `expect`
+        returned for it, when it carried `Expect: 100-continue`."""
+        if expected is None:
+            exchange, verdict = self._begin(request), None
+        else:
+            exchange, verdict = expected
         metrics.IN_FLIGHT.inc()
         task = asyncio.current_task()
         if task is not None:
             self._running[task] = exchange
             self._transports[task] = request.transport
         try:
-            response = await self._respond(request, exchange)
+            response = await self._respond(request, exchange, verdict)
         except asyncio.CancelledError:
             if task is None or task not in self._cut:  # the client went away (handler_cancellation)
                 exchange.status, exchange.transfer.error = 499, "client_disconnected"
@@ -137,8 +127,7 @@ class Proxy:
             if sent or task.uncancel() > 0:
                 exchange.reason, exchange.status = Reason.DRAIN_CUT, sent or 503
                 raise
-            response = self._refuse(exchange, Refuse(Reason.DRAIN_CUT, 503, gitlab_message(503)))
-            response.force_close()
+            response = self._refuse(exchange, plan.DRAIN_CUT)  # closes: says `Connection: close`
             exchange.status = 503
         else:
             exchange.status = exchange.status or response.status
@@ -192,26 +181,25 @@ class Proxy:
             task.cancel("drain_cut")
         return len(tasks)
 
-    async def expect(self, request: web.BaseRequest) -> None:
+    async def expect(self, request: web.BaseRequest) -> Expected | None:
         """Decide on the headers alone, then send `100 Continue` only if the request may go on.
 
         aiohttp's default handler sends 100 before any handler runs, so a refused client would
-        start sending its (possibly GB-sized) body (reference aiohttp-proxying.md §1.16). A
-        refusal is stored and answered by `handle`, which then never reads the body.
+        start sending its (possibly GB-sized) body (reference aiohttp-proxying.md §1.16). The
+        caller passes what this returns to `handle` for the same request; a refusal is answered
+        there, closing, and the body is never read. None: no expectation this handler meets.
         """
         expectation = request.headers.get("Expect", "").lower()
         if request.version != HttpVersion11 or expectation != "100-continue":
-            return  # unknown expectations are ignored (RFC 9110 §10.1.1) and never forwarded
+            return None  # unknown expectations are ignored (RFC 9110 §10.1.1), never forwarded
         exchange = self._begin(request)
-        request[EXCHANGE] = exchange  # for `handle` (aiohttp calls it next)
-        exchange.verdict = await self._judge(request, exchange, headers_only=True)
-        if isinstance(exchange.verdict, Refuse):
-            exchange.verdict = replace(exchange.verdict, close=True)
-            return
-        try:
+        verdict = await self._judge(request, exchange, headers_only=True)
+        if isinstance(verdict, Decision):
+            return Expected(exchange, plan.closing(verdict))
+        # A client gone by now is found out by `handle`, when it reads the body.
+        with contextlib.suppress(ConnectionError):
             await request.writer.write(_CONTINUE)
-        except ConnectionError:
-            return  # the client is gone; `handle` finds out when it reads the body
+        return Expected(exchange, verdict)
 
     def _begin(self, request: web.BaseRequest) -> Exchange:
         peer = request.remote
@@ -237,11 +225,12 @@ class Proxy:
             started=perf_counter(),
         )
 
-    async def _respond(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
-        verdict = exchange.verdict
+    async def _respond(
+        self, request: web.BaseRequest, exchange: Exchange, verdict: Verdict | None
+    ) -> web.StreamResponse:
         if verdict is None:
             verdict = await self._judge(request, exchange, headers_only=False)
-        if isinstance(verdict, Refuse):
+        if isinstance(verdict, Decision):
             response = self._refuse(exchange, verdict)
             if verdict.close:
                 await _answer_and_close(request, response)
@@ -256,10 +245,10 @@ class Proxy:
         except Exception as exc:  # a fault before the response started (the forwarder's contract)
             _log.exception("forward_failed", request_id=exchange.transfer.request_id)
             exchange.transfer.error = f"{type(exc).__name__}: {exc}"
-            return self._refuse(exchange, Refuse(Reason.INTERNAL_ERROR, 500, gitlab_message(500)))
+            return self._refuse(exchange, plan.INTERNAL_ERROR)
         if verdict.guard is not None and verdict.guard.violation is not None:
             # Dry-run (or the upstream answered before the body was refused): log the denial.
-            _deny(exchange, verdict.guard.violation, would=self._dry_run)
+            plan.deny_streamed(exchange, verdict.guard.violation, would=self._dry_run)
         return forwarded
 
     async def _judge(
@@ -270,7 +259,14 @@ class Proxy:
         Fail closed: an exception here is a gateway fault and ends in a 500, never a forward.
         """
         try:
-            refused = self._precheck(request)
+            refused = plan.precheck(
+                request.method,
+                request.raw_path,
+                _version(request),
+                request.headers,
+                request.content_length,
+                self._settings.max_body_size,
+            )
             if refused is not None:
                 return refused
             view = RequestView(
@@ -281,120 +277,52 @@ class Proxy:
             )
             guard: bodyguard.Guard | None = None
             if self._gate.needs_body(view):
-                streamed = self._stream_guard(request, view)
-                if isinstance(streamed, Refuse):
+                streamed = plan.stream_guard(
+                    view, request.content_length, self._inspect_limit, dry_run=self._dry_run
+                )
+                if isinstance(streamed, Decision):
                     return streamed
                 guard = streamed
                 if guard is None:
                     if headers_only:
                         return None
                     body = await self._read_body(request)
-                    if isinstance(body, Refuse):
+                    if isinstance(body, Decision):
                         return body
                     view = RequestView(view.method, view.target, view.headers, body, view.remote)
             started = perf_counter()
             decision = await self._gate.evaluate(view)
             exchange.decision_seconds = perf_counter() - started
-            verdict = self._verdict(view, exchange, decision)
+            verdict = plan.verdict(view, exchange, decision, dry_run=self._dry_run)
             if guard is not None and isinstance(verdict, Permit):
-                return replace(verdict, guard=guard)
+                return Permit(verdict.view, guard)
             return verdict
         except Exception:
             _log.exception("decision_failed", request_id=exchange.transfer.request_id)
-            return Refuse(Reason.INTERNAL_ERROR, 500, gitlab_message(500))
+            return plan.INTERNAL_ERROR
 
-    def _precheck(self, request: web.BaseRequest) -> Refuse | None:
-        """The checks that need no I/O and apply to every request."""
-        # SECURITY: dot segments, `#`, backslashes and absolute-form targets are refused before
-        # anything else: the upstream could read them differently from the route table, and an
-        # absolute-form target names another host (reference aiohttp-proxying.md §1.3-1.4).
-        problem = routes.check_target(request.raw_path)
-        if problem is not None:
-            return Refuse(Reason.BAD_TARGET, 400, gitlab_message(400, problem.detail))
-        if request.method == "CONNECT":
-            # A tunnel request: the gateway is no forward proxy and must never ask its upstream
-            # for a tunnel (aiohttp's client would send it in authority-form).
-            detail = "CONNECT is not supported"
-            return Refuse(Reason.BAD_TARGET, 400, gitlab_message(400, detail), close=True)
-        framing = _framing_problem(request)
-        if framing is not None:
-            return framing
-        if is_upgrade(request.headers):
-            # /api/v4 has no websocket endpoints; passing an upgrade through would not be
-            # transparent anyway (reference aiohttp-proxying.md §1.18).
-            detail = "protocol upgrades are not supported"
-            return Refuse(Reason.UPGRADE_REFUSED, 400, gitlab_message(400, detail), close=True)
-        limit = self._settings.max_body_size
-        length = request.content_length
-        if limit and length is not None and length > limit:
-            return Refuse(Reason.BODY_TOO_LARGE, 413, gitlab_message(413))
-        return None
-
-    def _stream_guard(
-        self, request: web.BaseRequest, view: RequestView
-    ) -> bodyguard.Guard | Refuse | None:
-        """A guard for a multipart/form-data body too large to buffer (or chunked), else None:
-        the gate then decides on the headers and query, the guard checks the body's parts."""
-        length = request.content_length
-        if length is not None and length <= self._inspect_limit:
-            return None
-        types = view.headers.getall("Content-Type", ())
-        if not types or not multipart.is_form_data(types[0]):
-            return None
-        try:
-            if len(types) > 1:  # which one would Rack read? (one CONTENT_TYPE in its env)
-                raise multipart.MultipartError("more than one Content-Type")
-            boundary = multipart.boundary(types[0])
-        except multipart.MultipartError as exc:
-            return Refuse(Reason.BAD_BODY, 400, gitlab_message(400, str(exc)))
-        return bodyguard.Guard(view, boundary, enforce=not self._dry_run)
-
-    async def _read_body(self, request: web.BaseRequest) -> bytes | Refuse:
+    async def _read_body(self, request: web.BaseRequest) -> bytes | Decision:
         """The whole body, if it fits `body_inspect_limit` (and `max_body_size`); never more."""
         limit = self._inspect_limit
-        too_large = Refuse(Reason.BODY_NOT_INSPECTABLE, 413, gitlab_message(413))
         length = request.content_length
         if length is not None and length > limit:
-            return too_large
+            return plan.NOT_INSPECTABLE
         buffer = bytearray()
         try:
             while chunk := await _read_within(request, self._settings.client_body_timeout):
                 buffer += chunk
                 if len(buffer) > limit:
-                    return too_large
+                    return plan.NOT_INSPECTABLE
         except TimeoutError:
-            return Refuse(Reason.CLIENT_TIMEOUT, 408, gitlab_message(408), close=True)
+            return plan.BODY_TIMEOUT
         except (aiohttp.ClientError, HttpProcessingError, ConnectionError) as exc:
             # The client broke its own upload (framing, disconnect): its fault, not ours.
-            detail = f"the request body could not be read ({type(exc).__name__})"
-            return Refuse(Reason.BAD_BODY, 400, gitlab_message(400, detail))
+            return plan.unreadable_body(type(exc).__name__)
         return bytes(buffer)
 
-    def _verdict(self, view: RequestView, exchange: Exchange, decision: Decision) -> Verdict:
-        exchange.decision = decision
-        if decision.allowed:
-            return Permit(view)
-        if self._dry_run:
-            exchange.would_deny = True
-            return Permit(view)
-        status = decision.status or 403
-        return Refuse(decision.reason, status, decision.message or gitlab_message(status))
-
-    def _refuse(self, exchange: Exchange, verdict: Refuse) -> web.Response:
-        exchange.reason = verdict.reason
-        response = refusal(
-            verdict.reason,
-            verdict.message,
-            status=verdict.status,
-            request_id=exchange.transfer.request_id,
-        )
-        if verdict.reason is Reason.TOKEN_REVOKED:
-            # The answer stays GitLab's (and an unknown token's) to the client: only the log
-            # line and the metrics tell a revoked token from an unknown one.
-            response.headers[REASON_HEADER] = Reason.TOKEN_INVALID.value
-        if verdict.close:
-            response.force_close()  # says `Connection: close`
-        return response
+    def _refuse(self, exchange: Exchange, decision: Decision) -> web.Response:
+        exchange.reason = decision.reason
+        return refusal(decision, exchange.transfer.request_id)
 
     def _forward_failed(
         self, request: web.BaseRequest, exchange: Exchange, exc: Exception
@@ -410,31 +338,22 @@ class Proxy:
             # The upstream got the body up to the chunk before the refused part's end, then a
             # closed connection: it never had the request whole. The client may still be
             # sending; aiohttp reads and discards the rest for a while, as for a 413.
-            violation = exc.violation
             exchange.transfer.error = None  # a denial, not a failure
-            _deny(exchange, violation)
-            return self._refuse(exchange, Refuse(violation.reason, 400, violation.message))
+            plan.deny_streamed(exchange, exc.violation, would=False)
+            return self._refuse(exchange, exc.violation)
         if isinstance(exc, BodyTooLarge):
             # The client may still be sending: aiohttp reads and discards the rest for a while
             # (lingering close) so the 413 is not lost to a connection reset.
-            return self._refuse(exchange, Refuse(Reason.BODY_TOO_LARGE, 413, gitlab_message(413)))
+            return self._refuse(exchange, plan.TOO_LARGE)
         reason = _UPSTREAM_REASONS.get(type(exc), Reason.UPSTREAM_BAD_RESPONSE)
         metrics.UPSTREAM_ERRORS.labels(reason.value).inc()
-        status = 504 if reason is Reason.UPSTREAM_TIMEOUT else 502
-        return self._refuse(exchange, Refuse(reason, status, gitlab_message(status)))
+        return self._refuse(exchange, refuse(reason))  # 502, or 504 for a timeout (`STATUS`)
 
 
 _UPSTREAM_REASONS: dict[type[Exception], Reason] = {
     UpstreamUnreachable: Reason.UPSTREAM_UNREACHABLE,
     UpstreamTimeout: Reason.UPSTREAM_TIMEOUT,
 }
-
-
-def _deny(exchange: Exchange, violation: bodyguard.Violation, *, would: bool = False) -> None:
-    """Record a refused streamed body as the request's decision (audit kept for the log)."""
-    audit = exchange.decision.audit if exchange.decision is not None else Audit()
-    exchange.decision = Decision(False, violation.reason, violation.message, audit)
-    exchange.would_deny = exchange.would_deny or would
 
 
 async def _read_within(request: web.BaseRequest, seconds: float) -> bytes:
@@ -447,25 +366,13 @@ async def _read_within(request: web.BaseRequest, seconds: float) -> bytes:
         return await content.readany()
 
 
-def _framing_problem(request: web.BaseRequest) -> Refuse | None:
-    """Framings llhttp accepts that the gateway cannot forward faithfully (RFC 9112 §6.1).
-
-    SECURITY: Transfer-Encoding in HTTP/1.0 "MUST be treated as faulty framing"; a coding other
-    than `chunked` would be stripped by the parser and reach the upstream as a plain body (501,
-    as RFC 9112 §6.1 asks for a coding the server does not understand); HTTP/0.9 has no headers.
-    """
-    if request.version < HttpVersion10:
-        return Refuse(Reason.BAD_FRAMING, 400, gitlab_message(400, "HTTP/0.9"), close=True)
-    codings = request.headers.getall("Transfer-Encoding", ())
-    if not codings:
-        return None
-    if request.version == HttpVersion10:
-        detail = "Transfer-Encoding in an HTTP/1.0 request"
-        return Refuse(Reason.BAD_FRAMING, 400, gitlab_message(400, detail), close=True)
-    if [c.strip().lower() for value in codings for c in value.split(",")] != ["chunked"]:
-        detail = "only the chunked transfer coding is supported"
-        return Refuse(Reason.BAD_FRAMING, 501, gitlab_message(501, detail), close=True)
-    return None
+def _version(request: web.BaseRequest) -> str:
+    """The request's HTTP version as `plan.framing_problem` reads it: HTTP/0.9 is refused
+    there; anything aiohttp's parser accepts above 1.1 is read as 1.1, as it always was."""
+    version = request.version
+    if version < HttpVersion10:
+        return "0.9"
+    return "1.0" if version == HttpVersion10 else "1.1"
 
 
 async def _answer_and_close(request: web.BaseRequest, response: web.StreamResponse) -> None:

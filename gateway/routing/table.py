@@ -1,7 +1,8 @@
 """GitLab's job-token route table, compiled once at start-up; `match` answers in a few microseconds.
 
 CONTRACT (other modules rely on these names; the implementation may change freely):
-- `Route`, `Target`, `TargetKind`, `RouteMatch`, `Refusal`, `RefusalReason` as exported here.
+- `Route`, `Target`, `TargetKind`, `RouteMatch`, `Refusal`, `RefusalReason` as exported here (a
+  `Refusal` becomes a Decision only through `gateway.core.decision.bad_target`).
 - `RouteTable.load(path, supplementary=None) -> RouteTable` (raises `PolicyFileError`),
   `RouteTable.compile(routes)`.
 - `RouteTable.match(method, raw_target) -> RouteMatch | Refusal | None`: None = no route.

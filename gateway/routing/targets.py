@@ -5,6 +5,12 @@
 upstream may read differently). `decode_segment` is the one percent-decoding rule the matcher
 applies to a path segment once it has passed these checks. Security background and the
 bypass classes each check guards against: docs/security.md.
+
+A `Refusal` is routing's own answer to "why is this target refused" (a `RefusalReason` finer
+than the log's reason code, and a detail), for `check`, the tests and the matcher. It is not a
+verdict: routing knows no statuses or GitLab messages (and `gateway.core` imports routing, not
+the reverse). It becomes the request's 400 `bad_target` `Decision` in exactly one place,
+`gateway.core.decision.bad_target`, which the gate and the proxy's precheck both call.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ class RefusalReason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
+    """Why a target is refused (see the module docstring: a Decision only through
+    `gateway.core.decision.bad_target`)."""
+
     reason: RefusalReason
     detail: str
 

@@ -16,16 +16,15 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from gateway.core.decision import Reason
+from gateway.core.decision import Reason, refuse
 from gateway.errors import ConfigError
 from gateway.ops import observe
 from gateway.ops.exchange import Recorder
 from gateway.proxy import worker
-from gateway.proxy.handler import Decider, Refuse
+from gateway.proxy.handler import Decider
 from gateway.proxy.headers import HeaderPolicy
 from gateway.proxy.lean.connection import ClientConnection, Handler
 from gateway.proxy.lean.pipeline import LeanProxy, refusal_bytes
-from gateway.proxy.responses import gitlab_message
 from gateway.settings import Settings
 from gateway.wire import Limits, Listener
 from gateway.wire.client import Pool
@@ -52,8 +51,7 @@ class LeanServer(Listener[ClientConnection]):
         """A refusal the machinery makes (malformed head, limits, timeouts); it closes."""
         status = 400 if status in (414, 431) else status
         reason = _MACHINE_REASONS.get(status, Reason.BAD_FRAMING)
-        verdict = Refuse(reason, status, gitlab_message(status, detail or None), close=True)
-        return refusal_bytes(verdict, None)
+        return refusal_bytes(refuse(reason, detail or None, status=status, close=True), None)
 
     def connection(self) -> ClientConnection:
         return ClientConnection(self)

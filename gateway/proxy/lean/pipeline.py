@@ -11,6 +11,7 @@ them; the shared checks are `gateway.proxy.plan`), over `ClientConnection` and t
     unframed bodies stream, each chunk written once the client's buffer has room;
   - failures before the response started are 502/504 (gateway JSON), after it an aborted
     client connection (never a clean end to a cut body).
+Every refusal is a `Decision` (gateway/core/decision.py), rendered by `refusal_bytes`.
 Each request ends with one log line and its metrics (`gateway.ops.exchange.Recorder`).
 """
 
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 import structlog
 from multidict import CIMultiDict
 
-from gateway.core.decision import Decision, Reason
+from gateway.core.decision import Decision, Reason, refuse
 from gateway.core.request import RequestView
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from gateway.ops import metrics
@@ -37,10 +38,11 @@ from gateway.ops.exchange import (
 )
 from gateway.proxy import bodyguard, plan
 from gateway.proxy.forward import BodyTooLarge, ClientBodyError, Transfer, UpstreamBadResponse
-from gateway.proxy.handler import Decider, Permit, Refuse, Verdict
+from gateway.proxy.handler import Decider
 from gateway.proxy.headers import HeaderPolicy, response_headers
 from gateway.proxy.lean.connection import ClientConnection, ClientGone, Incoming, ParseFailed
-from gateway.proxy.responses import REASON_HEADER, REQUEST_ID_HEADER, gitlab_message, refusal
+from gateway.proxy.plan import Permit, Verdict
+from gateway.proxy.responses import REQUEST_ID_HEADER, refusal
 from gateway.settings import Mode, Settings
 from gateway.wire.client import (
     Dropped,
@@ -68,22 +70,17 @@ _log = structlog.get_logger("gateway.proxy.lean")
 
 
 def refusal_bytes(
-    verdict: Refuse, request_id: str | None, *, head: bool = False, close: bool = False
+    decision: Decision, request_id: str | None, *, head: bool = False, close: bool = False
 ) -> bytes:
-    """A gateway-made answer (`gateway.proxy.responses.refusal`, the aiohttp engine's) as bytes."""
-    response = refusal(
-        verdict.reason, verdict.message, status=verdict.status, request_id=request_id
-    )
-    if verdict.reason is Reason.TOKEN_REVOKED:
-        # The answer stays GitLab's (and an unknown token's) to the client: only the log
-        # line and the metrics tell a revoked token from an unknown one (`Proxy._refuse`).
-        response.headers[REASON_HEADER] = Reason.TOKEN_INVALID.value
+    """A refusal (`gateway.proxy.responses.refusal`, the aiohttp engine's answer) as bytes;
+    `Connection: close` when `close` or `decision.close`."""
+    response = refusal(decision, request_id)
     body = response.body
     assert isinstance(body, bytes)
     lines = [f"HTTP/1.1 {response.status} {response.reason}\r\n"]
     lines += [f"{name}: {value}\r\n" for name, value in response.headers.items()]
     lines.append(f"Content-Length: {len(body)}\r\n")
-    if close or verdict.close:
+    if close or decision.close:
         lines.append("Connection: close\r\n")
     lines.append("\r\n")
     return "".join(lines).encode("latin-1") + (b"" if head else body)
@@ -217,8 +214,7 @@ class LeanProxy:
             if sent:
                 conn.abort()
             else:
-                cut = Refuse(Reason.DRAIN_CUT, 503, gitlab_message(503), close=True)
-                self._refuse(conn, incoming, exchange, cut)
+                self._refuse(conn, incoming, exchange, plan.DRAIN_CUT)
             return False
         except _Stop as stop:
             return stop.keep
@@ -243,7 +239,7 @@ class LeanProxy:
         self, conn: ClientConnection, incoming: Incoming, exchange: Exchange
     ) -> bool:
         verdict = await self._judge(conn, incoming, exchange)
-        if isinstance(verdict, Refuse):
+        if isinstance(verdict, Decision):
             return self._refuse(conn, incoming, exchange, verdict)
         if incoming.expect_continue and not conn.closing:
             conn.write(_CONTINUE)
@@ -278,7 +274,7 @@ class LeanProxy:
                 streamed = plan.stream_guard(
                     view, incoming.content_length, self._inspect_limit, dry_run=self._dry_run
                 )
-                if isinstance(streamed, Refuse):
+                if isinstance(streamed, Decision):
                     return self._expecting(incoming, streamed)
                 guard = streamed
                 if guard is None:
@@ -286,7 +282,7 @@ class LeanProxy:
                         conn.write(_CONTINUE)  # the body decides: it may come
                         incoming.expect_continue = False
                     body = await self._read_body(incoming)
-                    if isinstance(body, Refuse):
+                    if isinstance(body, Decision):
                         return body
                     view = RequestView(view.method, view.target, view.headers, body, view.remote)
             elif self._gate.needs_body(view):
@@ -297,50 +293,48 @@ class LeanProxy:
                 decision = await self._gate.evaluate(view)
             exchange.decision_seconds = perf_counter() - started
             judged = plan.verdict(view, exchange, decision, dry_run=self._dry_run)
-            if isinstance(judged, Refuse):
+            if isinstance(judged, Decision):
                 return self._expecting(incoming, judged)
             return Permit(judged.view, guard) if guard is not None else judged
         except ClientGone:
             raise
         except Exception:
             _log.exception("decision_failed", request_id=exchange.transfer.request_id)
-            return Refuse(Reason.INTERNAL_ERROR, 500, gitlab_message(500))
+            return plan.INTERNAL_ERROR
 
     @staticmethod
-    def _expecting(incoming: Incoming, refused: Refuse) -> Refuse:
+    def _expecting(incoming: Incoming, refused: Decision) -> Decision:
         # A refused `Expect: 100-continue` client never gets its 100: answer and close, so it
         # never sends the (possibly GB-sized) body (reference aiohttp-proxying.md §1.16).
         return plan.closing(refused) if incoming.expect_continue else refused
 
-    async def _read_body(self, incoming: Incoming) -> bytes | Refuse:
+    async def _read_body(self, incoming: Incoming) -> bytes | Decision:
         """The whole body, if it fits the inspection limit; never more (`Proxy._read_body`)."""
         limit = self._inspect_limit
-        too_large = Refuse(Reason.BODY_NOT_INSPECTABLE, 413, gitlab_message(413))
         if incoming.content_length is not None and incoming.content_length > limit:
-            return too_large
+            return plan.NOT_INSPECTABLE
         buffer = bytearray()
         try:
             while chunk := await incoming.body.read(self._body_timeout):
                 buffer += chunk
                 if len(buffer) > limit:
-                    return too_large
+                    return plan.NOT_INSPECTABLE
         except PipeTimeout:
-            return Refuse(Reason.CLIENT_TIMEOUT, 408, gitlab_message(408), close=True)
+            return plan.BODY_TIMEOUT
         except ClientGone:
             raise
-        except ParseFailed as exc:
-            detail = f"the request body could not be read ({exc})"
-            return Refuse(Reason.BAD_BODY, 400, gitlab_message(400, detail), close=True)
+        except ParseFailed as exc:  # its framing broke: nothing more can be read on it
+            return plan.unreadable_body(str(exc), close=True)
         return bytes(buffer)
 
     def _refuse(
-        self, conn: ClientConnection, incoming: Incoming, exchange: Exchange, verdict: Refuse
+        self, conn: ClientConnection, incoming: Incoming, exchange: Exchange, decision: Decision
     ) -> bool:
-        exchange.reason = verdict.reason
-        exchange.status = verdict.status
-        close = verdict.close or not incoming.keep_alive or conn.closing
+        exchange.reason = decision.reason
+        exchange.status = decision.status or 403  # a refusal always has one
+        close = decision.close or not incoming.keep_alive or conn.closing
         data = refusal_bytes(
-            verdict, exchange.transfer.request_id, head=incoming.method == "HEAD", close=close
+            decision, exchange.transfer.request_id, head=incoming.method == "HEAD", close=close
         )
         conn.write(data)
         return not close
@@ -606,20 +600,15 @@ class LeanProxy:
             conn.abort()
             return False
         if isinstance(exc, bodyguard.Refused):
-            violation = exc.violation
             exchange.transfer.error = None  # a denial, not a failure
-            plan.deny_streamed(exchange, violation, would=False)
-            refused = Refuse(violation.reason, 400, violation.message)
-            return self._refuse(conn, incoming, exchange, refused)
+            plan.deny_streamed(exchange, exc.violation, would=False)
+            return self._refuse(conn, incoming, exchange, exc.violation)
         if isinstance(exc, BodyTooLarge):
-            refused = Refuse(Reason.BODY_TOO_LARGE, 413, gitlab_message(413))
-            return self._refuse(conn, incoming, exchange, refused)
+            return self._refuse(conn, incoming, exchange, plan.TOO_LARGE)
         reason = _upstream_reason(exc)
         metrics.UPSTREAM_ERRORS.labels(reason.value).inc()
-        status = 504 if reason is Reason.UPSTREAM_TIMEOUT else 502
-        return self._refuse(
-            conn, incoming, exchange, Refuse(reason, status, gitlab_message(status))
-        )
+        # 502, or 504 for a timeout (`decision.STATUS`)
+        return self._refuse(conn, incoming, exchange, refuse(reason))
 
 
 def _upstream_reason(exc: Exception) -> Reason:
