@@ -15,6 +15,7 @@ from typing import Any, Protocol, cast
 import aiohttp
 from aiohttp import web
 
+from gateway.core import tokens
 from gateway.core.decision import Decision
 from gateway.core.gate import Gate
 from gateway.core.request import RequestView
@@ -40,6 +41,8 @@ __all__ = [
 class GateService(Protocol):
     """The Gate contract (gateway/core/gate.py) as the proxy, admin and server use it."""
 
+    @property
+    def tokens(self) -> tokens.Reader: ...
     def needs_body(self, view: RequestView) -> bool: ...
     async def evaluate(self, view: RequestView) -> Decision: ...
     def evaluate_now(self, view: RequestView) -> Decision | None: ...

@@ -29,7 +29,7 @@ import structlog
 from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway.core import multipart
+from gateway.core import multipart, tokens
 from gateway.core.decision import Audit, Decision, Reason
 from gateway.core.request import RequestView
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
@@ -80,6 +80,8 @@ Verdict = Refuse | Permit
 class Decider(Protocol):
     """The part of the Gate contract (gateway/core/gate.py) the request pipeline calls."""
 
+    @property
+    def tokens(self) -> tokens.Reader: ...  # the reader the gate judges requests with
     def needs_body(self, view: RequestView) -> bool: ...
     async def evaluate(self, view: RequestView) -> Decision: ...
 
@@ -347,7 +349,7 @@ class Proxy:
             boundary = multipart.boundary(types[0])
         except multipart.MultipartError as exc:
             return Refuse(Reason.BAD_BODY, 400, gitlab_message(400, str(exc)))
-        return bodyguard.Guard(view, boundary, enforce=not self._dry_run)
+        return bodyguard.Guard(view, boundary, self._gate.tokens, enforce=not self._dry_run)
 
     async def _read_body(self, request: web.Request) -> bytes | Refuse:
         """The whole body, if it fits `body_inspect_limit` (and `max_body_size`); never more."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gateway.core import multipart
+from gateway.core import multipart, tokens
 from gateway.core.decision import Audit, Decision, Reason
 from gateway.core.request import Headers, RequestView
 from gateway.ops.exchange import Exchange
@@ -80,7 +80,12 @@ def framing_problem(version: str, headers: Headers) -> Refuse | None:
 
 
 def stream_guard(
-    view: RequestView, content_length: int | None, inspect_limit: int, *, dry_run: bool
+    view: RequestView,
+    content_length: int | None,
+    inspect_limit: int,
+    reader: tokens.Reader,
+    *,
+    dry_run: bool,
 ) -> bodyguard.Guard | Refuse | None:
     """A guard for a multipart/form-data body too large to buffer (or chunked), else None
     (`Proxy._stream_guard`)."""
@@ -95,7 +100,7 @@ def stream_guard(
         boundary = multipart.boundary(types[0])
     except multipart.MultipartError as exc:
         return Refuse(Reason.BAD_BODY, 400, gitlab_message(400, str(exc)))
-    return bodyguard.Guard(view, boundary, enforce=not dry_run)
+    return bodyguard.Guard(view, boundary, reader, enforce=not dry_run)
 
 
 def verdict(view: RequestView, exchange: Exchange, decision: Decision, *, dry_run: bool) -> Verdict:

@@ -276,7 +276,11 @@ class LeanProxy:
             guard: bodyguard.Guard | None = None
             if incoming.has_body and self._gate.needs_body(view):
                 streamed = plan.stream_guard(
-                    view, incoming.content_length, self._inspect_limit, dry_run=self._dry_run
+                    view,
+                    incoming.content_length,
+                    self._inspect_limit,
+                    self._gate.tokens,
+                    dry_run=self._dry_run,
                 )
                 if isinstance(streamed, Refuse):
                     return self._expecting(incoming, streamed)
