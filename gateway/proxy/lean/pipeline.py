@@ -38,7 +38,7 @@ from gateway.ops.exchange import (
 from gateway.proxy import bodyguard, plan
 from gateway.proxy.forward import BodyTooLarge, ClientBodyError, Transfer, UpstreamBadResponse
 from gateway.proxy.handler import Decider, Permit, Refuse, Verdict
-from gateway.proxy.headers import HeaderPolicy, response_headers
+from gateway.proxy.headers import HeaderPolicy
 from gateway.proxy.lean.connection import ClientConnection, ClientGone, Incoming, ParseFailed
 from gateway.proxy.responses import REASON_HEADER, REQUEST_ID_HEADER, gitlab_message, refusal
 from gateway.settings import Mode, Settings
@@ -514,7 +514,7 @@ class LeanProxy:
         """Send the response; returns whether the client connection stays open."""
         status = answer.status
         no_body = incoming.method == "HEAD" or status in (204, 304)
-        headers = response_headers(CIMultiDict(answer.headers))
+        headers = self._headers.response(CIMultiDict(answer.headers))
         close = not incoming.keep_alive or conn.closing
         framed = no_body or answer.content_length is not None
         rechunk = not framed and incoming.version == "1.1"
