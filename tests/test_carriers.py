@@ -12,7 +12,6 @@ import json
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 from multidict import CIMultiDict
@@ -29,13 +28,6 @@ from gateway.settings import Settings, UnknownCredential
 API = "/api/v4"
 JOB = "glcbt-carrier-job"
 LEGACY = "a1b2c3d4e5f6legacy"  # a job token of GitLab < 16.9: no prefix
-
-
-@pytest.fixture(autouse=True)
-def default_configuration() -> Iterator[None]:
-    tokens.configure(job_token_prefix="", api_prefix=API, relative_url_root="")
-    yield
-    tokens.configure(job_token_prefix="", api_prefix=API, relative_url_root="")
 
 
 def view(target: str, headers: list[tuple[str, str]] | None = None) -> RequestView:
@@ -102,8 +94,10 @@ def test_every_family_cites_gitlab() -> None:
 # ---- what each carrier yields
 
 
-def read(target: str, headers: list[tuple[str, str]]) -> tokens.Extraction:
-    return tokens.read(view(target, headers))
+def read(
+    target: str, headers: list[tuple[str, str]], reader: tokens.Reader = tokens.DEFAULT_READER
+) -> tokens.Extraction:
+    return reader.read(view(target, headers))
 
 
 CONAN = f"{API}/projects/1/packages/conan/v1/conans/a/1/b+c/stable"
@@ -221,16 +215,17 @@ def test_other_gitlab_token_types_are_never_candidates() -> None:
 def test_the_instance_prefix_makes_a_job_token() -> None:
     custom = "mycorp-glcbt-abc"
     assert isinstance(read(PLAIN, [("Authorization", f"Bearer {custom}")]), Candidate)
-    tokens.configure(job_token_prefix="mycorp-", api_prefix=API, relative_url_root="")
-    found = read(PLAIN, [("Authorization", f"Bearer {custom}")])
+    mycorp = tokens.Reader(job_token_prefix="mycorp-", api_prefix=API, relative_url_root="")
+    found = read(PLAIN, [("Authorization", f"Bearer {custom}")], mycorp)
     assert isinstance(found, Credential)
     assert found.digest == tokens.digest(custom)
-    assert isinstance(read(PLAIN, [("Authorization", f"Bearer {JOB}")]), Credential)
+    assert isinstance(read(PLAIN, [("Authorization", f"Bearer {JOB}")], mycorp), Credential)
     # The instance's other token types are not job tokens either.
-    assert read(PLAIN, [("Authorization", "Bearer mycorp-glpat-abc")]) is None
+    assert read(PLAIN, [("Authorization", "Bearer mycorp-glpat-abc")], mycorp) is None
     # PRIVATE-TOKEN skips the bare prefix only (find_personal_access_token).
-    assert read(PLAIN, [("PRIVATE-TOKEN", JOB)]) is None
-    assert read(PLAIN, [("PRIVATE-TOKEN", custom)]) is None  # another credential, not skipped
+    assert read(PLAIN, [("PRIVATE-TOKEN", JOB)], mycorp) is None
+    # Another credential, not skipped:
+    assert read(PLAIN, [("PRIVATE-TOKEN", custom)], mycorp) is None
 
 
 def test_the_terraform_registry_jwt_in_the_token_param_wraps_the_job_token() -> None:

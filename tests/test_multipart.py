@@ -417,7 +417,7 @@ def a_view(method: str = "POST", headers: list[tuple[str, str]] | None = None) -
 
 
 def guarded(body: bytes, view: RequestView, *, enforce: bool = True) -> Guard:
-    guard = Guard(view, "XyZ", enforce=enforce)
+    guard = Guard(view, "XyZ", tokens.DEFAULT_READER, enforce=enforce)
     guard.feed(body)
     guard.end()
     return guard

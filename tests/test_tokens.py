@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+from pathlib import Path
 
 import pytest
 from multidict import CIMultiDict
@@ -373,3 +375,54 @@ def test_a_method_override_multipart_field_is_refused() -> None:
     view = a_request("/x", [("Content-Type", "multipart/form-data; boundary=XyZ")], "POST", body)
     with pytest.raises(tokens.BodyError, match="_method"):
         tokens.extract(view)
+
+
+# ---- the reader is an object the gateway builds once and passes down
+
+
+def test_readers_with_different_instance_prefixes_do_not_affect_each_other() -> None:
+    custom = "mycorp-glcbt-abc"
+    view = a_request("/x", [("Authorization", f"Bearer {custom}")])
+    mycorp = tokens.Reader(job_token_prefix="mycorp-", api_prefix="/api/v4", relative_url_root="")
+    assert isinstance(mycorp.read(view), Credential)
+    assert isinstance(tokens.read(view), tokens.Candidate)  # GitLab's defaults: no such prefix
+    assert isinstance(mycorp.read(view), Credential)
+
+
+def test_the_header_memo_is_the_readers_own_and_bounded() -> None:
+    reader = tokens.Reader()
+    many = [(f"X-Odd-{index}", "v") for index in range(600)]
+    assert reader.extract(a_request("/x", [*many, ("JOB-TOKEN", A)])) == credential(
+        a_request("/x", [("JOB-TOKEN", A)])
+    )
+    assert reader.extract(a_request("/x", [("X-Odd-599", "v"), ("Job.Token", B)])) == Credential(
+        Carrier.JOB_TOKEN_HEADER, tokens.digest(B), B
+    )
+    assert reader.extract(a_request("/x", [("X-" + "n" * 70, A)])) is None
+
+
+async def test_the_gate_reads_with_a_reader_built_from_its_settings() -> None:
+    from job_grants import a_gate
+
+    gate = await a_gate(job_token_prefix="mycorp-")
+    try:
+        view = a_request("/api/v4/job", [("Authorization", "Bearer mycorp-glcbt-abc")])
+        assert isinstance(gate.tokens.read(view), Credential)
+        assert isinstance(tokens.read(view), tokens.Candidate)
+    finally:
+        await gate.close()
+
+
+def test_the_gateway_reads_requests_only_with_a_reader_it_was_given() -> None:
+    """`tokens.read`/`tokens.extract` read as a default GitLab: the gateway's own code must use
+    the reader built from its Settings (`Gate.tokens`), or an instance prefix would be ignored."""
+    package = Path(tokens.__file__).parents[1]
+    calls = re.compile(r"(?<![\w.])tokens\.(read|extract)\(")
+    offenders = [
+        f"{path.relative_to(package.parent)}:{number}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "tokens.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if calls.search(line) and not line.lstrip().startswith("#")
+    ]
+    assert offenders == []

@@ -94,6 +94,13 @@ class Gate:
         self.validator = validator
         self.packages = packages  # group/instance package routes (gateway/stores/packages.py)
         self.job_projects = job_projects
+        # The token reader for this instance's prefix and API path: the one every reader of
+        # requests uses (the streamed-body guard and the decision listener get it from here).
+        self.tokens = tokens.Reader(
+            job_token_prefix=settings.job_token_prefix,
+            api_prefix=settings.api_prefix,
+            relative_url_root=settings.relative_url_root,
+        )
         self._root = settings.relative_url_root
         self._ask_upstream = unknown_credential_mode(settings) is UnknownCredential.UPSTREAM
         # What each route of `table` requires, built once per route (by id, checked by identity).
@@ -111,11 +118,6 @@ class Gate:
         """
         table = _load_table(settings)
         validator = _validator(settings)  # ConfigError first: before anything is opened
-        tokens.configure(
-            job_token_prefix=settings.job_token_prefix,
-            api_prefix=settings.api_prefix,
-            relative_url_root=settings.relative_url_root,
-        )
         backend = store or open_store(settings.store, timeout=settings.store_timeout)
         if isinstance(backend, FileStore):
             await backend.check()
@@ -185,7 +187,7 @@ class Gate:
         or what `_authorize` needs to fetch."""
         found: tokens.Extraction | Decision
         try:
-            found = tokens.read(view)
+            found = self.tokens.read(view)
         except tokens.BodyError as exc:
             found = refuse(Reason.BAD_BODY, str(exc))
         if isinstance(found, tokens.Candidate):

@@ -23,8 +23,10 @@ Ruby originals (docs/security.md, "Reading requests as GitLab's own parsers do")
 
 Some route families read more carriers (`gateway.core.carriers`: a bare `Authorization` value, its
 last word, Basic with any user name, a named header such as `X-Nuget-Apikey`, the token a Conan
-or Terraform registry JWT wraps); `configure` compiles them, with the instance's job-token
-prefix, once at start-up.
+or Terraform registry JWT wraps); a `Reader` compiles them, with the instance's job-token prefix,
+once: the Gate builds the gateway's one from Settings (`Gate.tokens`) and passes it down. The
+module-level `read` and `extract` read as a GitLab with the defaults does (`DEFAULT_READER`),
+for tools and tests. Everything else here is a pure function.
 
 A value is a job token when it carries GitLab's prefix or sits in a carrier only job tokens use.
 An unprefixed value in a carrier GitLab shares with other credentials (Bearer, Basic, a bare
@@ -60,6 +62,7 @@ from gateway.core.drafts import check_layouts
 from gateway.core.request import Headers, RequestView
 
 __all__ = [
+    "DEFAULT_READER",
     "JOB_TOKEN_PREFIX",
     "MAX_JOB_TOKEN_SIZE_BYTES",
     "BodyError",
@@ -69,10 +72,10 @@ __all__ = [
     "Credential",
     "Extraction",
     "Malformed",
+    "Reader",
     "authorization_scheme",
     "basic_credentials",
     "body_kind",
-    "configure",
     "credential_param",
     "digest",
     "extract",
@@ -310,47 +313,6 @@ _HEADERS: dict[str, Carrier] = {
 }
 
 
-class _Config:
-    """What `configure` compiled: the job-token prefixes and the route families."""
-
-    __slots__ = ("carriers", "named", "others", "prefixes")
-
-    def __init__(self, prefixes: tuple[str, ...], carriers: CarrierMap) -> None:
-        self.prefixes = prefixes
-        self.carriers = carriers
-        # Other GitLab token types, with the instance prefix too: never job tokens.
-        instance = prefixes[1][: -len(JOB_TOKEN_PREFIX)] if len(prefixes) > 1 else ""
-        self.others = _OTHER_TOKEN_PREFIXES + tuple(
-            instance + other for other in _OTHER_TOKEN_PREFIXES if instance
-        )
-        # The families' named headers, folded as Rack folds them (HTTP_X_NUGET_APIKEY).
-        self.named = frozenset(_FOLD.sub("_", name) for name in carriers.headers)
-
-
-_CONFIG = _Config((JOB_TOKEN_PREFIX,), CarrierMap(api_prefix="/api/v4", relative_url_root=""))
-
-
-def configure(*, job_token_prefix: str, api_prefix: str, relative_url_root: str) -> None:
-    """Compile the carriers of every route family for this API prefix, and the job-token
-    prefixes, for every later `extract` in this process (the gate calls it at start-up).
-
-    `glcbt-` is always a job token's prefix (`Ci::Build::TOKEN_PREFIX`, app/models/ci/build.rb;
-    `Authn::Tokens::CiJobToken.prefix?`, lib/authn/tokens/ci_job_token.rb); an instance prefix
-    puts its own string in front of it (`Authn::TokenField::PrefixHelper
-    .prepend_instance_prefix`, lib/authn/token_field/prefix_helper.rb: `"#{instance_prefix}
-    #{prefix}"`, newer GitLab `"#{instance_prefix}-#{prefix}"`), so `job_token_prefix` is that
-    string as it appears in the tokens, separator included.
-    """
-    global _CONFIG
-    prefixes: tuple[str, ...] = (JOB_TOKEN_PREFIX,)
-    if job_token_prefix:
-        prefixes += (job_token_prefix + JOB_TOKEN_PREFIX,)
-    _CONFIG = _Config(
-        prefixes, CarrierMap(api_prefix=api_prefix, relative_url_root=relative_url_root)
-    )
-    _HEADER_MEMO.clear()
-
-
 def digest(token: str) -> str:
     """The hex SHA-256 of a token: the only form stores hold."""
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
@@ -584,34 +546,6 @@ def _body_params(view: RequestView) -> list[tuple[str, object]]:
     return pairs
 
 
-def _from_params(pairs: Iterable[tuple[str, object]], target: str) -> Iterator[_Found]:
-    for key, value in pairs:
-        carrier, bracket = _param_carrier(key)
-        if carrier is None:
-            continue
-        if bracket or not isinstance(value, str):
-            # Rack turns `job_token[]=x` into an array; JSON may carry a non-string.
-            problem = f"{carrier} is not a plain string"
-            yield _Found(
-                carrier, "", job=carrier is not Carrier.PRIVATE_TOKEN_PARAM, problem=problem
-            )
-        elif value:  # GitLab uses `.presence`: an empty value is absent
-            if (
-                carrier is Carrier.TOKEN_PARAM
-                and Reading.TOKEN_PARAM_JWT in _family(target).readings
-            ):
-                # The Terraform registry's `?token=<JWT>`: the job token is its `token` claim.
-                wrapped = conan_jwt.claim(value, "token")
-                if wrapped is not None:
-                    found = _classify(Carrier.TOKEN_PARAM_JWT, wrapped)
-                    if found is not None:
-                        yield found
-                    continue
-            found = _classify(carrier, value)
-            if found is not None:
-                yield found
-
-
 def _param_carrier(key: str) -> tuple[Carrier | None, bool]:
     """The carrier a parameter key names, and whether Rack nests it (`job_token[]`):
     `param_base`, the same reading as `credential_param` (and so the log's redaction)."""
@@ -621,107 +555,6 @@ def _param_carrier(key: str) -> tuple[Carrier | None, bool]:
     return _PARAMS.get(base[0]), base[1]
 
 
-def _classify(carrier: Carrier, value: str) -> _Found | None:
-    if carrier in (Carrier.PRIVATE_TOKEN_HEADER, Carrier.PRIVATE_TOKEN_PARAM):
-        # A glcbt- PAT is skipped by GitLab (find_personal_access_token: `current_token
-        # .start_with?(::Ci::Build::TOKEN_PREFIX)`, the bare prefix), so it is absent here too.
-        return None if value.startswith(JOB_TOKEN_PREFIX) else _Found(carrier, value, job=False)
-    if carrier in (Carrier.JOB_TOKEN_PARAM, Carrier.JOB_TOKEN_HEADER):
-        return _Found(carrier, value, job=True)
-    config = _CONFIG
-    if carrier is Carrier.TOKEN_PARAM:
-        return _Found(carrier, value, job=not value.startswith(config.others))
-    prefixed = value.startswith(config.prefixes)
-    if carrier is Carrier.DEPLOY_TOKEN_HEADER:  # never a job token for GitLab: stricter
-        return _Found(carrier, value, job=prefixed)
-    # Bearer, access_token and bearer_token params: `find_user_from_job_bearer_token` runs
-    # Ci::AuthJobFinder on any OAuth value (lib/gitlab/auth/auth_finders.rb), and the family
-    # carriers run TokenResolver's job finder on any value (`with_job_token`): unprefixed, it
-    # is a job token of GitLab < 16.9 or another credential, so a candidate.
-    maybe = not prefixed and not value.startswith(config.others)
-    return _Found(carrier, value, job=prefixed, maybe=maybe)
-
-
-def _from_authorization(
-    value: str, family: Family, split: tuple[str | None, str | None]
-) -> list[_Found]:
-    """What GitLab reads from one Authorization value on a route of `family`.
-
-    One split for every scheme (`authorization_scheme`, ActionPack's): `Basic<TAB>...` is
-    Basic there. Doorkeeper's Bearer rule is narrower (`/^Bearer /i`,
-    Doorkeeper::OAuth::Token.from_bearer_authorization): whatever it reads, this reads too.
-    `split` is `authorization_scheme(value)`, computed once for this and `_hidden_basic`.
-    """
-    scheme, param = split
-    if scheme is None:
-        return []
-    readings = family.readings
-    rest = (param or "").strip(_RUBY_SPACE)
-    lower = scheme.lower()
-    if not readings:  # APIGuard's carriers only (most routes): the branches below, shortened
-        if lower == "bearer" and rest:
-            item = _classify(Carrier.BEARER, rest)
-        elif lower == "basic" and rest:
-            item = _from_basic(rest)
-        else:
-            item = _Found(Carrier.AUTHORIZATION, value, job=False)
-        return [] if item is None else [item]
-    found: list[_Found | None] = []
-    if lower == "bearer" and rest:
-        wrapped = conan_jwt.conan_access_token(rest) if Reading.CONAN_JWT in readings else None
-        if wrapped is not None:  # a Conan JWT: it wraps the credential GitLab reads
-            found.append(_classify(Carrier.CONAN_JWT, wrapped))
-        else:
-            found.append(_classify(Carrier.BEARER, rest))
-    elif lower == "basic" and rest:
-        found.append(_from_basic(rest, any_user=Reading.BASIC_ANY_USER in readings))
-    elif Reading.HTTP_TOKEN in readings and param is None:
-        # `http_token` (TokenLocator#extract_from_http_token): the whole value is the token
-        # (RubyGems clients send it bare). A value with a scheme is no token GitLab finds.
-        found.append(_classify(Carrier.AUTHORIZATION_VALUE, scheme))
-    elif Reading.BEARER_LAST_WORD not in readings:  # (there, the last word is what is read)
-        found.append(_Found(Carrier.AUTHORIZATION, value, job=False))
-    if Reading.BEARER_LAST_WORD in readings:
-        # `http_bearer_token` (TokenLocator#extract_from_http_bearer_token):
-        # `password.split(' ').last`, Ruby's awk-style split, whatever the scheme.
-        last = _RUBY_SPACES.split(value.strip(_RUBY_SPACE))[-1]
-        found.append(_classify(Carrier.AUTHORIZATION_LAST_WORD, last))
-    if Reading.BASIC_ANY_USER in readings and "Basic " in value and scheme != "Basic":
-        # PackagesManagerClientsHelpers#decode_token reads whatever follows the first
-        # "Basic " anywhere in the value (`split('Basic ', 2).second`), with Ruby's lenient
-        # Base64: what it would read is unknowable, so refused.
-        problem = "Authorization holds 'Basic ' where GitLab's package helpers would read it"
-        found.append(_Found(Carrier.BASIC_ANY_USER, "", job=True, problem=problem))
-    return [item for item in found if item is not None]
-
-
-def _hidden_basic(value: str, family: Family, split: tuple[str | None, str | None]) -> list[_Found]:
-    """Job tokens GitLab's scheme-blind Basic readings find in an Authorization value
-    (`basic_credentials`, `packages_basic_password`): a user `gitlab-ci-token` or a prefixed
-    password, whatever the scheme; on a family whose helpers take any user's Basic password,
-    an unprefixed password too (a candidate). Only job tokens (and candidates) are kept: any
-    Authorization value is already a credential of its own (`_from_authorization`)."""
-    scheme, param = split  # authorization_scheme(value)
-    if scheme is None or scheme.lower() == "basic":
-        return []  # `_from_basic` reads it (strictly: what it cannot decode is refused)
-    found: list[_Found] = []
-    prefixes = _CONFIG.prefixes
-    any_user = Reading.BASIC_ANY_USER in family.readings
-    pair = _basic_pair(param)  # basic_credentials(value)
-    if pair is not None:
-        if pair[0] == CI_JOB_USER or pair[1].startswith(prefixes):
-            found.append(_Found(Carrier.BASIC, pair[1], job=True))
-        elif any_user and _token_shaped(pair[1]):
-            found.append(_classify(Carrier.BASIC_ANY_USER, pair[1]))  # type: ignore[arg-type]
-    password = packages_basic_password(value)
-    if password is not None:
-        if password.startswith(prefixes):
-            found.append(_Found(Carrier.BASIC, password, job=True))
-        elif any_user and _token_shaped(password):
-            found.append(_classify(Carrier.BASIC_ANY_USER, password))  # type: ignore[arg-type]
-    return found
-
-
 def _token_shaped(value: str) -> bool:
     """Could this be a job token at all (printable ASCII, no space)? Decoding any Bearer value
     as Base64 yields bytes: only a token-shaped password is a candidate (a job token always is
@@ -729,145 +562,328 @@ def _token_shaped(value: str) -> bool:
     return bool(value) and value.isascii() and value.isprintable() and " " not in value
 
 
-def _from_basic(encoded: str, *, any_user: bool = False) -> _Found | None:
-    try:
-        user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        # Ruby's Base64.decode64 is lenient: what it would read is unknowable, so refuse.
-        return _Found(Carrier.BASIC, "", job=True, problem="Authorization Basic does not decode")
-    if not sep or not password:
-        # `find_user_from_job_token_basic_auth` needs login and password present.
-        return _Found(Carrier.BASIC, password, job=False) if user or password else None
-    if user == CI_JOB_USER:
-        return _Found(Carrier.BASIC, password, job=True)
-    if any_user:  # find_job_from_http_basic_auth: any user name, any password
-        return _classify(Carrier.BASIC_ANY_USER, password)
-    return _Found(Carrier.BASIC, password, job=password.startswith(_CONFIG.prefixes))
-
-
-def _header_carrier(name: str) -> Carrier | None:
-    """The carrier a header name is (Carrier.AUTHORIZATION for `Authorization`), or None."""
-    upper = name.upper()
-    carrier = _HEADERS.get(upper)
-    if carrier is None and "TOKEN" in upper:
-        # CGI-style servers fold every byte outside [A-Za-z0-9] to `_`: `Job.Token` is
-        # HTTP_JOB_TOKEN there, so it is judged as the JOB-TOKEN header.
-        carrier = _HEADERS.get(_FOLD.sub("_", upper))
-    if carrier is None and upper == "AUTHORIZATION":
-        carrier = Carrier.AUTHORIZATION
-    if carrier is None and _FOLD.sub("_", upper) in _CONFIG.named:
-        carrier = Carrier.API_KEY_HEADER  # read on its family's routes only (`_from_headers`)
-    return carrier
-
-
-# Header names as clients spell them -> `_header_carrier`: the same few names arrive on every
-# request. Bounded (512 names of at most 64 characters), so that odd names cannot grow memory:
-# the others are judged afresh each time.
-_HEADER_MEMO: dict[str, Carrier | None] = {}
-_HEADER_MEMO_SIZE = 512
-
-
-def _family(target: str) -> Family:
-    """The route family of a request-target (`configure`): decided only for the carriers whose
-    reading depends on it (Authorization, a named header, `token`), not for JOB-TOKEN alone."""
-    # Every family lives under a `packages` segment: other targets skip the expression.
-    if "packages" in target or "%" in target:
-        return _CONFIG.carriers.family_for(target)
-    return DEFAULT
-
-
-def _from_headers(headers: Headers, target: str) -> tuple[list[_Found], list[str]]:
-    found: list[_Found] = []
-    repeated: list[str] = []
-    seen: list[Carrier] = []
-    memo = _HEADER_MEMO
-    for name, value in headers.items():  # one pass: requests carry few headers
-        try:
-            carrier = memo[name]
-        except KeyError:  # a name not seen yet (or past the memo's bound)
-            carrier = _header_carrier(name)
-            if len(memo) < _HEADER_MEMO_SIZE and len(name) <= 64:
-                memo[name] = carrier
-        if carrier is None:
-            continue
-        if carrier is Carrier.API_KEY_HEADER and not _reads_header(_family(target), name):
-            continue  # another family's header: GitLab does not read it here
-        if seen.count(carrier) == 1:  # its second occurrence
-            repeated.append(f"{carrier} repeated")
-        seen.append(carrier)
-        if carrier is Carrier.AUTHORIZATION:
-            family = _family(target)
-            split = authorization_scheme(value)
-            found.extend(_from_authorization(value, family, split))
-            found.extend(_hidden_basic(value, family, split))
-            continue
-        value = value.strip()
-        if not value:
-            continue
-        if carrier is Carrier.JOB_TOKEN_HEADER:  # the usual carrier: `_classify`, inlined
-            found.append(_Found(carrier, value, True))
-        elif (item := _classify(carrier, value)) is not None:
-            found.append(item)
-    return found, repeated
-
-
 def _reads_header(family: Family, name: str) -> bool:
     folded = _FOLD.sub("_", name.upper())
     return any(_FOLD.sub("_", header.upper()) == folded for header in family.headers)
 
 
+# Header names as clients spell them -> `Reader._header_carrier`: the same few names arrive on
+# every request. Bounded (512 names of at most 64 characters), so that odd names cannot grow
+# memory: the others are judged afresh each time.
+_HEADER_MEMO_SIZE = 512
+_HEADER_MEMO_NAME = 64
+
+
+class Reader:
+    """Reads the job token of a request as one GitLab instance does: its job-token prefix and
+    the carriers of every route family under its API prefix, compiled once. The gateway builds
+    one from its Settings (`Gate.tokens`) and every reader of requests uses that one: the gate,
+    the streamed-body guard (gateway/proxy/bodyguard.py), `check`.
+
+    `glcbt-` is always a job token's prefix (`Ci::Build::TOKEN_PREFIX`, app/models/ci/build.rb;
+    `Authn::Tokens::CiJobToken.prefix?`, lib/authn/tokens/ci_job_token.rb); an instance prefix
+    puts its own string in front of it (`Authn::TokenField::PrefixHelper
+    .prepend_instance_prefix`, lib/authn/token_field/prefix_helper.rb: `"#{instance_prefix}
+    #{prefix}"`, newer GitLab `"#{instance_prefix}-#{prefix}"`), so `job_token_prefix` is that
+    string as it appears in the tokens, separator included. The defaults are GitLab's (no
+    instance prefix, the API at /api/v4, no relative URL root).
+
+    The reader also owns a bounded memo of header names (`_HEADER_MEMO_SIZE`): a pure function
+    of its configuration, so sharing one reader between requests and tasks is safe.
+    """
+
+    __slots__ = ("_carriers", "_memo", "_named", "_others", "_prefixes")
+
+    def __init__(
+        self,
+        *,
+        job_token_prefix: str = "",
+        api_prefix: str = "/api/v4",
+        relative_url_root: str = "",
+    ) -> None:
+        prefixes: tuple[str, ...] = (JOB_TOKEN_PREFIX,)
+        if job_token_prefix:
+            prefixes += (job_token_prefix + JOB_TOKEN_PREFIX,)
+        self._prefixes = prefixes
+        self._carriers = CarrierMap(api_prefix=api_prefix, relative_url_root=relative_url_root)
+        # Other GitLab token types, with the instance prefix too: never job tokens.
+        self._others = _OTHER_TOKEN_PREFIXES + tuple(
+            job_token_prefix + other for other in _OTHER_TOKEN_PREFIXES if job_token_prefix
+        )
+        # The families' named headers, folded as Rack folds them (HTTP_X_NUGET_APIKEY).
+        self._named = frozenset(_FOLD.sub("_", name) for name in self._carriers.headers)
+        self._memo: dict[str, Carrier | None] = {}
+
+    def extract(
+        self, view: RequestView, body_params: Sequence[tuple[str, object]] = ()
+    ) -> Credential | Conflict | Malformed | None:
+        """`read`, for callers that judge definite job tokens only: a `Candidate` is None."""
+        found = self.read(view, body_params)
+        return None if isinstance(found, Candidate) else found
+
+    def read(self, view: RequestView, body_params: Sequence[tuple[str, object]] = ()) -> Extraction:
+        """The job token GitLab would authenticate this request with, or why there is none.
+
+        Returns None when no job token is present (other credentials alone are not ours to
+        judge), a `Conflict` when the credentials are ambiguous, `Malformed` for a token GitLab
+        rejects on sight, a `Candidate` for one unrecognised value GitLab may read as a job token
+        or as another credential (the caller finds out which), else the `Credential`. The
+        carriers read are those of the request-target's route family. Raises `BodyError` when
+        `view.body` should be a form, JSON or multipart body and does not parse (Rails would
+        answer 400; we cannot tell what it would read), or is multipart that readers could read
+        differently (`multipart.Scanner`). `body_params` are the parameters of a body read
+        elsewhere (a streamed multipart body, `gateway.proxy.bodyguard`), judged exactly as if
+        `view.body` held them.
+        """
+        target = view.target
+        found, repeated = self._from_headers(view.headers, target)
+        pairs = _params(view)
+        if body_params:
+            _refuse_method_override(view.method, body_params)
+            pairs = [*pairs, *body_params]
+        if pairs:
+            found.extend(self._from_params(pairs, target))
+        if len(found) == 1 and not repeated:  # the common case: one carrier
+            chosen = found[0]
+            if not chosen.job:
+                return _candidate(chosen, []) if chosen.maybe else None
+            if chosen.problem:
+                return _conflict(found, [], repeated)
+        else:
+            jobs = [item for item in found if item.job]
+            if not jobs:
+                return _without_job_token(found, repeated)
+            values = {item.value for item in jobs if not item.problem}
+            # A candidate holding the very value of a job token is that job token.
+            others = [
+                item
+                for item in found
+                if (not item.job and not item.maybe) or (item.maybe and item.value not in values)
+            ]
+            if conflict := _conflict(jobs, others, repeated):
+                return conflict
+            chosen = min(jobs, key=lambda item: _RANK.get(item.carrier, len(_RANK)))
+        if why := _malformation(chosen):
+            return Malformed(chosen.carrier, why)
+        return _credential(chosen.carrier, digest(chosen.value), chosen.value)
+
+    def _from_headers(self, headers: Headers, target: str) -> tuple[list[_Found], list[str]]:
+        found: list[_Found] = []
+        repeated: list[str] = []
+        seen: list[Carrier] = []
+        memo = self._memo
+        for name, value in headers.items():  # one pass: requests carry few headers
+            try:
+                carrier = memo[name]
+            except KeyError:  # a name not seen yet (or past the memo's bound)
+                carrier = self._header_carrier(name)
+                if len(memo) < _HEADER_MEMO_SIZE and len(name) <= _HEADER_MEMO_NAME:
+                    memo[name] = carrier
+            if carrier is None:
+                continue
+            if carrier is Carrier.API_KEY_HEADER and not _reads_header(self._family(target), name):
+                continue  # another family's header: GitLab does not read it here
+            if seen.count(carrier) == 1:  # its second occurrence
+                repeated.append(f"{carrier} repeated")
+            seen.append(carrier)
+            if carrier is Carrier.AUTHORIZATION:
+                family = self._family(target)
+                split = authorization_scheme(value)
+                found.extend(self._from_authorization(value, family, split))
+                found.extend(self._hidden_basic(value, family, split))
+                continue
+            value = value.strip()
+            if not value:
+                continue
+            if carrier is Carrier.JOB_TOKEN_HEADER:  # the usual carrier: `_classify`, inlined
+                found.append(_Found(carrier, value, True))
+            elif (item := self._classify(carrier, value)) is not None:
+                found.append(item)
+        return found, repeated
+
+    def _header_carrier(self, name: str) -> Carrier | None:
+        """The carrier a header name is (Carrier.AUTHORIZATION for `Authorization`), or None."""
+        upper = name.upper()
+        carrier = _HEADERS.get(upper)
+        if carrier is None and "TOKEN" in upper:
+            # CGI-style servers fold every byte outside [A-Za-z0-9] to `_`: `Job.Token` is
+            # HTTP_JOB_TOKEN there, so it is judged as the JOB-TOKEN header.
+            carrier = _HEADERS.get(_FOLD.sub("_", upper))
+        if carrier is None and upper == "AUTHORIZATION":
+            carrier = Carrier.AUTHORIZATION
+        if carrier is None and _FOLD.sub("_", upper) in self._named:
+            carrier = Carrier.API_KEY_HEADER  # read on its family's routes only (`_from_headers`)
+        return carrier
+
+    def _family(self, target: str) -> Family:
+        """The route family of a request-target: decided only for the carriers whose reading
+        depends on it (Authorization, a named header, `token`), not for JOB-TOKEN alone."""
+        # Every family lives under a `packages` segment: other targets skip the expression.
+        if "packages" in target or "%" in target:
+            return self._carriers.family_for(target)
+        return DEFAULT
+
+    def _from_params(self, pairs: Iterable[tuple[str, object]], target: str) -> Iterator[_Found]:
+        for key, value in pairs:
+            carrier, bracket = _param_carrier(key)
+            if carrier is None:
+                continue
+            if bracket or not isinstance(value, str):
+                # Rack turns `job_token[]=x` into an array; JSON may carry a non-string.
+                problem = f"{carrier} is not a plain string"
+                yield _Found(
+                    carrier, "", job=carrier is not Carrier.PRIVATE_TOKEN_PARAM, problem=problem
+                )
+            elif value:  # GitLab uses `.presence`: an empty value is absent
+                if (
+                    carrier is Carrier.TOKEN_PARAM
+                    and Reading.TOKEN_PARAM_JWT in self._family(target).readings
+                ):
+                    # The Terraform registry's `?token=<JWT>`: the job token is its `token`
+                    # claim.
+                    wrapped = conan_jwt.claim(value, "token")
+                    if wrapped is not None:
+                        found = self._classify(Carrier.TOKEN_PARAM_JWT, wrapped)
+                        if found is not None:
+                            yield found
+                        continue
+                found = self._classify(carrier, value)
+                if found is not None:
+                    yield found
+
+    def _classify(self, carrier: Carrier, value: str) -> _Found | None:
+        if carrier in (Carrier.PRIVATE_TOKEN_HEADER, Carrier.PRIVATE_TOKEN_PARAM):
+            # A glcbt- PAT is skipped by GitLab (find_personal_access_token: `current_token
+            # .start_with?(::Ci::Build::TOKEN_PREFIX)`, the bare prefix), so it is absent here too.
+            return None if value.startswith(JOB_TOKEN_PREFIX) else _Found(carrier, value, job=False)
+        if carrier in (Carrier.JOB_TOKEN_PARAM, Carrier.JOB_TOKEN_HEADER):
+            return _Found(carrier, value, job=True)
+        if carrier is Carrier.TOKEN_PARAM:
+            return _Found(carrier, value, job=not value.startswith(self._others))
+        prefixed = value.startswith(self._prefixes)
+        if carrier is Carrier.DEPLOY_TOKEN_HEADER:  # never a job token for GitLab: stricter
+            return _Found(carrier, value, job=prefixed)
+        # Bearer, access_token and bearer_token params: `find_user_from_job_bearer_token` runs
+        # Ci::AuthJobFinder on any OAuth value (lib/gitlab/auth/auth_finders.rb), and the family
+        # carriers run TokenResolver's job finder on any value (`with_job_token`): unprefixed, it
+        # is a job token of GitLab < 16.9 or another credential, so a candidate.
+        maybe = not prefixed and not value.startswith(self._others)
+        return _Found(carrier, value, job=prefixed, maybe=maybe)
+
+    def _from_authorization(
+        self, value: str, family: Family, split: tuple[str | None, str | None]
+    ) -> list[_Found]:
+        """What GitLab reads from one Authorization value on a route of `family`.
+
+        One split for every scheme (`authorization_scheme`, ActionPack's): `Basic<TAB>...` is
+        Basic there. Doorkeeper's Bearer rule is narrower (`/^Bearer /i`,
+        Doorkeeper::OAuth::Token.from_bearer_authorization): whatever it reads, this reads too.
+        `split` is `authorization_scheme(value)`, computed once for this and `_hidden_basic`.
+        """
+        scheme, param = split
+        if scheme is None:
+            return []
+        readings = family.readings
+        rest = (param or "").strip(_RUBY_SPACE)
+        lower = scheme.lower()
+        if not readings:  # APIGuard's carriers only (most routes): the branches below, shortened
+            if lower == "bearer" and rest:
+                item = self._classify(Carrier.BEARER, rest)
+            elif lower == "basic" and rest:
+                item = self._from_basic(rest)
+            else:
+                item = _Found(Carrier.AUTHORIZATION, value, job=False)
+            return [] if item is None else [item]
+        found: list[_Found | None] = []
+        if lower == "bearer" and rest:
+            wrapped = conan_jwt.conan_access_token(rest) if Reading.CONAN_JWT in readings else None
+            if wrapped is not None:  # a Conan JWT: it wraps the credential GitLab reads
+                found.append(self._classify(Carrier.CONAN_JWT, wrapped))
+            else:
+                found.append(self._classify(Carrier.BEARER, rest))
+        elif lower == "basic" and rest:
+            found.append(self._from_basic(rest, any_user=Reading.BASIC_ANY_USER in readings))
+        elif Reading.HTTP_TOKEN in readings and param is None:
+            # `http_token` (TokenLocator#extract_from_http_token): the whole value is the token
+            # (RubyGems clients send it bare). A value with a scheme is no token GitLab finds.
+            found.append(self._classify(Carrier.AUTHORIZATION_VALUE, scheme))
+        elif Reading.BEARER_LAST_WORD not in readings:  # (there, the last word is what is read)
+            found.append(_Found(Carrier.AUTHORIZATION, value, job=False))
+        if Reading.BEARER_LAST_WORD in readings:
+            # `http_bearer_token` (TokenLocator#extract_from_http_bearer_token):
+            # `password.split(' ').last`, Ruby's awk-style split, whatever the scheme.
+            last = _RUBY_SPACES.split(value.strip(_RUBY_SPACE))[-1]
+            found.append(self._classify(Carrier.AUTHORIZATION_LAST_WORD, last))
+        if Reading.BASIC_ANY_USER in readings and "Basic " in value and scheme != "Basic":
+            # PackagesManagerClientsHelpers#decode_token reads whatever follows the first
+            # "Basic " anywhere in the value (`split('Basic ', 2).second`), with Ruby's lenient
+            # Base64: what it would read is unknowable, so refused.
+            problem = "Authorization holds 'Basic ' where GitLab's package helpers would read it"
+            found.append(_Found(Carrier.BASIC_ANY_USER, "", job=True, problem=problem))
+        return [item for item in found if item is not None]
+
+    def _hidden_basic(
+        self, value: str, family: Family, split: tuple[str | None, str | None]
+    ) -> list[_Found]:
+        """Job tokens GitLab's scheme-blind Basic readings find in an Authorization value
+        (`basic_credentials`, `packages_basic_password`): a user `gitlab-ci-token` or a prefixed
+        password, whatever the scheme; on a family whose helpers take any user's Basic password,
+        an unprefixed password too (a candidate). Only job tokens (and candidates) are kept: any
+        Authorization value is already a credential of its own (`_from_authorization`)."""
+        scheme, param = split  # authorization_scheme(value)
+        if scheme is None or scheme.lower() == "basic":
+            return []  # `_from_basic` reads it (strictly: what it cannot decode is refused)
+        found: list[_Found] = []
+        prefixes = self._prefixes
+        any_user = Reading.BASIC_ANY_USER in family.readings
+        pair = _basic_pair(param)  # basic_credentials(value)
+        if pair is not None:
+            if pair[0] == CI_JOB_USER or pair[1].startswith(prefixes):
+                found.append(_Found(Carrier.BASIC, pair[1], job=True))
+            elif any_user and _token_shaped(pair[1]):
+                found.append(self._classify(Carrier.BASIC_ANY_USER, pair[1]))  # type: ignore[arg-type]
+        password = packages_basic_password(value)
+        if password is not None:
+            if password.startswith(prefixes):
+                found.append(_Found(Carrier.BASIC, password, job=True))
+            elif any_user and _token_shaped(password):
+                found.append(self._classify(Carrier.BASIC_ANY_USER, password))  # type: ignore[arg-type]
+        return found
+
+    def _from_basic(self, encoded: str, *, any_user: bool = False) -> _Found | None:
+        try:
+            user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            # Ruby's Base64.decode64 is lenient: what it would read is unknowable, so refuse.
+            return _Found(
+                Carrier.BASIC, "", job=True, problem="Authorization Basic does not decode"
+            )
+        if not sep or not password:
+            # `find_user_from_job_token_basic_auth` needs login and password present.
+            return _Found(Carrier.BASIC, password, job=False) if user or password else None
+        if user == CI_JOB_USER:
+            return _Found(Carrier.BASIC, password, job=True)
+        if any_user:  # find_job_from_http_basic_auth: any user name, any password
+            return self._classify(Carrier.BASIC_ANY_USER, password)
+        return _Found(Carrier.BASIC, password, job=password.startswith(self._prefixes))
+
+
+# GitLab's defaults, for tools and tests (`read`, `extract`): the gateway itself reads with the
+# `Reader` its Gate builds from Settings (`Gate.tokens`).
+DEFAULT_READER = Reader()
+
+
 def extract(
     view: RequestView, body_params: Sequence[tuple[str, object]] = ()
 ) -> Credential | Conflict | Malformed | None:
-    """`read`, for callers that judge definite job tokens only: a `Candidate` is None."""
-    found = read(view, body_params)
-    return None if isinstance(found, Candidate) else found
+    """`Reader.extract` as a GitLab with the defaults reads (`DEFAULT_READER`)."""
+    return DEFAULT_READER.extract(view, body_params)
 
 
 def read(view: RequestView, body_params: Sequence[tuple[str, object]] = ()) -> Extraction:
-    """The job token GitLab would authenticate this request with, or why there is none.
-
-    Returns None when no job token is present (other credentials alone are not ours to judge),
-    a `Conflict` when the credentials are ambiguous, `Malformed` for a token GitLab rejects on
-    sight, a `Candidate` for one unrecognised value GitLab may read as a job token or as another
-    credential (the caller finds out which), else the `Credential`. The carriers read are those
-    of the request-target's route family (`configure`). Raises `BodyError` when `view.body`
-    should be a form, JSON or multipart body and does not parse (Rails would answer 400; we
-    cannot tell what it would read), or is multipart that readers could read differently
-    (`multipart.Scanner`). `body_params` are the parameters of a body read elsewhere (a
-    streamed multipart body, `gateway.proxy.bodyguard`), judged exactly as if `view.body` held them.
-    """
-    target = view.target
-    found, repeated = _from_headers(view.headers, target)
-    pairs = _params(view)
-    if body_params:
-        _refuse_method_override(view.method, body_params)
-        pairs = [*pairs, *body_params]
-    if pairs:
-        found.extend(_from_params(pairs, target))
-    if len(found) == 1 and not repeated:  # the common case: one carrier
-        chosen = found[0]
-        if not chosen.job:
-            return _candidate(chosen, []) if chosen.maybe else None
-        if chosen.problem:
-            return _conflict(found, [], repeated)
-    else:
-        jobs = [item for item in found if item.job]
-        if not jobs:
-            return _without_job_token(found, repeated)
-        values = {item.value for item in jobs if not item.problem}
-        # A candidate holding the very value of a job token is that job token.
-        others = [
-            item
-            for item in found
-            if (not item.job and not item.maybe) or (item.maybe and item.value not in values)
-        ]
-        if conflict := _conflict(jobs, others, repeated):
-            return conflict
-        chosen = min(jobs, key=lambda item: _RANK.get(item.carrier, len(_RANK)))
-    if why := _malformation(chosen):
-        return Malformed(chosen.carrier, why)
-    return _credential(chosen.carrier, digest(chosen.value), chosen.value)
+    """`Reader.read` as a GitLab with the defaults reads (`DEFAULT_READER`): no instance
+    prefix, the API at /api/v4, no relative URL root."""
+    return DEFAULT_READER.read(view, body_params)
 
 
 def _without_job_token(found: list[_Found], repeated: list[str]) -> Extraction:

@@ -24,7 +24,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from gateway.core.decision import Decision, Reason
-from gateway.ops import metrics
+from gateway.ops import log, metrics
 from gateway.ops.log import LineLogger, redact_target
 from gateway.proxy.forward import Transfer
 
@@ -127,11 +127,19 @@ def _ms(seconds: float | None) -> float | None:
 
 class Recorder:
     """Writes the request line, updates the request metrics and, with `--observations`, counts
-    the decision in the observations aggregate (gateway/ops/observe.py)."""
+    the decision in the observations aggregate (gateway/ops/observe.py).
 
-    def __init__(self, observer: Observer | None = None) -> None:
+    The line goes to `output`: by default the process's (`log.output()`, what `log.configure`
+    returned) when the Recorder is built. Built before `configure` (or in a process that never
+    calls it), it has none: each line then goes through structlog's chain as configured when
+    the line is written (`LineLogger`), so it still lands where `configure` said.
+    """
+
+    def __init__(
+        self, observer: Observer | None = None, *, output: log.Output | None = None
+    ) -> None:
         self._observer = observer  # the optional aggregate for `suggest` (gateway/ops/observe.py)
-        self._log = LineLogger("gateway.core.request")
+        self._log = LineLogger("gateway.core.request", output or log.output())
         self._info = self._log.enabled(logging.INFO)
         # Labelled children, built once each: `.labels()` costs ~0.7 us per call.
         self._counters: dict[tuple[str, int], Any] = {}

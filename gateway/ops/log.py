@@ -1,9 +1,14 @@
 """Log configuration (structlog) and the redaction helpers every log line goes through.
 
-`configure(settings)` is called once per process. Our own events and the stdlib loggers
-(aiohttp.server, aiohttp.web, aiohttp.client, asyncio) are rendered by the same processors:
-JSON lines off a TTY, coloured key=value on a TTY (`log_format` overrides). aiohttp's access
-log is disabled: the proxy writes one structured line per request itself.
+`configure(settings)` is called once per process and returns the process's `Output`. Our own
+events and the stdlib loggers (aiohttp.server, aiohttp.web, aiohttp.client, asyncio) are rendered
+by the same processors: JSON lines off a TTY, coloured key=value on a TTY (`log_format`
+overrides). aiohttp's access log is disabled: the proxy writes one structured line per request
+itself, through a `LineLogger` bound to that `Output` (a `Recorder`'s, gateway/ops/exchange.py).
+
+The `Output` is structlog's logger factory too: structlog's configuration (process-wide by its
+design: "configure once") is its only owner, and `output()` finds it there, so no module global
+here can disagree with the configuration in force.
 
 Tokens never reach a log line: the request line carries the target with token-bearing query
 parameters replaced by `[REDACTED]` (`redact_target`), headers are never logged, and text
@@ -19,7 +24,6 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any, TextIO
 from urllib.parse import unquote_plus
 
@@ -35,8 +39,10 @@ __all__ = [
     "REDACTED",
     "TOKEN_PARAMS",
     "LineLogger",
+    "Output",
     "configure",
     "get_logger",
+    "output",
     "redact_target",
     "scrub",
 ]
@@ -122,7 +128,8 @@ def _scrub_free_text(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
 
 class _Clock:
     """ISO 8601 UTC timestamps with microseconds (`2026-11-27T14:13:02.251490Z`), the date and
-    time of day formatted once per second: `datetime.now().isoformat()` per line cost ~1 us."""
+    time of day formatted once per second: `datetime.now().isoformat()` per line cost ~1 us.
+    Each `Output` owns one, shared by its structlog chain and its `LineLogger`s."""
 
     __slots__ = ("_prefix", "_second")
 
@@ -138,13 +145,10 @@ class _Clock:
             self._second = second
         return f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
 
-
-_clock = _Clock()
-
-
-def _timestamp(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
-    event["timestamp"] = _clock.now()
-    return event
+    def stamp(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
+        """The structlog processor: the `timestamp` field."""
+        event["timestamp"] = self.now()
+        return event
 
 
 def _dumps(obj: Any, **kw: Any) -> str:
@@ -191,37 +195,64 @@ def _renderer(settings: Settings, stream: TextIO) -> tuple[list[Processor], Proc
     return [structlog.processors.format_exc_info], structlog.processors.JSONRenderer(_dumps)
 
 
+class Output:
+    """Where and how this process logs, as `configure` chose it: the stream, the level, JSON or
+    console, the per-process fields (pid, worker index) and the clock. Built only by
+    `configure`, which installs it as structlog's logger factory (so `output()` finds it)."""
+
+    __slots__ = ("clock", "json", "level", "process", "stream")
+
+    def __init__(
+        self, stream: TextIO, level: int, json_lines: bool, process: dict[str, Any]
+    ) -> None:
+        self.stream = stream
+        self.level = level
+        self.json = json_lines
+        self.process = process
+        self.clock = _Clock()
+
+    def __call__(self, *args: Any) -> structlog.WriteLogger:
+        """structlog's logger factory (`structlog.WriteLoggerFactory`'s contract)."""
+        return structlog.WriteLogger(self.stream)
+
+
 def configure(
     settings: Settings, stream: TextIO | None = None, *, worker: int | None = None
-) -> None:
-    """Configure structlog and the stdlib root logger to write to `stream` (stderr).
+) -> Output:
+    """Configure structlog and the stdlib root logger to write to `stream` (stderr); the
+    `Output` this chose, for the `LineLogger`s (`Recorder`s) the process builds.
 
     Every line carries the process id, and `worker` (its index) in a worker process.
     """
-    global _output
     stream = stream or sys.stderr
     process: dict[str, Any] = {"pid": os.getpid()}
     if worker is not None:
         process["worker"] = worker
     level = logging.getLevelNamesMapping()[settings.log_level.upper()]
     extra, renderer = _renderer(settings, stream)
+    made = Output(stream, level, isinstance(renderer, structlog.processors.JSONRenderer), process)
     shared: list[Processor] = [
         structlog.processors.add_log_level,
-        _timestamp,
+        made.clock.stamp,
         _add_process(process),
     ]
-    factory = structlog.WriteLoggerFactory(file=stream)
     structlog.configure(
         processors=[*shared, *extra, _scrub_free_text, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=factory,
+        logger_factory=made,
         # The per-request logger is bound once at start-up (`get_logger`); module-level loggers
         # only log rare events, so they may follow a later `configure` (tests reconfigure).
         cache_logger_on_first_use=False,
     )
     _bridge_stdlib(level, stream, [*shared, structlog.stdlib.add_logger_name], extra, renderer)
-    json_lines = isinstance(renderer, structlog.processors.JSONRenderer)
-    _output = _Output(factory, stream, level, json_lines, process)
+    return made
+
+
+def output() -> Output | None:
+    """The `Output` of the configuration in force: the last `configure`'s, or None when
+    structlog was never configured by `configure` or was reset or reconfigured since (tests)."""
+    factory = structlog.get_config()["logger_factory"]
+    return factory if isinstance(factory, Output) else None
 
 
 def _bridge_stdlib(
@@ -252,18 +283,6 @@ def get_logger(name: str, **initial: Any) -> structlog.typing.FilteringBoundLogg
     return logger.bind(logger=name, **initial)
 
 
-@dataclass(frozen=True, slots=True)
-class _Output:
-    """What the last `configure` chose, for the `LineLogger`s built after it."""
-
-    factory: structlog.WriteLoggerFactory
-    stream: TextIO
-    level: int
-    json: bool
-    process: dict[str, Any]
-
-
-_output: _Output | None = None
 _BATCH_LINES = 256  # at most this many lines wait for the end of a loop iteration
 _LEVEL_NAMES = {
     level: logging.getLevelName(level).lower()
@@ -272,13 +291,16 @@ _LEVEL_NAMES = {
 
 
 class LineLogger:
-    """A logger for one high-volume event (the per-request line), bound under the configuration
-    in force when it is built.
+    """A logger for one high-volume event (the per-request line), writing to `output`.
 
-    In JSON format the line is built as one dict and rendered at once: the same keys in the same
-    order, the same timestamp, scrubbing, serializer and sink as the structlog chain `configure`
-    sets up, without the chain's three copies of the fields (it costs a third as much).
-    Otherwise (console on a TTY, or structlog not configured by `configure`) it is structlog's.
+    With a JSON `Output` the line is built as one dict and rendered at once: the same keys in
+    the same order, the same timestamp, scrubbing, serializer and sink as the structlog chain
+    `configure` sets up, without the chain's three copies of the fields (it costs a third as
+    much; tests/test_log.py holds the two equal). With a console `Output` the line goes through
+    structlog's chain. Without an `Output` (a process that never called `configure`: tools,
+    tests) every line goes through structlog's chain as configured when the line is written,
+    so a logger built before `configure` still writes where and how `configure` said, at the
+    chain's cost.
 
     Under an event loop, JSON lines are written together at the end of the loop iteration that
     made them (one write and flush instead of one per request: under load the write syscall
@@ -286,29 +308,29 @@ class LineLogger:
     it when it stops.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, output: Output | None) -> None:
         self._name = name
-        self._bound = get_logger(name)
-        output = _output
-        if output is None or structlog.get_config()["logger_factory"] is not output.factory:
-            output = None  # never configured, or reset since (tests)
+        # The console format's chain, bound now; None without an output (bound per line).
+        self._bound = get_logger(name) if output is not None else None
         self._direct = output if output is not None and output.json else None
         self._sink = structlog.WriteLogger(output.stream if output is not None else None)
         self._pending: list[str] = []
 
     def enabled(self, level: int) -> bool:
-        return self._bound.is_enabled_for(level)
+        if self._direct is not None:
+            return level >= self._direct.level
+        return (self._bound or get_logger(self._name)).is_enabled_for(level)
 
     def log(self, level: int, event: str, fields: dict[str, Any]) -> None:
         """Write `event` with `fields` at `level` (a stdlib level number), if that is enabled."""
         direct = self._direct
         if direct is None:
-            self._bound.log(level, event, **fields)
+            (self._bound or get_logger(self._name)).log(level, event, **fields)
             return
         if level < direct.level:
             return
         line = {"logger": self._name, **fields, "event": event, "level": _LEVEL_NAMES[level]}
-        line["timestamp"] = _clock.now()
+        line["timestamp"] = direct.clock.now()
         line.update(direct.process)
         # `event` is the caller's literal: of the free text, only the fields need scrubbing.
         for key in ("error", "exception"):

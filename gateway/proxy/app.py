@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
+from gateway.core import tokens
 from gateway.core.decision import Decision
 from gateway.core.gate import Gate
 from gateway.core.request import RequestView
@@ -34,6 +35,8 @@ __all__ = ["GateService", "ProxyApp", "runner_options"]
 class GateService(Protocol):
     """The Gate contract (gateway/core/gate.py) as the proxy, admin and server use it."""
 
+    @property
+    def tokens(self) -> tokens.Reader: ...
     def needs_body(self, view: RequestView) -> bool: ...
     async def evaluate(self, view: RequestView) -> Decision: ...
     def evaluate_now(self, view: RequestView) -> Decision | None: ...

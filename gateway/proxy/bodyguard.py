@@ -4,7 +4,7 @@ A body too large to buffer (a PyPI or NuGet upload of hundreds of MB, or any chu
 decided on its request's headers and query; the proxy then forwards it through a `Guard`
 (gateway/proxy/handler.py, gateway/proxy/forward.py `BodyInspector`). The guard feeds each chunk to a
 `multipart.Scanner`, the same strict reader buffered bodies get, and judges every watched part
-with `tokens.extract`, the rules buffered bodies get. A part reported by `feed(chunk)` is
+with the gate's `tokens.Reader` (`Gate.tokens`), the rules buffered bodies get. A part reported by `feed(chunk)` is
 complete only in `chunk`: the caller must check before it forwards that chunk, and call `end()`
 before the last one, so that the upstream never receives a complete request that carries
 something the gateway refused. A refusal is a `Decision` (400, GitLab's message): the guard's
@@ -47,7 +47,8 @@ class Guard:
     """A multipart/form-data body checked as it is forwarded, by the rules its request's headers
     and query were judged by (`view`, without a body).
 
-    Every watched part goes through `tokens.extract` with the view, as buffered bodies do: the
+    Every watched part goes through `reader.extract` with the view, as buffered bodies do (the
+    gate's reader, `Gate.tokens`, so the same job-token prefix and route families): the
     same job token as the one decided on passes; a different one or another credential next to
     it is `credential_conflict`; a job token where the decision saw none is
     `token_in_streamed_body` (the decision was made without it); `_method` on a POST and any
@@ -55,9 +56,12 @@ class Guard:
     the first `violation` and stop checking (`enforce=False`, dry-run).
     """
 
-    def __init__(self, view: RequestView, boundary: str, *, enforce: bool = True) -> None:
+    def __init__(
+        self, view: RequestView, boundary: str, reader: tokens.Reader, *, enforce: bool = True
+    ) -> None:
         self._view = view
-        self._decided = tokens.extract(view)
+        self._tokens = reader
+        self._decided = reader.extract(view)
         self._scanner = multipart.Scanner(boundary, tokens.reads_param)
         self._params: dict[tuple[str, object], None] = {}  # ordered, without repeats
         self._enforce = enforce
@@ -90,7 +94,7 @@ class Guard:
             self._refuse(Reason.BAD_BODY, "too many credential fields")
             return
         try:
-            found = tokens.extract(self._view, list(self._params))
+            found = self._tokens.extract(self._view, list(self._params))
         except tokens.BodyError as exc:
             self._refuse(Reason.BAD_BODY, str(exc))
             return

@@ -29,7 +29,7 @@ from yarl import URL
 from gateway.core.request import RequestView
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from gateway.ops import metrics
-from gateway.proxy.headers import HeaderPolicy, response_headers
+from gateway.proxy.headers import HeaderPolicy
 from gateway.proxy.responses import REQUEST_ID_HEADER
 from gateway.settings import Settings
 
@@ -263,7 +263,7 @@ class ClientForwarder:
     async def _relay(
         self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, transfer: Transfer
     ) -> web.StreamResponse:
-        headers = response_headers(upstream.headers)
+        headers = self._headers.response(upstream.headers)
         body, failure = None, None
         if _small(request, upstream):
             try:

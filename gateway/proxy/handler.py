@@ -32,6 +32,7 @@ import structlog
 from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from gateway.core import tokens
 from gateway.core.decision import Decision, Reason, refuse
 from gateway.core.request import RequestView
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
@@ -67,6 +68,8 @@ class Expected(NamedTuple):
 class Decider(Protocol):
     """The part of the Gate contract (gateway/core/gate.py) the request pipeline calls."""
 
+    @property
+    def tokens(self) -> tokens.Reader: ...  # the reader the gate judges requests with
     def needs_body(self, view: RequestView) -> bool: ...
     async def evaluate(self, view: RequestView) -> Decision: ...
 
@@ -278,7 +281,11 @@ class Proxy:
             guard: bodyguard.Guard | None = None
             if self._gate.needs_body(view):
                 streamed = plan.stream_guard(
-                    view, request.content_length, self._inspect_limit, dry_run=self._dry_run
+                    view,
+                    request.content_length,
+                    self._inspect_limit,
+                    self._gate.tokens,
+                    dry_run=self._dry_run,
                 )
                 if isinstance(streamed, Decision):
                     return streamed

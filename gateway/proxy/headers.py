@@ -37,7 +37,6 @@ __all__ = [
     "HeaderPolicy",
     "connection_tokens",
     "is_upgrade",
-    "response_headers",
 ]
 
 HOP_BY_HOP = frozenset(
@@ -172,16 +171,9 @@ def _without(headers: Headers, rule: _Rule) -> Headers:
     )
 
 
-_RESPONSE_RULE = _Rule(HOP_BY_HOP)
-
-
-def response_headers(headers: Headers) -> Headers:
-    """The upstream's response headers minus hop-by-hop ones (every Set-Cookie kept)."""
-    return _without(headers, _RESPONSE_RULE)
-
-
 class HeaderPolicy:
-    """The request-side header rules, compiled from settings once."""
+    """The header rules of one proxy, compiled from settings once (each rule owns its memo of
+    header names)."""
 
     def __init__(self, settings: Settings) -> None:
         self._trusted = tuple(
@@ -190,6 +182,7 @@ class HeaderPolicy:
         self._send_host = settings.host_policy is HostPolicy.PRESERVE
         self._trusted_rule = _Rule(_REQUEST_DROP, _FRAMING)
         self._untrusted_rule = _Rule(_UNTRUSTED_DROP, _FRAMING)
+        self._response_rule = _Rule(HOP_BY_HOP)
 
     def trusts(self, remote: str | None) -> bool:
         """Is the socket peer one of `trusted_proxies`?"""
@@ -233,6 +226,10 @@ class HeaderPolicy:
             out.popall("Host", None)
         out["X-Request-Id"] = request_id
         return out
+
+    def response(self, headers: Headers) -> Headers:
+        """The upstream's response headers minus hop-by-hop ones (every Set-Cookie kept)."""
+        return _without(headers, self._response_rule)
 
 
 def _append(prior: Iterable[str], remote: str | None) -> str:

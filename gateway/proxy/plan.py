@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from gateway.core import multipart
+from gateway.core import multipart, tokens
 from gateway.core.decision import Audit, Decision, Reason, bad_target, refuse
 from gateway.core.request import Headers, RequestView
 from gateway.ops.exchange import Exchange
@@ -114,7 +114,12 @@ def framing_problem(version: str, headers: Headers) -> Decision | None:
 
 
 def stream_guard(
-    view: RequestView, content_length: int | None, inspect_limit: int, *, dry_run: bool
+    view: RequestView,
+    content_length: int | None,
+    inspect_limit: int,
+    reader: tokens.Reader,
+    *,
+    dry_run: bool,
 ) -> bodyguard.Guard | Decision | None:
     """A guard for a multipart/form-data body too large to buffer (or chunked), else None: the
     gate then decides on the headers and query, the guard checks the body's parts."""
@@ -129,7 +134,7 @@ def stream_guard(
         boundary = multipart.boundary(types[0])
     except multipart.MultipartError as exc:
         return refuse(Reason.BAD_BODY, str(exc))
-    return bodyguard.Guard(view, boundary, enforce=not dry_run)
+    return bodyguard.Guard(view, boundary, reader, enforce=not dry_run)
 
 
 def unreadable_body(detail: str, *, close: bool = False) -> Decision:

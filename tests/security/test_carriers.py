@@ -124,7 +124,6 @@ async def a_carrier_gateway(
     yield start
     for gate in gates:
         await gate.close()
-    tokens.configure(job_token_prefix="", api_prefix="/api/v4", relative_url_root="")
 
 
 def assert_judged(answer: Answer) -> None:

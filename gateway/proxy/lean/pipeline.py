@@ -39,7 +39,7 @@ from gateway.ops.exchange import (
 from gateway.proxy import bodyguard, plan
 from gateway.proxy.forward import BodyTooLarge, ClientBodyError, Transfer, UpstreamBadResponse
 from gateway.proxy.handler import Decider
-from gateway.proxy.headers import HeaderPolicy, response_headers
+from gateway.proxy.headers import HeaderPolicy
 from gateway.proxy.lean.connection import ClientConnection, ClientGone, Incoming, ParseFailed
 from gateway.proxy.plan import Permit, Verdict
 from gateway.proxy.responses import REQUEST_ID_HEADER, refusal
@@ -272,7 +272,11 @@ class LeanProxy:
             guard: bodyguard.Guard | None = None
             if incoming.has_body and self._gate.needs_body(view):
                 streamed = plan.stream_guard(
-                    view, incoming.content_length, self._inspect_limit, dry_run=self._dry_run
+                    view,
+                    incoming.content_length,
+                    self._inspect_limit,
+                    self._gate.tokens,
+                    dry_run=self._dry_run,
                 )
                 if isinstance(streamed, Decision):
                     return self._expecting(incoming, streamed)
@@ -504,7 +508,7 @@ class LeanProxy:
         """Send the response; returns whether the client connection stays open."""
         status = answer.status
         no_body = incoming.method == "HEAD" or status in (204, 304)
-        headers = response_headers(CIMultiDict(answer.headers))
+        headers = self._headers.response(CIMultiDict(answer.headers))
         close = not incoming.keep_alive or conn.closing
         framed = no_body or answer.content_length is not None
         rechunk = not framed and incoming.version == "1.1"
