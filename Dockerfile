@@ -53,7 +53,7 @@ COPY gateway ./gateway
 # The same check `serve` runs at start-up, run at build time: no image without the C extensions
 # (-P: import the installed package, not ./gateway from the working directory).
 RUN /opt/venv/bin/pip install --no-deps . \
-    && /opt/venv/bin/python -P -c "from gateway import server; server.check_extensions()"
+    && /opt/venv/bin/python -P -c "from gateway.proxy import server; server.check_extensions()"
 
 # ---- runtime -----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

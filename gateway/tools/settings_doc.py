@@ -26,7 +26,7 @@ __all__ = ["BEGIN", "END", "REGENERATE", "TARGET", "render_block", "render_table
 
 BEGIN = "<!-- settings:begin -->"
 END = "<!-- settings:end -->"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # the checkout: gateway/tools/settings_doc.py
 TARGET = REPO / "docs" / "configuration.md"
 REGENERATE = "python -m gateway.tools.settings_doc --write"
 MiB = 1024 * 1024
