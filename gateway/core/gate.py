@@ -166,9 +166,11 @@ class Gate:
         from the cache), else None: then `await evaluate(view)`. For callers that answer cache
         hits without a Task (the decision listener, gateway/authz); never raises for a request."""
         started = self._start(view)
-        if isinstance(started, tuple):
-            return self._resolve_now(*started)
-        return started if isinstance(started, Decision) else None
+        if isinstance(started, Decision):
+            return started
+        if isinstance(started, tokens.Candidate):
+            return None  # the store (or the upstream) must say what it is
+        return self._resolve_now(*started)
 
     def _start(self, view: RequestView) -> Decision | tokens.Candidate | _Asked:
         """The verdict when no lookup is needed; else a candidate to resolve first
@@ -189,7 +191,7 @@ class Gate:
     ) -> Decision | _Asked:
         if isinstance(found, tokens.Credential):
             # `RouteTable.match` refuses every target `check_target` refuses (and more).
-            return self._plan(view, found)  # a Decision: refused before any store lookup
+            return self._plan(view, found)  # a Decision when refused before any lookup
         refusal = routes.check_target(view.target)
         if refusal is not None:
             return _bad_target(refusal)
