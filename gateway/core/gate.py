@@ -10,8 +10,13 @@ CONTRACT used by the proxy (`gateway.proxy.handler`), the `check` command and fu
 
 Order of work (cheap first): target refusals, token extraction, route match and git recognition
 use no I/O; a request without a job token is decided there, and so is a job token on a route
-job tokens cannot use. Only then is the job resolved (cache, then store, then optionally the
-upstream), then the accessed project and its allowlist, and `policy.decide` rules.
+job tokens cannot use. Only then does `_resolve` gather the facts, one per line, each from the
+cache (`CachedStore.peek_*`, no await) and from the store only on a miss: the token's job (then
+optionally the upstream), then the accessed project, then its allowlist. After each fact a
+`policy` rule may decide (gateway/core/policy.py: invalid, revoked and expired tokens, the runner
+and trigger routes, the token's own project, an unresolved target, then `policy.decide`); the
+gate gathers, policy decides. `evaluate_now` runs the same steps over the peeks alone and gives
+up (None) at the first miss, so a cached request is decided without a Task.
 
 An unrecognised value in a carrier GitLab shares with other credentials (`tokens.Candidate`) is
 a job token when the store knows its digest, or (`--unknown-credential upstream`) when the
@@ -22,11 +27,10 @@ another credential: forwarded (reason `no_token`, and a log line saying why).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
 
 from gateway.core import policy, tokens, visibility
-from gateway.core.decision import Audit, Decision, Reason, bad_target, make_audit, refuse
+from gateway.core.decision import Audit, Decision, Reason, bad_target, refuse
 from gateway.core.request import RequestView
 from gateway.errors import ConfigError, PolicyFileError, StoreUnavailable
 from gateway.routing import gitpath
@@ -35,16 +39,15 @@ from gateway.routing.table import (
     Refusal,
     Route,
     RouteMatch,
-    RouteRule,
     RouteTable,
     Target,
     TargetKind,
 )
 from gateway.settings import Settings, UnknownCredential
 from gateway.stores import Store, open_store
-from gateway.stores.cache import MISS, CachedStore
+from gateway.stores.cache import MISS, CachedStore, CacheMiss
 from gateway.stores.file import FileStore
-from gateway.stores.grants import Job, Project, project_key
+from gateway.stores.grants import Allowlist, Job, Project, project_key
 from gateway.stores.job_projects import JobProjects
 from gateway.stores.packages import Miss, PackageLookup, PackageQuery, query_for
 from gateway.stores.upstream import UpstreamValidator
@@ -57,20 +60,7 @@ UNAUTHORIZED = policy.UNAUTHORIZED  # GitLab's 401 body, defined once in gateway
 NOT_AVAILABLE = (
     "403 Forbidden - This endpoint is not available to CI/CD job tokens through this gateway."
 )
-UNRESOLVED = (
-    "403 Forbidden - The gateway cannot tell which project's resources this endpoint returns, "
-    "so CI/CD job tokens cannot use it."
-)
 STORE_DOWN = "503 Service Unavailable - The token store cannot answer; try again later."
-# `forbidden!` without a reason (lib/api/ci/helpers/runner.rb `authenticate_job!`).
-JOB_FORBIDDEN = "403 Forbidden"
-NOT_PROCESSING = "403 Forbidden - Job is not processing on runner"
-# The carriers GitLab's runner routes read a job token from: `params[:token] ||
-# env['HTTP_JOB_TOKEN']` (lib/api/ci/helpers/runner.rb `job_token`).
-_RUNNER_CARRIERS = frozenset({tokens.Carrier.TOKEN_PARAM, tokens.Carrier.JOB_TOKEN_HEADER})
-# GitLab's answer on the npm dist-tags routes when the namespace holds no such package:
-# `not_found!('Project') unless project_id` (lib/api/helpers/packages/npm.rb, `project`).
-PROJECT_NOT_FOUND = "404 Project Not Found"
 # CONNECT never reaches the gate (the handler refuses it); a TRACE body is read like any other:
 # Rack would parse a form body whatever the method.
 _METHODS_WITHOUT_BODY = frozenset({"CONNECT"})
@@ -170,21 +160,23 @@ class Gate:
                 return resolved
             started = self._decide(view, resolved)
         if isinstance(started, Decision):
-            return started  # everything came from the cache: no await, no suspension
-        return await self._authorize(*started)
+            return started  # decided before any lookup
+        return await self._resolve(*started)
 
     def evaluate_now(self, view: RequestView) -> Decision | None:
         """`evaluate`'s verdict when it needs no I/O (decided before any lookup, or every value
         from the cache), else None: then `await evaluate(view)`. For callers that answer cache
         hits without a Task (the decision listener, gateway/authz); never raises for a request."""
         started = self._start(view)
-        return started if isinstance(started, Decision) else None
+        if isinstance(started, Decision):
+            return started
+        if isinstance(started, tokens.Candidate):
+            return None  # the store (or the upstream) must say what it is
+        return self._resolve_now(*started)
 
-    def _start(
-        self, view: RequestView
-    ) -> Decision | tokens.Candidate | tuple[tokens.Credential, policy.Access, Aim, _Lookup]:
-        """The verdict when no I/O is needed; else a candidate to resolve first (`_candidate`),
-        or what `_authorize` needs to fetch."""
+    def _start(self, view: RequestView) -> Decision | tokens.Candidate | _Asked:
+        """The verdict when no lookup is needed; else a candidate to resolve first
+        (`_candidate`), or the job token, route and target to resolve (`_resolve`)."""
         found: tokens.Extraction | Decision
         try:
             found = self.tokens.read(view)
@@ -198,16 +190,10 @@ class Gate:
         self,
         view: RequestView,
         found: tokens.Credential | tokens.Conflict | tokens.Malformed | Decision | None,
-    ) -> Decision | tuple[tokens.Credential, policy.Access, Aim, _Lookup]:
+    ) -> Decision | _Asked:
         if isinstance(found, tokens.Credential):
             # `RouteTable.match` refuses every target `check_target` refuses (and more).
-            planned = self._plan(view, found)
-            if isinstance(planned, Decision):
-                return planned  # refused before any store lookup
-            decided = self._resolve(found, *planned)
-            if isinstance(decided, Decision):
-                return decided
-            return found, *planned, decided
+            return self._plan(view, found)  # a Decision when refused before any lookup
         refusal = routes.check_target(view.target)
         if refusal is not None:
             return _bad_target(refusal)
@@ -277,7 +263,7 @@ class Gate:
             log.warning("token store unavailable: %s", exc)
             audit = Audit(candidate.fingerprint)
             return policy.deny(Reason.STORE_UNAVAILABLE, STORE_DOWN, audit)
-        if not isinstance(job, Job):
+        if job is None:
             why = (
                 "the upstream says it is no job token"
                 if self._ask_upstream
@@ -292,50 +278,93 @@ class Gate:
             return None
         return candidate.conflict() or candidate.credential()
 
-    async def _authorize(
-        self,
-        credential: tokens.Credential,
-        access: policy.Access,
-        target: Aim,
-        lookup: _Lookup,
+    async def _resolve(
+        self, credential: tokens.Credential, access: policy.Access, target: Aim
     ) -> Decision:
-        """`_resolve`, asking the store for each value the cache did not have."""
-        known: dict[str, Any] = {}
+        """The verdict on a job token: each fact from the cache, awaiting the store only on a
+        miss, and `policy` after each. Store faults -> 503 store_unavailable (fail closed).
+        `_resolve_now` runs the same steps over the cache alone: keep the two in step."""
+        store = self.store
         try:
-            while True:
-                known[lookup.what] = await self._fetch(lookup, credential, target)
-                decided = self._resolve(credential, access, target, **known)
-                if isinstance(decided, Decision):
-                    return decided
-                lookup = decided
+            job = store.peek_job(credential.digest)
+            if job is MISS:
+                job = await store.fetch_job(credential.digest)
+            if job is None and self.validator is not None:
+                job = await self._validate(credential)
+            valid = policy.judge_job(credential, job, target, access, store.wall())
+            if isinstance(valid, Decision):
+                return valid
+            accessed: policy.Accessed | policy.NoPackage | CacheMiss | None
+            accessed = self._peek_accessed(target)
+            if accessed is MISS:
+                accessed = await self._accessed(target, valid)
+            if not isinstance(accessed, policy.Accessed):
+                return policy.unresolved(credential, valid, target, accessed, access)
+            allowlist: Allowlist | None = None
+            project_id = policy.allowlist_of(valid, accessed)
+            if project_id is not None:
+                peeked = store.peek_allowlist(project_id)
+                allowlist = await store.fetch_allowlist(project_id) if peeked is MISS else peeked
         except StoreUnavailable as exc:
             log.warning("token store unavailable: %s", exc)
-            audit = _audit(credential, None, None, access)
+            audit = policy.job_audit(credential, None, None, access)
             return policy.deny(Reason.STORE_UNAVAILABLE, STORE_DOWN, audit)
+        audit = policy.target_audit(credential, valid, accessed, access)
+        enforce = self.settings.enforce_allowlist
+        return policy.decide(valid, accessed, allowlist, access, audit, enforce_allowlist=enforce)
 
-    async def _fetch(self, lookup: _Lookup, credential: tokens.Credential, target: Aim) -> Any:
-        if lookup.what == "job":
-            return await self._job(credential, lookup.cached)
-        if lookup.what == "accessed":
-            return await self._accessed(target, lookup.cached)
-        return await self.store.fetch(lookup.cached)
+    def _resolve_now(
+        self, credential: tokens.Credential, access: policy.Access, target: Aim
+    ) -> Decision | None:
+        """`_resolve`'s verdict from the cache alone; None at the first fact it lacks."""
+        store = self.store
+        job = store.peek_job(credential.digest)
+        if job is MISS or (job is None and self.validator is not None):
+            return None  # the store, or the upstream, must be asked
+        valid = policy.judge_job(credential, job, target, access, store.wall())
+        if isinstance(valid, Decision):
+            return valid
+        accessed = self._peek_accessed(target)
+        if accessed is MISS:
+            return None
+        allowlist: Allowlist | None = None
+        project_id = policy.allowlist_of(valid, accessed)
+        if project_id is not None:
+            peeked = store.peek_allowlist(project_id)
+            if peeked is MISS:
+                return None
+            allowlist = peeked
+        audit = policy.target_audit(credential, valid, accessed, access)
+        enforce = self.settings.enforce_allowlist
+        return policy.decide(valid, accessed, allowlist, access, audit, enforce_allowlist=enforce)
 
-    def _plan(
-        self, view: RequestView, credential: tokens.Credential
-    ) -> Decision | tuple[policy.Access, Aim]:
+    async def _validate(self, credential: tokens.Credential) -> Job | None:
+        """The upstream's answer for a token the store does not know (`--upstream-validation`);
+        None without a validator."""
+        if self.validator is None:
+            return None
+        validated = await self.validator.job(credential.digest, credential.secret)
+        if validated is None:
+            return None
+        # A job revoked in the store stays revoked whatever the upstream says.
+        known = await self._job_by_id(validated.job_id)
+        return known if known is not None and known.revoked else validated
+
+    def _plan(self, view: RequestView, credential: tokens.Credential) -> Decision | _Asked:
         found = self._match(view)
         if isinstance(found, Refusal):
             return _bad_target(found, Audit(credential.fingerprint))
         if found is not None:
             route = found.route
-            ruled = _route_rule(route, credential)
+            ruled = policy.route_rule(route.rule, route.name, credential)
             if ruled is not None:
                 return ruled
             cached = self._access.get(id(route))  # what the route requires, built once
             if cached is None or cached[0] is not route:
                 cached = self._access[id(route)] = (route, _access(route))
             path = view.target.partition("?")[0]
-            return cached[1], self._package_target(route, found.params, found.target, path)
+            aim = self._package_target(route, found.params, found.target, path)
+            return credential, cached[1], aim
         not_available = policy.deny(
             Reason.ROUTE_NOT_AVAILABLE, NOT_AVAILABLE, Audit(credential.fingerprint)
         )
@@ -350,7 +379,7 @@ class Gate:
         access = policy.Access(
             f"git {git.operation}", required, controllable=git.push, git=True, push=git.push
         )
-        return access, Target(TargetKind.PROJECT, git.project)
+        return credential, access, Target(TargetKind.PROJECT, git.project)
 
     def _git(self, view: RequestView) -> gitpath.GitAccess | None:
         path, _, query = view.target.partition("?")
@@ -360,130 +389,39 @@ class Gate:
             path = path[len(self._root) :]
         return gitpath.parse(view.method, path, query)
 
-    def _resolve(
-        self,
-        credential: tokens.Credential,
-        access: policy.Access,
-        target: Aim,
-        job: Job | object | None = MISS,
-        accessed: policy.Accessed | object | None = MISS,
-        allowlist: Any = MISS,  # Allowlist | None, or MISS
-    ) -> Decision | _Lookup:
-        """The decision from what is known: the values given (fetched from the store), else the
-        cache's. Returns the `_Lookup` of the first value neither has (no I/O here)."""
-        store = self.store
-        if job is MISS:
-            job = store.peek_job(credential.digest)
-            if not isinstance(job, Job) and (job is not None or self.validator is not None):
-                return _Lookup("job", job)
-        if access.rule != "page":
-            ruled = _job_rule(credential, job, target, access, store.wall())
-            if ruled is not None:
-                return ruled
-        if not isinstance(job, Job):
-            audit = _audit(credential, None, None, access)
-            return policy.deny(Reason.TOKEN_INVALID, UNAUTHORIZED, audit)
-        if job.revoked:
-            # GitLab answers a token whose job may no longer use it (finished, erased) with the
-            # same 401 as an unknown one: Ci::AuthJobFinder#validate_job! raises, and
-            # Gitlab::Auth::AuthFinders#find_user_from_job_token turns that into UnauthorizedError
-            # (app/finders/ci/auth_job_finder.rb, lib/gitlab/auth/auth_finders.rb). Same answer
-            # here; only the log reason (`token_revoked`) tells the operator why.
-            audit = _audit(credential, job if job.job_id else None, None, access)
-            return policy.deny(Reason.TOKEN_REVOKED, UNAUTHORIZED, audit)
-        if job.expired(store.wall()):
-            audit = _audit(credential, job, None, access)
-            return policy.deny(Reason.TOKEN_EXPIRED, UNAUTHORIZED, audit)
-        kind = target.kind
-        if kind is TargetKind.OWN:
-            audit = _audit(credential, job, _label(job.project), access, job.project.id)
-            return policy.allow(Reason.OWN_PROJECT, audit)
-        if kind is TargetKind.NONE and not access.permissions:
-            audit = _audit(credential, job, None, access)
-            return policy.allow(Reason.UNCONTROLLED_ENDPOINT, audit)
-        if accessed is MISS:
-            accessed = self._peek_accessed(target)
-            if accessed is MISS:
-                return _Lookup("accessed", job)
-        if accessed is NO_PACKAGE:
-            audit = _audit(credential, job, target.ref, access)
-            if isinstance(target, PackageQuery) and target.miss is Miss.PROJECT_NOT_FOUND:
-                # npm dist-tags: `project` -> `not_found!('Project')`, no public-registry
-                # redirect (lib/api/helpers/packages/npm.rb): GitLab's 404, answered here.
-                return policy.deny(Reason.PROJECT_NOT_FOUND, PROJECT_NOT_FOUND, audit)
-            # GitLab checks the package's project only `if package` (lib/api/maven_packages.rb,
-            # npm_namespace_endpoints.rb): it answers 404 or forwards to the public registry.
-            return policy.allow(Reason.PACKAGE_NOT_FOUND, audit)
-        if not isinstance(accessed, policy.Accessed):
-            audit = _audit(credential, job, target.ref, access)
-            return policy.deny(Reason.TARGET_UNRESOLVED, UNRESOLVED, audit)
-        project = accessed.project
-        if project is not None:
-            audit = _audit(credential, job, _label(project), access, project.id)
-        else:
-            audit = _audit(credential, job, accessed.ref, access)
-        if project is not None and not accessed.is_project(job.project):
-            if allowlist is MISS:
-                allowlist = store.peek(("allowlist", project.id))
-                if allowlist is MISS:
-                    return _Lookup("allowlist", ("allowlist", project.id))
-        else:
-            allowlist = None
-        return policy.decide(
-            job,
-            accessed,
-            allowlist,
-            access,
-            audit,
-            enforce_allowlist=self.settings.enforce_allowlist,
-        )
-
-    async def _job(self, credential: tokens.Credential, cached: object) -> Job | None:
-        job = cached
-        if job is MISS:
-            job = await self.store.fetch_job(credential.digest)
-        if job is not None or self.validator is None:
-            return job  # type: ignore[return-value]
-        validated = await self.validator.job(credential.digest, credential.secret)
-        if validated is None:
-            return None
-        # A job revoked in the store stays revoked whatever the upstream says.
-        known = await self._lookup("job_id", validated.job_id)
-        return known if isinstance(known, Job) and known.revoked else validated
-
-    def _peek_accessed(self, target: Aim) -> policy.Accessed | object:
-        """The accessed project from the cache alone (MISS when the store must be asked)."""
+    def _peek_accessed(self, target: Aim) -> policy.Accessed | CacheMiss:
+        """The accessed project from the cache alone (MISS when `_accessed` must ask)."""
         if isinstance(target, PackageQuery):
             return MISS
-        if target.kind is TargetKind.PROJECT and target.ref is not None:
-            project = self.store.peek(("project", target.ref.lower()))
-            if isinstance(project, Project) or project is None:
-                return policy.accessed(target.ref, project)
+        ref = target.ref
+        if target.kind is TargetKind.PROJECT and ref is not None:
+            project = self.store.peek_project(ref.lower())
+            if project is not MISS:
+                return policy.accessed(ref, project)
         return MISS
 
-    async def _accessed(
-        self, target: Aim, job: Job | None = None
-    ) -> policy.Accessed | object | None:
+    async def _accessed(self, target: Aim, job: Job) -> policy.Accessed | policy.NoPackage | None:
+        """The project the request touches (None: unresolved, refused), asking the store (and
+        the upstream) for what the cache does not hold; `job` is the token's own."""
         if isinstance(target, PackageQuery):
             return await self._package_project(target)
         ref = target.ref
         if ref is None:
             return None
         if target.kind is TargetKind.PROJECT:
-            project = await self._lookup("project", ref.lower())
-            return policy.Accessed(ref, project if isinstance(project, Project) else None)
+            return policy.Accessed(ref, await self._project(ref.lower()))
         job_id = project_key(ref)  # a job id reads like a project id: ASCII digits, a bigint
         if target.kind is TargetKind.JOB and isinstance(job_id, int):
-            owner = await self._lookup("job_id", job_id)
-            if isinstance(owner, Job) and owner.project.id:
+            owner = await self._job_by_id(job_id)
+            if owner is not None and owner.project.id:
                 return policy.Accessed(str(owner.project.id), await self._full(owner.project))
             return await self._dependency(job_id, job)
         return None  # GROUP, UNRESOLVED, an unknown job: never more permissive than GitLab
 
-    async def _dependency(self, job_id: int, job: Job | None) -> policy.Accessed | None:
+    async def _dependency(self, job_id: int, job: Job) -> policy.Accessed | None:
         """The project of a job the store does not hold, when the upstream places it in the
         token's own project (gateway/stores/job_projects.py); else None (unresolved: refused)."""
-        if job is None or not job.project.id:
+        if not job.project.id:
             return None
         if job.job_id == job_id or (
             self.job_projects is not None
@@ -514,12 +452,26 @@ class Gate:
     async def _full(self, project: Project) -> Project:
         """The store's record of a job's project, with its visibility (a job record carries
         only id and path); the job's copy when the store has no project record."""
-        known = await self._lookup("project", str(project.id))
-        return known if isinstance(known, Project) else project
+        known = await self._project(str(project.id))
+        return project if known is None else known
+
+    async def _project(self, ref: str) -> Project | None:
+        project = self.store.peek_project(ref)
+        if project is MISS:
+            project = await self.store.fetch_project(ref)
+        return project
+
+    async def _job_by_id(self, job_id: int) -> Job | None:
+        job = self.store.peek_job_by_id(job_id)
+        if job is MISS:
+            job = await self.store.fetch_job_by_id(job_id)
+        return job
 
     # ---- group and instance package routes (issue 10, point 5)
 
-    def _package_target(self, route: Route, params: Any, target: Target, path: str) -> Aim:
+    def _package_target(
+        self, route: Route, params: Mapping[str, str], target: Target, path: str
+    ) -> Aim:
         """The package a group/instance package route is about (gateway/stores/packages.py),
         when it can be judged: GitLab finds no package (no lookup needed), or the operator
         configured the lookup (`package_lookup_token`). Else the route's own target.
@@ -532,12 +484,14 @@ class Gate:
             return target
         return query
 
-    async def _package_project(self, query: PackageQuery) -> policy.Accessed | object | None:
-        """The package's project; NO_PACKAGE when the group holds none; None (unresolved)
+    async def _package_project(
+        self, query: PackageQuery
+    ) -> policy.Accessed | policy.NoPackage | None:
+        """The package's project; a NoPackage when the group holds none; None (unresolved)
         when several projects hold it (GitLab would pick one; the gateway cannot tell which),
         or when GitLab's own route finds a package the packages API did not list."""
         if not query.needs_lookup:
-            return NO_PACKAGE
+            return _no_package(query)
         assert self.packages is not None  # `_package_target` made sure of it
         ids = await self.packages.projects(query)
         if not ids:
@@ -546,47 +500,22 @@ class Gate:
             # route, asked with the read token, confirms the miss or the request is refused.
             if await self.packages.probe(query):
                 return None
-            return NO_PACKAGE
+            return _no_package(query)
         if len(ids) > 1:
             return None
-        project = await self._lookup("project", str(ids[0]))
-        return policy.Accessed(str(ids[0]), project if isinstance(project, Project) else None)
-
-    async def _lookup(self, kind: str, arg: object) -> object:
-        key = (kind, arg)
-        value = self.store.peek(key)
-        return await self.store.fetch(key) if value is MISS else value
+        return policy.Accessed(str(ids[0]), await self._project(str(ids[0])))
 
 
 Aim = Target | PackageQuery  # what a request touches: a route's target, or a package to find
-NO_PACKAGE = object()  # the package lookup found no such package
+# A job token's request once the route is matched: what `_resolve` decides on.
+_Asked = tuple[tokens.Credential, policy.Access, Aim]
 
 
-@dataclass(frozen=True, slots=True)
-class _Lookup:
-    """What `Gate._resolve` needs from the store: `job` (`cached` is the cache's MISS or
-    negative entry, for the upstream validation), `accessed`, or `allowlist` (`cached` is the
-    store key)."""
-
-    what: str
-    cached: Any = None
-
-
-def _audit(
-    credential: tokens.Credential,
-    job: Job | None,
-    target: str | None,
-    access: policy.Access,
-    target_id: int | None = None,
-) -> Audit:
-    fingerprint, route, required = credential.fingerprint, access.name, access.permissions
-    if job is None:
-        return make_audit(fingerprint, None, None, target, route, required, ())
-    source = job.project.path or None
-    source_id = job.project.id or None
-    return make_audit(
-        fingerprint, job.job_id, source, target, route, required, (), source_id, target_id
-    )
+def _no_package(query: PackageQuery) -> policy.NoPackage:
+    """What GitLab answers when the group holds no such package (PackageQuery.miss)."""
+    if query.miss is Miss.PROJECT_NOT_FOUND:
+        return policy.NoPackage.PROJECT_NOT_FOUND
+    return policy.NoPackage.FORWARD
 
 
 def _access(route: Route) -> policy.Access:
@@ -607,68 +536,6 @@ def _load_table(settings: Settings) -> RouteTable:
         relative_url_root=settings.relative_url_root,
         supplementary=settings.routes_supplementary,
     )
-
-
-# ---- the supplementary routes' rules (RouteRule; policies/routes-supplementary.yaml)
-
-
-def _route_rule(route: Route, credential: tokens.Credential) -> Decision | None:
-    """A decision the route's rule makes before any lookup, else None."""
-    rule = route.rule
-    if rule is RouteRule.RUNNER_TOKEN:
-        # GitLab reads no job token on these routes: `token` is the runner's own credential
-        # (lib/api/ci/helpers/runner.rb `current_runner` = Ci::Runner.find_by_token(params[:token]))
-        audit = Audit(credential.fingerprint, route=route.name)
-        return policy.allow(Reason.RUNNER_TOKEN, audit)
-    if rule is RouteRule.OWN_JOB and credential.carrier not in _RUNNER_CARRIERS:
-        # `job_token` is `params[:token] || env['HTTP_JOB_TOKEN']`: a token anywhere else leaves
-        # it empty, and `job.valid_token?("")` fails: `forbidden!` (authenticate_job!).
-        audit = Audit(credential.fingerprint, route=route.name)
-        return policy.deny(Reason.JOB_TOKEN_MISMATCH, JOB_FORBIDDEN, audit)
-    return None
-
-
-def _job_rule(
-    credential: tokens.Credential,
-    job: Job | object | None,
-    target: Aim,
-    access: policy.Access,
-    now: float,
-) -> Decision | None:
-    """The trigger and own-job rules once the job is resolved (None: decide as usual)."""
-    if access.rule == RouteRule.TRIGGER.value:
-        # A job the store knows (revoked or not) makes the value a job token: judged as usual.
-        if isinstance(job, Job) or credential.carrier is not tokens.Carrier.TOKEN_PARAM:
-            return None
-        if tokens.JOB_TOKEN_PREFIX in credential.secret:
-            # A job token GitLab does not know (`glcbt-`, or an instance's `<prefix>glcbt-`):
-            # 401 as anywhere else. Trigger tokens are `glptt-` or 40 hex digits, never this.
-            return None
-        # Ci::PipelineTriggerService#execute tries `trigger_from_token` first: a `token` that
-        # is no job token is a pipeline trigger token, GitLab's own credential to judge. A job
-        # token goes on to `create_pipeline_from_job`: `can?(job.user, :read_project, project)`
-        # under the job's token scope, i.e. the allowlist (app/services/ci/pipeline_trigger_service.rb).
-        return policy.allow(Reason.TRIGGER_TOKEN, _audit(credential, None, target.ref, access))
-    if access.rule != RouteRule.OWN_JOB.value:
-        return None
-    if not isinstance(job, Job) or job.revoked:
-        # authenticate_job!: `forbidden! unless job.valid_token?(job_token)`: 403, not 401.
-        audit = _audit(credential, None, target.ref, access)
-        return policy.deny(Reason.JOB_TOKEN_MISMATCH, JOB_FORBIDDEN, audit)
-    audit = _audit(credential, job, target.ref, access)
-    if target.ref != str(job.job_id):
-        # The token belongs to another job than params[:id] (authenticate_job! /
-        # job_from_token: `current_job == Ci::AuthJobFinder.new(token: job_token).execute!`).
-        return policy.deny(Reason.JOB_TOKEN_MISMATCH, JOB_FORBIDDEN, audit)
-    if job.expired(now):
-        # Its own job, no longer running: Ci::AuthJobFinder::NotRunningJobError ->
-        # job_forbidden!(job, 'Job is not processing on runner').
-        return policy.deny(Reason.JOB_TOKEN_MISMATCH, NOT_PROCESSING, audit)
-    return policy.allow(Reason.OWN_JOB, audit)
-
-
-def _label(project: Project) -> str:
-    return f"#{project.id} {project.path}"
 
 
 def _bad_target(refusal: Refusal, audit: Audit | None = None) -> Decision:

@@ -1,7 +1,22 @@
-"""GitLab's job-token authorization rules as one pure function: `decide(...) -> Decision`.
+"""GitLab's job-token authorization rules as pure functions; the gate gathers the facts.
 
-No I/O, no clock, no store: the gate resolves the job, the accessed project and its allowlist
-first and hands them in. The rules and messages follow GitLab:
+No I/O, no clock, no store: the gate (gateway/core/gate.py) looks the facts up one at a time
+and asks these functions after each, in this order:
+
+    route_rule(rule, route, credential)                  the route's own rule, before any lookup
+    judge_job(credential, job, target, access, now)      the token: invalid, revoked, expired
+                                                         (401), the runner and trigger routes'
+                                                         rules, the token's own project -> a
+                                                         Decision, or the valid Job to go on with
+    unresolved(credential, job, target, found, access)   no project to judge (none found, or no
+                                                         such package) -> a Decision
+    allowlist_of(job, accessed)                          whose allowlist decides (None: no need)
+    decide(job, accessed, allowlist, access, audit)      the verdict on another project
+
+The token's rules follow `Ci::AuthJobFinder` (app/finders/ci/auth_job_finder.rb),
+`Gitlab::Auth::AuthFinders#find_user_from_job_token` (lib/gitlab/auth/auth_finders.rb) and,
+on the runner routes, `authenticate_job!` (lib/api/ci/helpers/runner.rb); each line cites its
+source. The rules and messages of `decide` follow GitLab:
 
 - `Ci::JobToken::Scope#policies_allowed?` (app/models/ci/job_token/scope.rb): the job's own
   project is never restricted (`self_referential?`); an allowlist that is off ("All groups and
@@ -27,22 +42,32 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from enum import Enum
+from typing import Any, Protocol
 
-from gateway.core import visibility
+from gateway.core import tokens, visibility
 from gateway.core.decision import Audit, Decision, Reason, make_audit, make_decision
 from gateway.core.drafts import check_layouts
+from gateway.routing.values import RouteRule, TargetKind
 from gateway.stores.grants import Allowlist, Job, Project, project_key
 
 __all__ = [
     "Access",
     "Accessed",
+    "Aim",
+    "NoPackage",
     "accessed",
     "allow",
+    "allowlist_of",
     "decide",
     "deny",
+    "job_audit",
+    "judge_job",
     "not_allowed_message",
+    "route_rule",
+    "target_audit",
     "to_sentence",
+    "unresolved",
 ]
 
 UNAUTHORIZED = "401 Unauthorized"
@@ -53,6 +78,42 @@ REGISTRY_MESSAGE = (
     "This project's CI/CD job token cannot be used to authenticate with the container registry "
     "of a different project."
 )
+# `forbidden!` without a reason (lib/api/ci/helpers/runner.rb `authenticate_job!`).
+JOB_FORBIDDEN = "403 Forbidden"
+NOT_PROCESSING = "403 Forbidden - Job is not processing on runner"
+UNRESOLVED = (
+    "403 Forbidden - The gateway cannot tell which project's resources this endpoint returns, "
+    "so CI/CD job tokens cannot use it."
+)
+# GitLab's answer on the npm dist-tags routes when the namespace holds no such package:
+# `not_found!('Project') unless project_id` (lib/api/helpers/packages/npm.rb, `project`).
+PROJECT_NOT_FOUND = "404 Project Not Found"
+# The carriers GitLab's runner routes read a job token from: `params[:token] ||
+# env['HTTP_JOB_TOKEN']` (lib/api/ci/helpers/runner.rb `job_token`).
+_RUNNER_CARRIERS = frozenset({tokens.Carrier.TOKEN_PARAM, tokens.Carrier.JOB_TOKEN_HEADER})
+
+
+class Aim(Protocol):
+    """What a request touches, as far as the rules care: a route's `Target`
+    (gateway/routing/values.py) or a package to find (gateway/stores/packages.py)."""
+
+    @property
+    def kind(self) -> TargetKind: ...
+
+    @property
+    def ref(self) -> str | None: ...
+
+
+class NoPackage(Enum):
+    """A group or instance package route whose package the lookup did not find
+    (gateway/stores/packages.py `Miss`): what GitLab answers then."""
+
+    # GitLab checks the package's project only `if package` (lib/api/maven_packages.rb,
+    # npm_namespace_endpoints.rb): it answers 404 or forwards to the public registry.
+    FORWARD = "forward"
+    # npm dist-tags: `project` -> `not_found!('Project')`, no public-registry redirect
+    # (lib/api/helpers/packages/npm.rb): GitLab's 404, answered by the gateway.
+    PROJECT_NOT_FOUND = "project_not_found"
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,3 +288,148 @@ def _policies(
         f"The following token {noun} required: {to_sentence(required)}."
     )
     return deny(Reason.INSUFFICIENT_PERMISSIONS, FORBIDDEN + message, audit)
+
+
+# ---- the token's rules, and a target with no project to judge
+
+
+def route_rule(rule: RouteRule, route: str, credential: tokens.Credential) -> Decision | None:
+    """A decision the route's rule makes before any lookup, else None."""
+    if rule is RouteRule.RUNNER_TOKEN:
+        # GitLab reads no job token on these routes: `token` is the runner's own credential
+        # (lib/api/ci/helpers/runner.rb `current_runner` = Ci::Runner.find_by_token(params[:token]))
+        return allow(Reason.RUNNER_TOKEN, Audit(credential.fingerprint, route=route))
+    if rule is RouteRule.OWN_JOB and credential.carrier not in _RUNNER_CARRIERS:
+        # `job_token` is `params[:token] || env['HTTP_JOB_TOKEN']`: a token anywhere else leaves
+        # it empty, and `job.valid_token?("")` fails: `forbidden!` (authenticate_job!).
+        audit = Audit(credential.fingerprint, route=route)
+        return deny(Reason.JOB_TOKEN_MISMATCH, JOB_FORBIDDEN, audit)
+    return None
+
+
+def judge_job(
+    credential: tokens.Credential, job: Job | None, target: Aim, access: Access, now: float
+) -> Decision | Job:
+    """The verdict the token alone decides, else its job (valid: go on to the target).
+
+    `job` is what the store (or the upstream) knows of the token: None for nothing."""
+    if access.rule != "page":
+        ruled = _job_route(credential, job, target, access, now)
+        if ruled is not None:
+            return ruled
+    if job is None:
+        return deny(Reason.TOKEN_INVALID, UNAUTHORIZED, job_audit(credential, None, None, access))
+    if job.revoked:
+        # GitLab answers a token whose job may no longer use it (finished, erased) with the
+        # same 401 as an unknown one: Ci::AuthJobFinder#validate_job! raises, and
+        # Gitlab::Auth::AuthFinders#find_user_from_job_token turns that into UnauthorizedError
+        # (app/finders/ci/auth_job_finder.rb, lib/gitlab/auth/auth_finders.rb). Same answer
+        # here; only the log reason (`token_revoked`) tells the operator why.
+        audit = job_audit(credential, job if job.job_id else None, None, access)
+        return deny(Reason.TOKEN_REVOKED, UNAUTHORIZED, audit)
+    if job.expired(now):
+        return deny(Reason.TOKEN_EXPIRED, UNAUTHORIZED, job_audit(credential, job, None, access))
+    kind = target.kind
+    if kind is TargetKind.OWN:
+        # The job's own project is never restricted (Ci::JobToken::Scope `self_referential?`).
+        project = job.project
+        audit = job_audit(credential, job, _label(project), access, project.id)
+        return allow(Reason.OWN_PROJECT, audit)
+    if kind is TargetKind.NONE and not access.permissions:
+        return allow(Reason.UNCONTROLLED_ENDPOINT, job_audit(credential, job, None, access))
+    return job
+
+
+def unresolved(
+    credential: tokens.Credential,
+    job: Job,
+    target: Aim,
+    found: NoPackage | None,
+    access: Access,
+) -> Decision:
+    """The verdict when no project can be judged: no such package (`found`), or a target the
+    gateway cannot place (None): refused, never more permissive than GitLab."""
+    audit = job_audit(credential, job, target.ref, access)
+    if found is NoPackage.PROJECT_NOT_FOUND:
+        return deny(Reason.PROJECT_NOT_FOUND, PROJECT_NOT_FOUND, audit)
+    if found is NoPackage.FORWARD:
+        return allow(Reason.PACKAGE_NOT_FOUND, audit)
+    return deny(Reason.TARGET_UNRESOLVED, UNRESOLVED, audit)
+
+
+def target_audit(
+    credential: tokens.Credential, job: Job, accessed: Accessed, access: Access
+) -> Audit:
+    """The audit of `job` touching `accessed`, for `decide`."""
+    project = accessed.project
+    if project is not None:
+        return job_audit(credential, job, _label(project), access, project.id)
+    return job_audit(credential, job, accessed.ref, access)
+
+
+def allowlist_of(job: Job, accessed: Accessed) -> int | None:
+    """The project whose allowlist `decide` needs: a known project other than the job's own.
+    None: no allowlist is read (the job's own project, or one the store does not know, which
+    counts as an allowlist with no entries)."""
+    project = accessed.project
+    if project is not None and not accessed.is_project(job.project):
+        return project.id
+    return None
+
+
+def job_audit(
+    credential: tokens.Credential,
+    job: Job | None,
+    target: str | None,
+    access: Access,
+    target_id: int | None = None,
+) -> Audit:
+    """The audit of a job-token request: the token, its job and project (when known), the
+    target as named, the route and what it requires."""
+    fingerprint, route, required = credential.fingerprint, access.name, access.permissions
+    if job is None:
+        return make_audit(fingerprint, None, None, target, route, required, ())
+    source = job.project.path or None
+    source_id = job.project.id or None
+    return make_audit(
+        fingerprint, job.job_id, source, target, route, required, (), source_id, target_id
+    )
+
+
+def _job_route(
+    credential: tokens.Credential, job: Job | None, target: Aim, access: Access, now: float
+) -> Decision | None:
+    """The trigger and own-job routes' rules once the job is known (None: decide as usual)."""
+    if access.rule == RouteRule.TRIGGER.value:
+        # A job the store knows (revoked or not) makes the value a job token: judged as usual.
+        if job is not None or credential.carrier is not tokens.Carrier.TOKEN_PARAM:
+            return None
+        if tokens.JOB_TOKEN_PREFIX in credential.secret:
+            # A job token GitLab does not know (`glcbt-`, or an instance's `<prefix>glcbt-`):
+            # 401 as anywhere else. Trigger tokens are `glptt-` or 40 hex digits, never this.
+            return None
+        # Ci::PipelineTriggerService#execute tries `trigger_from_token` first: a `token` that
+        # is no job token is a pipeline trigger token, GitLab's own credential to judge. A job
+        # token goes on to `create_pipeline_from_job`: `can?(job.user, :read_project, project)`
+        # under the job's token scope, i.e. the allowlist (app/services/ci/pipeline_trigger_service.rb).
+        return allow(Reason.TRIGGER_TOKEN, job_audit(credential, None, target.ref, access))
+    if access.rule != RouteRule.OWN_JOB.value:
+        return None
+    if job is None or job.revoked:
+        # authenticate_job!: `forbidden! unless job.valid_token?(job_token)`: 403, not 401.
+        audit = job_audit(credential, None, target.ref, access)
+        return deny(Reason.JOB_TOKEN_MISMATCH, JOB_FORBIDDEN, audit)
+    audit = job_audit(credential, job, target.ref, access)
+    if target.ref != str(job.job_id):
+        # The token belongs to another job than params[:id] (authenticate_job! /
+        # job_from_token: `current_job == Ci::AuthJobFinder.new(token: job_token).execute!`).
+        return deny(Reason.JOB_TOKEN_MISMATCH, JOB_FORBIDDEN, audit)
+    if job.expired(now):
+        # Its own job, no longer running: Ci::AuthJobFinder::NotRunningJobError ->
+        # job_forbidden!(job, 'Job is not processing on runner').
+        return deny(Reason.JOB_TOKEN_MISMATCH, NOT_PROCESSING, audit)
+    return allow(Reason.OWN_JOB, audit)
+
+
+def _label(project: Project) -> str:
+    return f"#{project.id} {project.path}"

@@ -47,7 +47,7 @@ class JobProjects:
         self._token = token  # sent as PRIVATE-TOKEN only; never logged
         self.timeout = timeout
         self.ttl, self.negative_ttl = ttl, negative_ttl
-        self._cache = Lru(size)
+        self._cache: Lru[tuple[int, int], bool] = Lru(size)  # (project id, job id)
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -62,7 +62,7 @@ class JobProjects:
         key = (project_id, job_id)
         cached = self._cache.get(key)
         if cached is not MISS:
-            return bool(cached)
+            return cached
         found = await self._ask(job_id, project_id)
         self._cache.put(key, found, self.ttl if found else self.negative_ttl)
         return found

@@ -47,7 +47,7 @@ from yarl import URL
 
 from gateway.errors import StoreUnavailable
 from gateway.routing.values import TargetKind
-from gateway.stores.cache import MISS, Lru
+from gateway.stores.cache import MISS, CacheMiss, Lru
 
 __all__ = ["PER_PAGE", "Miss", "PackageLookup", "PackageQuery", "query_for"]
 
@@ -200,7 +200,7 @@ class PackageLookup:
         self.base = self.origin + relative_url_root + api_prefix
         self._token = token
         self.timeout, self.ttl = timeout, ttl
-        self._cache = Lru(size)
+        self._cache: Lru[PackageQuery, tuple[int, ...]] = Lru(size)
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -210,16 +210,15 @@ class PackageLookup:
     def invalidate(self) -> None:
         self._cache.clear()
 
-    def peek(self, query: PackageQuery) -> tuple[int, ...] | object:
+    def peek(self, query: PackageQuery) -> tuple[int, ...] | CacheMiss:
         """The cached project ids, or MISS."""
-        cached: tuple[int, ...] | object = self._cache.get(query)
-        return cached
+        return self._cache.get(query)
 
     async def projects(self, query: PackageQuery) -> tuple[int, ...]:
         """The distinct ids of the projects holding the package (empty: no such package)."""
         cached = self._cache.get(query)
         if cached is not MISS:
-            return cached  # type: ignore[no-any-return]
+            return cached
         if query.group is None or not query.needs_lookup:
             return ()
         found: set[int] = set()

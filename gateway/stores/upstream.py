@@ -47,8 +47,8 @@ class UpstreamValidator:
         self.root = relative_url_root
         self.timeout = timeout
         self.ttl, self.negative_ttl = ttl, negative_ttl
-        self._cache = Lru(size)
-        self._negative = Lru(size if negative_size is None else negative_size)
+        self._cache: Lru[str, Job] = Lru(size)
+        self._negative: Lru[str, bool] = Lru(size if negative_size is None else negative_size)
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -64,7 +64,7 @@ class UpstreamValidator:
         the upstream says it is no job token (now). Raises StoreUnavailable."""
         cached = self._cache.get(digest)
         if cached is not MISS:
-            return cached  # type: ignore[no-any-return]
+            return cached
         if self._negative.get(digest) is not MISS:
             return None
         job = await self._ask(digest, secret)
