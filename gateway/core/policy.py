@@ -27,11 +27,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import NamedTuple
 
 from gateway.core import visibility
 from gateway.core.decision import Audit, Decision, Reason, make_audit, make_decision
-from gateway.core.drafts import check_layouts
 from gateway.stores.grants import Allowlist, Job, Project, project_key
 
 __all__ = [
@@ -71,9 +70,10 @@ class Access:
     rule: str = "page"
 
 
-@dataclass(frozen=True, slots=True)
-class Accessed:
-    """The project a request touches, as named (`ref`) and as the store knows it (or not)."""
+class Accessed(NamedTuple):
+    """The project a request touches, as named (`ref`) and as the store knows it (or not).
+
+    A NamedTuple (immutable, equal by value), built once per request by `accessed`."""
 
     ref: str
     project: Project | None = None
@@ -93,21 +93,10 @@ class Accessed:
         return key == source.id if isinstance(key, int) else key == source.key
 
 
-class _AccessedDraft:  # see gateway/core/decision.py, "hot-path constructors"
-    __slots__ = ("project", "ref")
-
-
 def accessed(ref: str, project: Project | None) -> Accessed:
-    """`Accessed(ref, project)` for the hot path (one per request): ~0.1 us instead of ~0.3."""
-    draft: Any = _AccessedDraft()
-    draft.ref = ref
-    draft.project = project
-    draft.__class__ = Accessed
-    made: Accessed = draft
-    return made
-
-
-check_layouts((_AccessedDraft, Accessed))
+    """`Accessed(ref, project)` for the hot path (one per request): `tuple.__new__`, as in
+    gateway/core/decision.py's hot-path constructors (~100 ns instead of ~200)."""
+    return tuple.__new__(Accessed, (ref, project))
 
 
 def deny(reason: Reason, message: str, audit: Audit) -> Decision:
