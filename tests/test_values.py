@@ -85,6 +85,13 @@ def test_make_decision_equals_the_decision_built_by_keywords() -> None:
     )
 
 
+def test_an_audit_with_granted_changes_that_field_only() -> None:
+    audit = make_audit("sha256:abc", 7, "acme/app", "#42", "GET /x", ("read_x",), (), 1, 42)
+    granted = audit.with_granted(("read_x", "read_y"))
+    assert type(granted) is Audit
+    assert granted == audit._replace(granted=("read_x", "read_y"))
+
+
 def test_a_decision_built_with_defaults_carries_an_empty_audit() -> None:
     allowed = Decision(allowed=True, reason=Reason.NO_TOKEN)
     assert (allowed.message, allowed.audit, allowed.status) == ("", Audit(), None)

@@ -11,6 +11,9 @@ from typing import NamedTuple
 
 __all__ = ["STATUS", "Audit", "Decision", "Reason", "make_audit", "make_decision"]
 
+# `tuple.__new__(Audit, (...))`: see "hot-path constructors" below.
+_new = tuple.__new__
+
 
 class Reason(StrEnum):
     # allowed
@@ -117,6 +120,15 @@ class Audit(NamedTuple):
     source_project_id: int | None = None
     target_project_id: int | None = None
 
+    def with_granted(self, granted: tuple[str, ...]) -> Audit:
+        """This audit with `granted` set (once per request the policy reaches an allowlist
+        entry): unpacking reads the fields for ~0.35 us, where nine attribute reads and
+        `make_audit` take ~0.55 us and `self._replace(granted=...)` ~1.4 us."""
+        fp, job_id, source, target, route, required, _, source_id, target_id = self
+        return _new(
+            Audit, (fp, job_id, source, target, route, required, granted, source_id, target_id)
+        )
+
 
 class Decision(NamedTuple):
     """The verdict on one request. `message` is the GitLab-shaped `{"message": ...}` text.
@@ -146,8 +158,6 @@ class Decision(NamedTuple):
 # ns; a frozen dataclass's `__init__` (one `object.__setattr__` per field) took ~1,200 ns.
 # A field added to a class must be added here too: tests/test_values.py holds each constructor
 # equal to the value built by keywords.
-
-_new = tuple.__new__
 
 
 def make_audit(

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from gateway.core import visibility
-from gateway.core.decision import Audit, Decision, Reason, make_audit, make_decision
+from gateway.core.decision import Audit, Decision, Reason, make_decision
 from gateway.stores.grants import Allowlist, Job, Project, project_key
 
 __all__ = [
@@ -81,14 +81,16 @@ class Accessed(NamedTuple):
     @property
     def label(self) -> str:
         """GitLab names the target `project #<id>`; an unknown path is shown as given."""
-        if self.project is not None:
-            return f"#{self.project.id}"
+        project = self.project  # read once: a NamedTuple field read is not a slot's
+        if project is not None:
+            return f"#{project.id}"
         return f"#{self.ref}" if isinstance(project_key(self.ref), int) else self.ref
 
     def is_project(self, source: Project) -> bool:
         """Same project: numeric ids, or full paths case-insensitively (find_by_full_path)."""
-        if self.project is not None:
-            return self.project.id == source.id
+        project = self.project
+        if project is not None:
+            return project.id == source.id
         key = project_key(self.ref)
         return key == source.id if isinstance(key, int) else key == source.key
 
@@ -148,19 +150,7 @@ def decide(
             return _public(job, project, accessed, access, audit)
         return deny(Reason.NOT_ALLOWLISTED, FORBIDDEN + not_allowed_message(job, accessed), audit)
     granted = ("default_permissions",) if entry.default_permissions else entry.granted_sorted
-    # Built directly: dataclasses.replace costs several microseconds on the hot path.
-    a = audit
-    audit = make_audit(
-        a.fingerprint,
-        a.job_id,
-        a.source_project,
-        a.target,
-        a.route,
-        a.required,
-        granted,
-        a.source_project_id,
-        a.target_project_id,
-    )
+    audit = audit.with_granted(granted)
     if not access.controllable:
         return allow(Reason.GIT_HTTP if access.git else Reason.UNCONTROLLED_ENDPOINT, audit)
     if entry.default_permissions:
