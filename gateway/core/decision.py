@@ -154,8 +154,9 @@ class Decision(NamedTuple):
 # The gate and the policy build an Audit and a Decision (sometimes two Audits) per request.
 # `tuple.__new__(Audit, (...))` builds the NamedTuple without its generated `__new__` (a Python
 # function taking keywords and defaults), as aiohttp builds its `WSMessage`s
-# (aiohttp/_websocket/reader_py.py, `TUPLE_NEW`). Measured on CPython 3.11 (9 fields): `Audit(...)` ~260 ns, this ~100-170
-# ns; a frozen dataclass's `__init__` (one `object.__setattr__` per field) took ~1,200 ns.
+# (aiohttp/_websocket/reader_py.py, `TUPLE_NEW`). Measured on CPython 3.11 (9 fields):
+# `Audit(...)` ~260 ns, this ~100-170 ns; a frozen dataclass's `__init__` (one
+# `object.__setattr__` per field) took ~1,200 ns.
 # A field added to a class must be added here too: tests/test_values.py holds each constructor
 # equal to the value built by keywords.
 
