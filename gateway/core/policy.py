@@ -43,11 +43,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol
+from typing import NamedTuple, Protocol
 
 from gateway.core import tokens, visibility
 from gateway.core.decision import Audit, Decision, Reason, make_audit, make_decision
-from gateway.core.drafts import check_layouts
 from gateway.routing.values import RouteRule, TargetKind
 from gateway.stores.grants import Allowlist, Job, Project, project_key
 
@@ -132,9 +131,10 @@ class Access:
     rule: str = "page"
 
 
-@dataclass(frozen=True, slots=True)
-class Accessed:
-    """The project a request touches, as named (`ref`) and as the store knows it (or not)."""
+class Accessed(NamedTuple):
+    """The project a request touches, as named (`ref`) and as the store knows it (or not).
+
+    A NamedTuple (immutable, equal by value), built once per request by `accessed`."""
 
     ref: str
     project: Project | None = None
@@ -142,33 +142,24 @@ class Accessed:
     @property
     def label(self) -> str:
         """GitLab names the target `project #<id>`; an unknown path is shown as given."""
-        if self.project is not None:
-            return f"#{self.project.id}"
+        project = self.project  # read once: a NamedTuple field read is not a slot's
+        if project is not None:
+            return f"#{project.id}"
         return f"#{self.ref}" if isinstance(project_key(self.ref), int) else self.ref
 
     def is_project(self, source: Project) -> bool:
         """Same project: numeric ids, or full paths case-insensitively (find_by_full_path)."""
-        if self.project is not None:
-            return self.project.id == source.id
+        project = self.project
+        if project is not None:
+            return project.id == source.id
         key = project_key(self.ref)
         return key == source.id if isinstance(key, int) else key == source.key
 
 
-class _AccessedDraft:  # see gateway/core/decision.py, "hot-path constructors"
-    __slots__ = ("project", "ref")
-
-
 def accessed(ref: str, project: Project | None) -> Accessed:
-    """`Accessed(ref, project)` for the hot path (one per request): ~0.1 us instead of ~0.3."""
-    draft: Any = _AccessedDraft()
-    draft.ref = ref
-    draft.project = project
-    draft.__class__ = Accessed
-    made: Accessed = draft
-    return made
-
-
-check_layouts((_AccessedDraft, Accessed))
+    """`Accessed(ref, project)` for the hot path (one per request): `tuple.__new__`, as in
+    gateway/core/decision.py's hot-path constructors (~100 ns instead of ~200)."""
+    return tuple.__new__(Accessed, (ref, project))
 
 
 def deny(reason: Reason, message: str, audit: Audit) -> Decision:
@@ -220,19 +211,7 @@ def decide(
             return _public(job, project, accessed, access, audit)
         return deny(Reason.NOT_ALLOWLISTED, FORBIDDEN + not_allowed_message(job, accessed), audit)
     granted = ("default_permissions",) if entry.default_permissions else entry.granted_sorted
-    # Built directly: dataclasses.replace costs several microseconds on the hot path.
-    a = audit
-    audit = make_audit(
-        a.fingerprint,
-        a.job_id,
-        a.source_project,
-        a.target,
-        a.route,
-        a.required,
-        granted,
-        a.source_project_id,
-        a.target_project_id,
-    )
+    audit = audit.with_granted(granted)
     if not access.controllable:
         return allow(Reason.GIT_HTTP if access.git else Reason.UNCONTROLLED_ENDPOINT, audit)
     if entry.default_permissions:

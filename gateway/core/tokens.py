@@ -53,12 +53,11 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import NamedTuple
 from urllib.parse import unquote_plus
 
 from gateway.core import conan_jwt, multipart
 from gateway.core.carriers import DEFAULT, CarrierMap, Family, Reading
-from gateway.core.drafts import check_layouts
 from gateway.core.request import Headers, RequestView
 
 __all__ = [
@@ -323,35 +322,38 @@ def fingerprint(token_digest: str) -> str:
     return "sha256:" + token_digest[:FINGERPRINT_CHARS]
 
 
-@dataclass(frozen=True, slots=True)
-class Credential:
-    """The one job token a request carries. `secret` is kept out of repr and logs."""
+class Credential(NamedTuple):
+    """The one job token a request carries. `secret` is kept out of repr and logs, and out of
+    equality and hash (the digest stands for it). A NamedTuple: immutable and the cheapest
+    value to build once per request (`_credential`)."""
 
     carrier: Carrier
     digest: str
-    secret: str = field(repr=False, compare=False)
+    secret: str
 
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.digest)
 
+    def __repr__(self) -> str:
+        return f"Credential(carrier={self.carrier!r}, digest={self.digest!r})"
 
-class _CredentialDraft:  # see gateway/core/decision.py, "hot-path constructors"
-    __slots__ = ("carrier", "digest", "secret")
+    # Equal only to a Credential, like the dataclass it was: a tuple's own `==` and `!=`
+    # would compare the secret, and say it equals a plain tuple of its items.
+    def __eq__(self, other: object) -> bool:
+        return other.__class__ is Credential and self[:2] == other[:2]
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash(self[:2])
 
 
 def _credential(carrier: Carrier, token_digest: str, secret: str) -> Credential:
-    """`Credential(...)`, one per request: built from a draft (~0.1 us instead of ~0.3)."""
-    draft: Any = _CredentialDraft()
-    draft.carrier = carrier
-    draft.digest = token_digest
-    draft.secret = secret
-    draft.__class__ = Credential
-    credential: Credential = draft
-    return credential
-
-
-check_layouts((_CredentialDraft, Credential))
+    """`Credential(...)`, one per request: `tuple.__new__`, as in gateway/core/decision.py's
+    hot-path constructors (~100 ns instead of ~200)."""
+    return tuple.__new__(Credential, (carrier, token_digest, secret))
 
 
 @dataclass(frozen=True, slots=True)

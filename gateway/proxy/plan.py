@@ -9,7 +9,7 @@ upload, a fault of ours) are the constants below.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from gateway.core import multipart, tokens
 from gateway.core.decision import Audit, Decision, Reason, bad_target, refuse
@@ -156,11 +156,11 @@ def verdict(view: RequestView, exchange: Exchange, decision: Decision, *, dry_ru
 
 def closing(refused: Decision) -> Decision:
     """The refusal, answered and then closed (a refused `Expect: 100-continue` client)."""
-    return refused if refused.close else replace(refused, close=True)
+    return refused if refused.close else refused._replace(close=True)
 
 
 def deny_streamed(exchange: Exchange, violation: Decision, *, would: bool) -> None:
     """Record a refused streamed body as the request's decision (audit kept for the log)."""
     audit = exchange.decision.audit if exchange.decision is not None else Audit()
-    exchange.decision = replace(violation, audit=audit)
+    exchange.decision = violation._replace(audit=audit)
     exchange.would_deny = exchange.would_deny or would

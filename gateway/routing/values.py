@@ -1,7 +1,9 @@
 """The values the route table deals in: a `Route` (one row of GitLab's page), the `Target` a
 request touches, and the `RouteMatch` that `RouteTable.match` returns.
 
-All frozen, slotted dataclasses: they are built on the hot path and shared freely.
+All immutable: `Route` is a frozen, slotted dataclass built at start-up; `Target` and
+`RouteMatch`, built per request, are NamedTuples (the cheapest immutable value to build, see
+`trie.build_match`). Nothing compares them with plain tuples.
 """
 
 from __future__ import annotations
@@ -9,13 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-
-from gateway.core.drafts import check_layouts
+from typing import NamedTuple
 
 __all__ = [
     "METHODS",
-    "DraftMatch",
-    "DraftTarget",
     "Route",
     "RouteMatch",
     "RouteRule",
@@ -59,8 +58,7 @@ class RouteRule(StrEnum):
     OWN_JOB = "own_job"
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(NamedTuple):
     kind: TargetKind
     ref: str | None = None  # decoded id or full path, e.g. "42" or "group/sub/project"
 
@@ -83,32 +81,7 @@ class Route:
         return f"{self.method} {self.path}"
 
 
-@dataclass(frozen=True, slots=True)
-class RouteMatch:
+class RouteMatch(NamedTuple):
     route: Route
     params: Mapping[str, str]  # decoded once
     target: Target
-
-
-# The matcher builds a Target and a RouteMatch per request. A frozen dataclass's __init__ sets
-# each field through object.__setattr__ (~270 ns for RouteMatch); instead the hot path fills a
-# draft, a plain class with the same slots, with ordinary attribute stores and then makes it
-# the frozen class by `__class__` assignment, which CPython allows between classes of the same
-# layout (~90 ns). The result is an ordinary, frozen instance. Everything else builds them the
-# ordinary way.
-
-
-class DraftTarget:
-    __slots__ = ("kind", "ref")
-    kind: TargetKind
-    ref: str | None
-
-
-class DraftMatch:
-    __slots__ = ("params", "route", "target")
-    route: Route
-    params: Mapping[str, str]
-    target: Target
-
-
-check_layouts((DraftTarget, Target), (DraftMatch, RouteMatch))
