@@ -253,6 +253,13 @@ def make_audit(
     )
 
 
-def make_decision(allowed: bool, reason: Reason, message: str, audit: Audit) -> Decision:
+def make_decision(
+    allowed: bool,
+    reason: Reason,
+    message: str,
+    audit: Audit,
+    explicit_status: int | None = None,
+    close: bool = False,
+) -> Decision:
     """`Decision(...)` with every field given, for the hot path."""
-    return _new(Decision, (allowed, reason, message, audit))
+    return _new(Decision, (allowed, reason, message, audit, explicit_status, close))
