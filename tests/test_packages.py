@@ -55,6 +55,19 @@ def test_only_the_entry_point_and_what_every_stage_shares_stay_at_the_top() -> N
     assert packages == set(PACKAGES)
 
 
+def test_the_wheel_ships_every_package() -> None:
+    # setuptools installs the packages pyproject.toml lists, no more: a package missing there is
+    # missing from the image (`pip install .` in the Dockerfile) and from every installed wheel.
+    import tomllib
+
+    listed = tomllib.loads((GATEWAY.parent / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]
+    assert set(listed) == {"gateway", "gateway.policies"} | {
+        "gateway." + p.replace("/", ".") for p in PACKAGES
+    }
+
+
 @pytest.mark.parametrize("package", PACKAGES)
 def test_every_package_says_what_it_owns(package: str) -> None:
     doc = ast.get_docstring(ast.parse((GATEWAY / package / "__init__.py").read_text()))
