@@ -30,7 +30,7 @@ import logging
 from collections.abc import Mapping
 
 from gateway.core import policy, tokens, visibility
-from gateway.core.decision import Audit, Decision, Reason, bad_target, refuse
+from gateway.core.decision import Audit, Decision, Reason, bad_target, gitlab_message, refuse
 from gateway.core.request import RequestView
 from gateway.errors import ConfigError, PolicyFileError, StoreUnavailable
 from gateway.routing import gitpath
@@ -57,10 +57,10 @@ __all__ = ["Gate"]
 log = logging.getLogger(__name__)
 
 UNAUTHORIZED = policy.UNAUTHORIZED  # GitLab's 401 body, defined once in gateway/core/policy.py
-NOT_AVAILABLE = (
-    "403 Forbidden - This endpoint is not available to CI/CD job tokens through this gateway."
+NOT_AVAILABLE = gitlab_message(
+    403, "This endpoint is not available to CI/CD job tokens through this gateway."
 )
-STORE_DOWN = "503 Service Unavailable - The token store cannot answer; try again later."
+STORE_DOWN = gitlab_message(503, "The token store cannot answer; try again later.")
 # CONNECT never reaches the gate (the handler refuses it); a TRACE body is read like any other:
 # Rack would parse a form body whatever the method.
 _METHODS_WITHOUT_BODY = frozenset({"CONNECT"})
@@ -204,7 +204,7 @@ class Gate:
                 return policy.deny(Reason.TOKEN_REQUIRED, UNAUTHORIZED, Audit())
             return Decision(allowed=True, reason=Reason.NO_TOKEN)
         if isinstance(found, tokens.Conflict):
-            message = f"400 Bad request - Conflicting credentials: {found.detail}."
+            message = gitlab_message(400, f"Conflicting credentials: {found.detail}.")
             return policy.deny(Reason.CREDENTIAL_CONFLICT, message, Audit())
         return policy.deny(Reason.TOKEN_INVALID, UNAUTHORIZED, Audit())  # Malformed
 

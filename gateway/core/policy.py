@@ -46,7 +46,7 @@ from enum import Enum
 from typing import NamedTuple, Protocol
 
 from gateway.core import tokens, visibility
-from gateway.core.decision import Audit, Decision, Reason, make_audit, make_decision
+from gateway.core.decision import Audit, Decision, Reason, gitlab_message, make_audit, make_decision
 from gateway.routing.values import RouteRule, TargetKind
 from gateway.stores.grants import Allowlist, Job, Project, project_key
 
@@ -69,8 +69,8 @@ __all__ = [
     "unresolved",
 ]
 
-UNAUTHORIZED = "401 Unauthorized"
-FORBIDDEN = "403 Forbidden - "
+UNAUTHORIZED = gitlab_message(401)
+FORBIDDEN = gitlab_message(403) + " - "  # followed by GitLab's reason
 # Gitlab::GitAccess::ERROR_MESSAGES[:push_code] (lib/gitlab/git_access.rb)
 PUSH_MESSAGE = "You are not allowed to push code to this project."
 REGISTRY_MESSAGE = (
@@ -78,14 +78,17 @@ REGISTRY_MESSAGE = (
     "of a different project."
 )
 # `forbidden!` without a reason (lib/api/ci/helpers/runner.rb `authenticate_job!`).
-JOB_FORBIDDEN = "403 Forbidden"
-NOT_PROCESSING = "403 Forbidden - Job is not processing on runner"
-UNRESOLVED = (
-    "403 Forbidden - The gateway cannot tell which project's resources this endpoint returns, "
-    "so CI/CD job tokens cannot use it."
+JOB_FORBIDDEN = gitlab_message(403)
+NOT_PROCESSING = gitlab_message(403, "Job is not processing on runner")
+UNRESOLVED = gitlab_message(
+    403,
+    "The gateway cannot tell which project's resources this endpoint returns, "
+    "so CI/CD job tokens cannot use it.",
 )
 # GitLab's answer on the npm dist-tags routes when the namespace holds no such package:
-# `not_found!('Project') unless project_id` (lib/api/helpers/packages/npm.rb, `project`).
+# `not_found!('Project') unless project_id` (lib/api/helpers/packages/npm.rb, `project`);
+# `not_found!(resource)` renders "404 <resource> Not Found" (lib/api/helpers.rb), not the
+# "<status> <phrase> - <detail>" form of `gitlab_message`.
 PROJECT_NOT_FOUND = "404 Project Not Found"
 # The carriers GitLab's runner routes read a job token from: `params[:token] ||
 # env['HTTP_JOB_TOKEN']` (lib/api/ci/helpers/runner.rb `job_token`).

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib
+import json
 import signal
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -28,6 +29,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway import wire
+from gateway.core.decision import gitlab_message
 from gateway.errors import ConfigError
 from gateway.ops import metrics
 from gateway.ops.admin import Readiness, create_admin_app
@@ -335,7 +337,7 @@ class ProxyListener:
             self._socket = None
 
 
-_OVERLOADED_BODY = b'{"message":"503 Service Unavailable"}'
+_OVERLOADED_BODY = json.dumps({"message": gitlab_message(503)}, separators=(",", ":")).encode()
 _OVERLOADED = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
     b"X-Gateway-Reason: overloaded\r\nRetry-After: 1\r\nCache-Control: no-cache\r\n"
