@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import ipaddress
 import json
 import socket
 import subprocess
@@ -313,10 +314,7 @@ def test_the_host_network_recipe_serves_on_loopback_only(
         # Not in the store, vouched for by the upstream's GET /api/v4/job: acme/app's job.
         assert http(proxy, GRANTED, GITLAB_ONLY_TOKEN)[0] == 200
         # Loopback only: the host's other addresses (the Docker bridge's) do not answer.
-        bridge = run(
-            ["docker", "network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", "bridge"],
-            timeout=30,
-        ).stdout.strip()
+        bridge = _bridge_gateway()
         for port in (proxy, admin):
             with pytest.raises(ConnectionRefusedError):
                 socket.create_connection((bridge, port), timeout=2).close()
@@ -326,3 +324,18 @@ def test_the_host_network_recipe_serves_on_loopback_only(
         demo.terminate()
         demo.wait(timeout=10)
         log.close()
+
+
+def _bridge_gateway() -> str:
+    """The host's address on Docker's default bridge. Docker 20.10 names it in the network's
+    IPAM config; Docker 28 may leave `Gateway` out there (the subnet alone), and then the
+    bridge's first host address is the host's (Docker's default IPAM gives it the gateway)."""
+    config = json.loads(
+        run(
+            ["docker", "network", "inspect", "-f", "{{json (index .IPAM.Config 0)}}", "bridge"],
+            timeout=30,
+        ).stdout
+    )
+    if config.get("Gateway"):
+        return str(config["Gateway"])
+    return str(next(ipaddress.ip_network(config["Subnet"]).hosts()))
