@@ -105,7 +105,7 @@ def test_the_level_setting_filters():
     log.configure(Settings(log_format="json", log_level="warning"), stream=stream)
 
     log.get_logger("test").info("quiet")
-    logging.getLogger("gateway.core.gate").info("quiet too")
+    logging.getLogger("gateway.gate").info("quiet too")
     log.get_logger("test").warning("loud")
 
     assert [json.loads(text)["event"] for text in stream.getvalue().splitlines()] == ["loud"]
@@ -145,8 +145,8 @@ def test_the_line_logger_writes_what_structlogs_chain_renders(
     stream = io.StringIO()
     output = log.configure(Settings(log_format="json"), stream=stream, worker=fmt_worker)
     for level in (logging.INFO, logging.WARNING):
-        log.get_logger("gateway.core.request").log(level, "request", **fields)
-        log.LineLogger("gateway.core.request", output).log(level, "request", dict(fields))
+        log.get_logger("gateway.request").log(level, "request", **fields)
+        log.LineLogger("gateway.request", output).log(level, "request", dict(fields))
 
     chain, direct, chain_warning, direct_warning = stream.getvalue().splitlines()
     assert direct == chain
@@ -159,7 +159,7 @@ def test_the_line_logger_writes_what_structlogs_chain_renders(
 def test_the_line_logger_honours_the_outputs_level() -> None:
     stream = io.StringIO()
     output = log.configure(Settings(log_format="json", log_level="warning"), stream=stream)
-    line = log.LineLogger("gateway.core.request", output)
+    line = log.LineLogger("gateway.request", output)
     assert not line.enabled(logging.INFO)
     assert line.enabled(logging.WARNING)
     line.log(logging.INFO, "request", {"status": 200})

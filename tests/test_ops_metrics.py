@@ -169,7 +169,7 @@ def test_the_supervisor_exits_only_when_respawns_keep_failing(tmp_path: Path) ->
         subprocess.run([*command, "store", "load", grants, "--store", url, "--create"]).returncode
         == 0
     )
-    log = tmp_path / "gateway.ops.log"
+    log = tmp_path / "gateway.log"
     serve = [
         *command,
         "serve",

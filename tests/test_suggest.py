@@ -46,7 +46,7 @@ from gateway.tools.suggest import least, plan, suggest
 
 def a_line(**fields: Any) -> str:
     """A request line as `serve` writes it (only the fields a test cares about)."""
-    line = {"logger": "gateway.core.request", "event": "request", "level": "info"}
+    line = {"logger": "gateway.request", "event": "request", "level": "info"}
     line.update(fields)
     return json.dumps(line)
 
@@ -100,7 +100,7 @@ def test_request_lines_become_observations_and_everything_else_is_counted() -> N
 @pytest.mark.parametrize(
     ("line", "problem"),
     [
-        ('{"event": "request", "logger": "gateway.core.request", "reason": ', "not valid JSON"),
+        ('{"event": "request", "logger": "gateway.request", "reason": ', "not valid JSON"),
         (a_decided_line("made_up"), "unknown reason 'made_up'"),
         (a_decided_line("not_allowlisted", required=["read_everything"]), "unknown permission"),
         (a_decided_line("not_allowlisted", source=(0, "acme/app")), "not a GitLab id"),

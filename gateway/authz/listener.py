@@ -15,7 +15,7 @@ import structlog
 
 from gateway.authz.service import Decider, DecisionService
 from gateway.errors import ConfigError
-from gateway.ops import metrics
+from gateway.ops import log, metrics
 from gateway.ops.exchange import Recorder
 from gateway.proxy import worker
 from gateway.settings import Settings
@@ -49,11 +49,16 @@ class DecisionListener:
 
 
 async def start_listener(
-    settings: Settings, gate: Decider, *, reuse_port: bool = False
+    settings: Settings,
+    gate: Decider,
+    *,
+    reuse_port: bool = False,
+    output: log.Output | None = None,
 ) -> DecisionListener:
-    """Bind the decision listener; a bind failure is a one-line ConfigError naming the setting."""
+    """Bind the decision listener (request lines to `output`: see `Recorder`); a bind failure
+    is a one-line ConfigError naming the setting."""
     assert settings.decision_port is not None
-    recorder = Recorder()
+    recorder = Recorder(output=output)
     limits = worker.limits_for(settings, max_body=settings.body_inspect_limit)
     server = WireServer(DecisionService(settings, gate, recorder), limits)
     server.on_overload.append(metrics.CONNECTIONS_REFUSED.inc)
@@ -77,6 +82,7 @@ async def run_alone(
     admin: bool,
     reuse_port: bool = False,
     on_ready: Callable[[], None] | None = None,
+    output: log.Output | None = None,
 ) -> int:
     """`serve --port 0 --decision-port P`: the decision and admin listeners, no proxy."""
     return await worker.run_listeners(
@@ -85,5 +91,6 @@ async def run_alone(
         admin=admin,
         reuse_port=reuse_port,
         on_ready=on_ready,
+        output=output,
         mode=settings.mode.value,
     )

@@ -54,7 +54,7 @@ from gateway.stores.upstream import UpstreamValidator
 
 __all__ = ["Gate"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gateway.gate")  # the name log filters know (before the packages)
 
 UNAUTHORIZED = policy.UNAUTHORIZED  # GitLab's 401 body, defined once in gateway/core/policy.py
 NOT_AVAILABLE = gitlab_message(

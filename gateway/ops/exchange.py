@@ -139,7 +139,7 @@ class Recorder:
         self, observer: Observer | None = None, *, output: log.Output | None = None
     ) -> None:
         self._observer = observer  # the optional aggregate for `suggest` (gateway/ops/observe.py)
-        self._log = LineLogger("gateway.core.request", output or log.output())
+        self._log = LineLogger("gateway.request", output or log.output())
         self._info = self._log.enabled(logging.INFO)
         # Labelled children, built once each: `.labels()` costs ~0.7 us per call.
         self._counters: dict[tuple[str, int], Any] = {}

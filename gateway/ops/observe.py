@@ -35,7 +35,7 @@ from gateway.settings import Settings
 
 __all__ = ["COUNTS", "FIRST", "FLUSH_SECONDS", "LAST", "Observer", "RedisSink", "key_fields"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gateway.observe")  # the name log filters know (before the packages)
 
 FLUSH_SECONDS = 5.0
 COUNTS = "jtg:observations"  # field: the key as a JSON array -> request count

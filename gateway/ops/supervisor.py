@@ -53,32 +53,34 @@ RESPAWN_WINDOW = 60.0
 RESPAWN_FIRST_DELAY = 0.1
 RESPAWN_MAX_DELAY = 5.0
 
-_log = structlog.get_logger("gateway.ops.supervisor")
+_log = structlog.get_logger("gateway.supervisor")
 
 
 def serve(settings: Settings) -> int:
     """Run `serve` until SIGTERM/SIGINT; the process exit code (ConfigError: caller prints it)."""
     server.check_extensions()
     server.check_serving(settings)
-    log.configure(settings)
+    output = log.configure(settings)
     try:
         if settings.workers > 1:
             return Supervisor(settings).run()
-        return uvloop.run(server.run_worker(settings, admin=True))
+        return uvloop.run(server.run_worker(settings, admin=True, output=output))
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         return 130
 
 
 def worker_main(settings: Settings, index: int, conn: Connection) -> None:
     """Entry point of a spawned worker: serve, report readiness or the start-up error."""
-    log.configure(settings, worker=index)
+    output = log.configure(settings, worker=index)
     code = 0
 
     def ready() -> None:
         conn.send(("ready", os.getpid()))
 
     try:
-        code = uvloop.run(server.run_worker(settings, admin=False, reuse_port=True, on_ready=ready))
+        code = uvloop.run(
+            server.run_worker(settings, admin=False, reuse_port=True, on_ready=ready, output=output)
+        )
     except ConfigError as exc:
         conn.send(("error", str(exc)))
         code = 2

@@ -22,7 +22,7 @@ from gateway.core.decision import Decision
 from gateway.core.gate import Gate
 from gateway.core.request import RequestView
 from gateway.errors import ConfigError
-from gateway.ops import observe
+from gateway.ops import log, observe
 from gateway.ops.exchange import Recorder
 from gateway.proxy import forward
 from gateway.proxy.handler import Proxy
@@ -78,10 +78,15 @@ class ProxyApp:
         self._resources = resources
 
     @classmethod
-    async def open(cls, settings: Settings, gate: GateService | None = None) -> ProxyApp:
-        """Build the proxy's resources. Raises ConfigError without `--upstream`, or when the
-        route table, the store or `--observations` cannot be used (`Gate.open`, `observe`);
-        what was built by then is released."""
+    async def open(
+        cls,
+        settings: Settings,
+        gate: GateService | None = None,
+        output: log.Output | None = None,
+    ) -> ProxyApp:
+        """Build the proxy's resources (request lines to `output`: see `Recorder`). Raises
+        ConfigError without `--upstream`, or when the route table, the store or `--observations`
+        cannot be used (`Gate.open`, `observe`); what was built by then is released."""
         if settings.upstream is None:
             raise ConfigError("--upstream / GATEWAY_UPSTREAM is required to serve")
         resources = AsyncExitStack()
@@ -96,7 +101,7 @@ class ProxyApp:
             observing = observe.start(settings)  # None unless --observations (issue 14)
             if observing is not None:
                 resources.push_async_callback(observe.stop, observing[1])
-            recorder = Recorder(observing[0] if observing else None)
+            recorder = Recorder(observing[0] if observing else None, output=output)
             resources.callback(recorder.close)
             proxy = Proxy(settings, gate, forwarder, headers, recorder)
         except BaseException:

@@ -54,7 +54,7 @@ SMALL_BODY = 64 * 1024
 # Content-Type on streamed bodies.
 SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
-_log = structlog.get_logger("gateway.proxy.forward")
+_log = structlog.get_logger("gateway.forward")
 
 
 class BodyTooLarge(GatewayError):

@@ -54,7 +54,7 @@ from gateway.settings import Mode, Settings
 __all__ = ["Decider", "Proxy"]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_log = structlog.get_logger("gateway.proxy.handler")
+_log = structlog.get_logger("gateway.handler")
 
 
 class Expected(NamedTuple):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -31,7 +32,7 @@ from prometheus_client import CollectorRegistry
 from gateway import wire
 from gateway.core.decision import gitlab_message
 from gateway.errors import ConfigError
-from gateway.ops import metrics
+from gateway.ops import log, metrics
 from gateway.ops.admin import Readiness, create_admin_app
 from gateway.proxy.app import GateService, ProxyApp, runner_options
 from gateway.settings import Engine, Settings
@@ -54,7 +55,7 @@ __all__ = [
     "wait_for_stop",
 ]
 
-_log = structlog.get_logger("gateway.proxy.server")
+_log = structlog.get_logger("gateway.server")
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 # (module, attribute, module the class must come from): the C implementations.
@@ -109,25 +110,28 @@ async def run_worker(
     admin: bool,
     reuse_port: bool = False,
     on_ready: Callable[[], None] | None = None,
+    output: log.Output | None = None,
 ) -> int:
     """Serve the proxy (and, if `admin`, the admin listener) until a stop signal; drain; 0.
     With `--decision-port` the decision listener (gateway/authz) runs beside the proxy, or alone
-    with `--port 0`."""
+    with `--port 0`. `output` (what `log.configure` returned) takes every request line."""
     if decision_only(settings):
         from gateway.authz.listener import run_alone
 
-        return await run_alone(settings, admin=admin, reuse_port=reuse_port, on_ready=on_ready)
+        return await run_alone(
+            settings, admin=admin, reuse_port=reuse_port, on_ready=on_ready, output=output
+        )
     if settings.engine is Engine.LEAN:
         from gateway.proxy.lean import run_lean_worker
 
         return await run_lean_worker(
-            settings, admin=admin, reuse_port=reuse_port, on_ready=on_ready
+            settings, admin=admin, reuse_port=reuse_port, on_ready=on_ready, output=output
         )
     draining = asyncio.Event()
     decision = None
     # Opens the gate and the upstream session (a ConfigError stops here), then listens.
     proxy = await start_proxy(
-        settings, host=settings.host, port=settings.port, reuse_port=reuse_port
+        settings, host=settings.host, port=settings.port, reuse_port=reuse_port, output=output
     )
     gate = proxy.app.gate
     admin_runner: web.AppRunner | None = None
@@ -138,7 +142,7 @@ async def run_worker(
         if settings.decision_port is not None:
             from gateway.authz.listener import start_listener
 
-            decision = await start_listener(settings, gate, reuse_port=reuse_port)
+            decision = await start_listener(settings, gate, reuse_port=reuse_port, output=output)
         if admin:
             registry = metrics.collecting_registry(None)
             group = group_metrics(settings, registry)
@@ -227,13 +231,15 @@ async def start_proxy(
     host: str,
     port: int,
     reuse_port: bool = False,
+    output: log.Output | None = None,
 ) -> ProxyListener:
     """The aiohttp engine's proxy listener, serving on `host:port` (what `serve` runs, and the
-    tests' in-process gateway). `gate` replaces `Gate.open(settings)` (its caller then owns it).
+    tests' in-process gateway). `gate` replaces `Gate.open(settings)` (its caller then owns it);
+    `output` takes the request lines (None: the process's, `log.output()`).
 
     Raises ConfigError (one line naming the setting) when the resources cannot be built
     (`ProxyApp.open`) or the port cannot be bound; what was built by then is released."""
-    app = await ProxyApp.open(settings, gate)
+    app = await ProxyApp.open(settings, gate, output)
     listener = ProxyListener(app, settings)
     try:
         await listener.listen(host, port, reuse_port=reuse_port)
@@ -256,7 +262,8 @@ class ProxyListener:
 
     def __init__(self, app: ProxyApp, settings: Settings) -> None:
         self.app = app
-        self.server = web.Server(app.handle, **runner_options(settings))
+        self.options = runner_options(settings)
+        self.server = web.Server(app.handle, **self.options)
         self.runner = web.ServerRunner(self.server, shutdown_timeout=_shutdown_timeout(settings))
         self.limit = settings.max_connections
         self._socket: asyncio.Server | None = None
@@ -271,8 +278,19 @@ class ProxyListener:
 
     async def listen(self, host: str, port: int, *, reuse_port: bool) -> None:
         """Start the server and bind; a bind failure is a one-line ConfigError (`--port`)."""
-        await self.runner.setup()
         loop = asyncio.get_running_loop()
+        # SECURITY: `web.Server` builds each connection's RequestHandler with these options, and
+        # one it cannot take makes it drop them all with a warning (aiohttp/web_server.py
+        # `Server.__call__`): the connections would run without the head limits and timeouts.
+        # One handler built here first turns that into a refusal to start.
+        try:
+            web.RequestHandler(self.server, loop=loop, **self.options)
+        except TypeError as exc:
+            raise ConfigError(
+                f"aiohttp {aiohttp.__version__} does not take the proxy listener's options "
+                f"(--engine aiohttp): {exc}"
+            ) from None
+        await self.runner.setup()
         try:
             self._socket = await loop.create_server(
                 self.protocol, host, port, backlog=self.BACKLOG, reuse_port=reuse_port or None

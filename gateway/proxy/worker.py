@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from gateway.ops import metrics
+from gateway.ops import log, metrics
 from gateway.settings import Settings
 from gateway.wire import Limits
 
@@ -58,6 +58,7 @@ async def run_listeners(
     admin: bool,
     reuse_port: bool = False,
     on_ready: Callable[[], None] | None = None,
+    output: log.Output | None = None,
     **fields: object,
 ) -> int:
     """See the module docstring. A listener that cannot start raises ConfigError."""
@@ -77,7 +78,7 @@ async def run_listeners(
         metrics.init_labels(server.store_kind(settings.store))
         group: metrics.GroupMetrics | None = None
         if settings.decision_port is not None:
-            decision = await start_listener(settings, gate, reuse_port=reuse_port)
+            decision = await start_listener(settings, gate, reuse_port=reuse_port, output=output)
         if admin:
 
             async def readiness() -> tuple[bool, str]:

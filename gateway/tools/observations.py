@@ -3,7 +3,7 @@
 `serve --log-format json` writes one line per request (event `request`, gateway/ops/exchange.py);
 in dry-run a would-be denial keeps `"decision": "deny"` with `"would_deny": true`. A line is:
 
-- a request line: a JSON object with `"event": "request"` and `"logger": "gateway.core.request"`.
+- a request line: a JSON object with `"event": "request"` and `"logger": "gateway.request"`.
   One that carries a job token's decision (`fingerprint` and `decision`) is an `Observation`;
   one without (no token, refused before the gate) is counted, not observed.
 - malformed: text that starts like a JSON object but does not parse, or a request line whose
@@ -248,7 +248,7 @@ def _read_line(line: str, origin: str, number: int, reading: Reading) -> None:
         record = json.loads(text)
         if not isinstance(record, dict):
             raise _Bad("not a JSON object")
-        if record.get("event") != "request" or record.get("logger") != "gateway.core.request":
+        if record.get("event") != "request" or record.get("logger") != "gateway.request":
             reading.ignored += 1
             return
         observation = _observation(record)

@@ -164,7 +164,7 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
     upstream = ThreadedUpstream()
     upstream.start()
     proxy_port, decision_port, admin_port = free_port(), free_port(), free_port()
-    log = root / "gateway.ops.log"
+    log = root / "gateway.log"
     command = [
         sys.executable, "-m", "gateway", "serve",
         "--port", str(proxy_port), "--decision-port", str(decision_port),

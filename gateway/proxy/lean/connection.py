@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["ClientConnection", "ClientGone", "Incoming", "ParseFailed"]
 
 _DISCARD_LIMIT = 1024 * 1024
-_log = structlog.get_logger("gateway.proxy.lean")
+_log = structlog.get_logger("gateway.engine")
 _BUSY = 2  # a request in flight (after `IDLE` and `HEAD`): no deadline
 
 

@@ -18,7 +18,7 @@ import structlog
 
 from gateway.core.decision import Reason, refuse
 from gateway.errors import ConfigError
-from gateway.ops import observe
+from gateway.ops import log, observe
 from gateway.ops.exchange import Recorder
 from gateway.proxy import worker
 from gateway.proxy.handler import Decider
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LeanListener", "LeanServer", "run_lean_worker", "start_proxy"]
 
-_log = structlog.get_logger("gateway.proxy.lean")
+_log = structlog.get_logger("gateway.engine")
 # The machinery's own refusals, with the aiohttp engine's statuses (its parser answers 400 to
 # every head over a limit).
 _MACHINE_REASONS = {408: Reason.CLIENT_TIMEOUT}
@@ -112,8 +112,10 @@ async def start_proxy(
     host: str | None = None,
     port: int | None = None,
     reuse_port: bool = False,
+    output: log.Output | None = None,
 ) -> LeanListener:
-    """Bind the lean proxy listener; a bind failure is a one-line ConfigError."""
+    """Bind the lean proxy listener (request lines to `output`: see `Recorder`); a bind
+    failure is a one-line ConfigError."""
     if settings.upstream is None:
         raise ConfigError("--upstream / GATEWAY_UPSTREAM is required to serve")
     target = urlsplit(settings.upstream)
@@ -129,7 +131,7 @@ async def start_proxy(
         tls=tls,
     )
     observing = observe.start(settings)  # None unless --observations (issue 14)
-    recorder = Recorder(observing[0] if observing else None)
+    recorder = Recorder(observing[0] if observing else None, output=output)
     proxy = LeanProxy(
         settings, gate, HeaderPolicy(settings), recorder, pool, target.netloc or upstream_host
     )
@@ -157,11 +159,12 @@ async def run_lean_worker(
     admin: bool,
     reuse_port: bool = False,
     on_ready: Callable[[], None] | None = None,
+    output: log.Output | None = None,
 ) -> int:
     """`gateway.proxy.server.run_worker` on the lean engine (see the module docstring)."""
 
     async def start(gate: Gate) -> LeanListener:
-        return await start_proxy(settings, gate, reuse_port=reuse_port)
+        return await start_proxy(settings, gate, reuse_port=reuse_port, output=output)
 
     return await worker.run_listeners(
         settings,
@@ -169,6 +172,7 @@ async def run_lean_worker(
         admin=admin,
         reuse_port=reuse_port,
         on_ready=on_ready,
+        output=output,
         upstream=settings.upstream,
         mode=settings.mode.value,
         engine="lean",

@@ -66,7 +66,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # only without a body (the upstream cannot have acted on a request it never read whole).
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _RETRIES = 3
-_log = structlog.get_logger("gateway.proxy.lean")
+_log = structlog.get_logger("gateway.engine")
 
 
 def refusal_bytes(
