@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib
+import inspect
 import json
 import signal
 from collections.abc import Callable, Coroutine
@@ -283,8 +284,10 @@ class ProxyListener:
         # one it cannot take makes it drop them all with a warning (aiohttp/web_server.py
         # `Server.__call__`): the connections would run without the head limits and timeouts.
         # One handler built here first turns that into a refusal to start.
+        own = inspect.signature(web.Server).parameters  # what web.Server keeps for itself
+        passed = {k: v for k, v in self.options.items() if k not in own}
         try:
-            web.RequestHandler(self.server, loop=loop, **self.options)
+            web.RequestHandler(self.server, loop=loop, **passed)
         except TypeError as exc:
             raise ConfigError(
                 f"aiohttp {aiohttp.__version__} does not take the proxy listener's options "
