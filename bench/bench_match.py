@@ -34,16 +34,11 @@ from typing import Any
 from urllib.parse import unquote
 
 from gateway.routing import trie as route_trie
-from gateway.routing.table import (
-    SEPARATOR,
-    Refusal,
-    Route,
-    RouteMatch,
-    RouteTable,
-    SegmentKind,
-    target_rule_for,
-)
-from gateway.routing.targets import strict_refusal
+from gateway.routing.facts import target_rule_for
+from gateway.routing.table import SEPARATOR, RouteTable
+from gateway.routing.targets import Refusal, strict_refusal
+from gateway.routing.templates import SegmentKind
+from gateway.routing.values import Route, RouteMatch
 
 ROOT = Path(__file__).resolve().parent.parent
 API = "/api/v4"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gateway.routing import table as routes
+from gateway.routing import targets
 
 # Targets a naive proxy changes (reference aiohttp-proxying.md §1.1-1.3): encoded slashes in
 # ids and npm scopes, `+` and `%20`, `%25`, `%7E`, invalid escapes, repeated parameters, `//`.
@@ -23,7 +23,7 @@ FORWARDED_AS_IS = [
     "/semi;param=1/x;y",
     "//evil.example/steal?u=//evil.example/",
 ]
-# Refused by routes.check_target: never forwarded (dot segments, fragments, backslashes, ...).
+# Refused by targets.check_target: never forwarded (dot segments, fragments, backslashes, ...).
 REFUSED = [
     "/api/v4/projects/1/../2",
     "/api/v4/projects/1/%2e%2e/2",
@@ -50,7 +50,7 @@ def get(target: str) -> str:
 
 @pytest.mark.parametrize("target", FORWARDED_AS_IS)
 async def test_the_upstream_receives_the_target_byte_for_byte(an_upstream, a_gateway, target):
-    assert routes.check_target(target) is None, "the table above lists forwardable targets"
+    assert targets.check_target(target) is None, "the table above lists forwardable targets"
     gateway = await a_gateway(an_upstream.url)
 
     answer = await raw_request(gateway.port, get(target))
@@ -68,7 +68,7 @@ async def test_malformed_targets_are_refused_and_never_forwarded(an_upstream, a_
     answer = await raw_request(gateway.port, get(target))
 
     head, _, body = answer.partition(b"\r\n\r\n")
-    if routes.check_target(target) is None:
+    if targets.check_target(target) is None:
         pytest.fail(f"check_target accepts {target!r}; move it to FORWARDED_AS_IS")
     assert head.startswith(b"HTTP/1.1 400 ")
     assert b"X-Gateway-Reason: bad_target" in head

@@ -11,19 +11,10 @@ import pytest
 from conftest import REPO
 
 from gateway.errors import PolicyFileError
-from gateway.routing.table import (
-    METHODS,
-    Refusal,
-    RefusalReason,
-    Route,
-    RouteMatch,
-    RouteTable,
-    SegmentKind,
-    Target,
-    TargetKind,
-    check_target,
-    parse_template,
-)
+from gateway.routing.table import RouteTable
+from gateway.routing.targets import Refusal, RefusalReason, check_target
+from gateway.routing.templates import SegmentKind, parse_template
+from gateway.routing.values import METHODS, Route, RouteMatch, Target, TargetKind
 
 ROUTES_FILE = REPO / "policies" / "routes.yaml"
 API = "/api/v4"

@@ -18,7 +18,10 @@ import re
 import pytest
 from conftest import REPO
 
-from gateway.routing.table import SPANNING_PARAMS, Overlap, Route, RouteMatch, RouteTable
+from gateway.routing.facts import SPANNING_PARAMS
+from gateway.routing.overlaps import Overlap
+from gateway.routing.table import RouteTable
+from gateway.routing.values import Route, RouteMatch
 from gateway.settings import shipped_table
 
 API = "/api/v4"

@@ -17,16 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_routes_overlaps import mustermann_regex
 
-from gateway.routing.table import (
-    SPANNING_PARAMS,
-    Refusal,
-    Route,
-    RouteMatch,
-    RouteTable,
-    Segment,
-    SegmentKind,
-    Template,
-)
+from gateway.routing.facts import SPANNING_PARAMS
+from gateway.routing.table import RouteTable
+from gateway.routing.targets import Refusal
+from gateway.routing.templates import Segment, SegmentKind, Template
+from gateway.routing.values import Route, RouteMatch
 
 API = "/api/v4"
 TABLE = RouteTable.load(REPO / "policies" / "routes.yaml")

@@ -17,7 +17,8 @@ from fixtures.upstream import Upstream
 from job_grants import APP, TOOL, write_grants
 
 from gateway.errors import PolicyFileError
-from gateway.routing.table import RouteRule, RouteTable
+from gateway.routing.table import RouteTable
+from gateway.routing.values import RouteRule
 from gateway.settings import DEFAULT_ROUTES, DEFAULT_SUPPLEMENTARY_ROUTES
 
 API = "/api/v4"

@@ -16,7 +16,8 @@ from gateway.core import policy, tokens
 from gateway.core.decision import Audit, Decision, Reason, make_audit, make_decision
 from gateway.core.policy import Accessed
 from gateway.core.tokens import Carrier, Credential
-from gateway.routing.table import RouteMatch, RouteTable, Target, TargetKind
+from gateway.routing.table import RouteTable
+from gateway.routing.values import RouteMatch, Target, TargetKind
 
 ROUTES_FILE = REPO / "policies" / "routes.yaml"
 

@@ -21,7 +21,9 @@ from gateway.core.decision import Decision, Reason
 from gateway.core.gate import Gate
 from gateway.core.request import RequestView
 from gateway.errors import ConfigError
-from gateway.routing.table import Refusal, RouteMatch, RouteTable, check_target
+from gateway.routing.table import RouteTable
+from gateway.routing.targets import Refusal, check_target
+from gateway.routing.values import RouteMatch
 from gateway.settings import Settings
 
 __all__ = ["Outcome", "RouteReport", "explain_route", "register"]

@@ -11,7 +11,9 @@ from typing import Any
 
 from gateway.errors import PolicyFileError
 from gateway.routing.file import read_routes
-from gateway.routing.table import Overlap, Route, RouteRule, RouteTable
+from gateway.routing.overlaps import Overlap
+from gateway.routing.table import RouteTable
+from gateway.routing.values import Route, RouteRule
 from gateway.settings import SHIPPED_TABLES, Settings, shipped_table
 
 __all__ = [

@@ -33,16 +33,10 @@ from gateway.core import policy, tokens, visibility
 from gateway.core.decision import Audit, Decision, Reason, bad_target, gitlab_message, refuse
 from gateway.core.request import RequestView
 from gateway.errors import ConfigError, PolicyFileError, StoreUnavailable
-from gateway.routing import gitpath
-from gateway.routing import table as routes
-from gateway.routing.table import (
-    Refusal,
-    Route,
-    RouteMatch,
-    RouteTable,
-    Target,
-    TargetKind,
-)
+from gateway.routing import gitpath, targets
+from gateway.routing.table import RouteTable
+from gateway.routing.targets import Refusal
+from gateway.routing.values import Route, RouteMatch, Target, TargetKind
 from gateway.settings import Settings, UnknownCredential
 from gateway.stores import Store, open_store
 from gateway.stores.cache import MISS, CachedStore, CacheMiss
@@ -194,7 +188,7 @@ class Gate:
         if isinstance(found, tokens.Credential):
             # `RouteTable.match` refuses every target `check_target` refuses (and more).
             return self._plan(view, found)  # a Decision when refused before any lookup
-        refusal = routes.check_target(view.target)
+        refusal = targets.check_target(view.target)
         if refusal is not None:
             return _bad_target(refusal)
         if isinstance(found, Decision):
@@ -250,7 +244,7 @@ class Gate:
         """What an unrecognised value in a shared carrier is: a job token (the store knows its
         digest, or the upstream check says so) -> its Credential, or a Conflict when other
         credentials stand next to it; else None (another credential, forwarded)."""
-        refusal = routes.check_target(view.target)
+        refusal = targets.check_target(view.target)
         if refusal is not None:
             return _bad_target(refusal, Audit(candidate.fingerprint))
         try:

@@ -1,7 +1,7 @@
 """The aiohttp adapter of the request pipeline: build a RequestView -> gate -> forward | deny.
 
 Order on every request (cheap checks first, no I/O before them):
-  1. `routes.check_target(raw_path)`: malformed targets -> 400 bad_target;
+  1. `targets.check_target(raw_path)`: malformed targets -> 400 bad_target;
   2. upgrade requests -> 400 upgrade_refused; a Content-Length over `max_body_size` -> 413;
   3. the view (end-to-end headers, see `gateway.proxy.headers`), the body read only when the gate
      needs it (bounded by `body_inspect_limit`, 413 body_not_inspectable beyond), except a

@@ -17,7 +17,7 @@ from gateway.core.request import Headers, RequestView
 from gateway.ops.exchange import Exchange
 from gateway.proxy import bodyguard
 from gateway.proxy.headers import is_upgrade
-from gateway.routing import table as routes
+from gateway.routing import targets
 
 __all__ = [
     "BODY_TIMEOUT",
@@ -67,7 +67,7 @@ def precheck(
     # SECURITY: dot segments, `#`, backslashes and absolute-form targets are refused before
     # anything else: the upstream could read them differently from the route table, and an
     # absolute-form target names another host (reference aiohttp-proxying.md §1.3-1.4).
-    problem = routes.check_target(target)
+    problem = targets.check_target(target)
     if problem is not None:
         return bad_target(problem)
     if method == "CONNECT":

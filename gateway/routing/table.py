@@ -1,12 +1,14 @@
 """GitLab's job-token route table, compiled once at start-up; `match` answers in a few microseconds.
 
 CONTRACT (other modules rely on these names; the implementation may change freely):
-- `Route`, `Target`, `TargetKind`, `RouteMatch`, `Refusal`, `RefusalReason` as exported here (a
+- `RouteTable`, the one name this module exports; the values it deals in are imported from the
+  module that defines them (`gateway.routing.values`: `Route`, `Target`, `TargetKind`,
+  `RouteMatch`; `gateway.routing.targets`: `Refusal`, `RefusalReason`, `check_target`; a
   `Refusal` becomes a Decision only through `gateway.core.decision.bad_target`).
 - `RouteTable.load(path, supplementary=None) -> RouteTable` (raises `PolicyFileError`),
   `RouteTable.compile(routes)`.
 - `RouteTable.match(method, raw_target) -> RouteMatch | Refusal | None`: None = no route.
-- `RouteTable.in_api(raw_target) -> bool`; module-level `check_target(raw_target) -> Refusal | None`.
+- `RouteTable.in_api(raw_target) -> bool`; `targets.check_target(raw_target) -> Refusal | None`.
 - `RouteTable.overlaps()`: pairs of templates some path matches both ways (template intersection).
 
 How a request-target is read (GitLab: Grape + Mustermann, see docs/reference section 6):
@@ -22,7 +24,7 @@ How a request-target is read (GitLab: Grape + Mustermann, see docs/reference sec
    the GET routes (Grape's `mount_in` adds a HEAD twin of every GET route). Splats only try the
    ends the rest of the trie can complete: matching stays linear in the path's length.
 
-Where each part lives (this module keeps the table and re-exports the whole contract):
+Where each part lives (this module keeps the table):
 - `gateway.routing.values`: Route, Target, TargetKind, RouteMatch, METHODS.
 - `gateway.routing.targets`: check_target and the stricter checks, percent-decoding (steps 1 and 3).
 - `gateway.routing.templates`: Grape template parsing (`parse_template`, Segment, Template).
@@ -43,54 +45,22 @@ from pathlib import Path
 from gateway.errors import PolicyFileError
 from gateway.routing import file as route_file
 from gateway.routing.facts import (
-    OWN_PROJECT_ONLY_PREFIXES,
     SPANNING_PARAMS,
-    TARGET_RULES,
-    Derive,
-    TargetRule,
-    is_own_project_only,
     target_rule_for,
 )
-from gateway.routing.file import RouteEntry, RouteFile
 from gateway.routing.overlaps import Overlap, find_overlaps
 from gateway.routing.targets import (
     ANY_BAD_ESCAPE,
     Refusal,
     RefusalReason,
-    check_target,
     decode_segment,
     strict_refusal,
 )
-from gateway.routing.templates import Segment, SegmentKind, Template, parse_template
+from gateway.routing.templates import Template, parse_template
 from gateway.routing.trie import Caps, Leaf, Node, build_match, walk
-from gateway.routing.values import METHODS, Route, RouteMatch, RouteRule, Target, TargetKind
+from gateway.routing.values import METHODS, Route, RouteMatch, TargetKind
 
-__all__ = [
-    "METHODS",
-    "OWN_PROJECT_ONLY_PREFIXES",
-    "SPANNING_PARAMS",
-    "TARGET_RULES",
-    "Derive",
-    "Overlap",
-    "Refusal",
-    "RefusalReason",
-    "Route",
-    "RouteEntry",
-    "RouteFile",
-    "RouteMatch",
-    "RouteRule",
-    "RouteTable",
-    "Segment",
-    "SegmentKind",
-    "Target",
-    "TargetKind",
-    "TargetRule",
-    "Template",
-    "check_target",
-    "is_own_project_only",
-    "parse_template",
-    "target_rule_for",
-]
+__all__ = ["RouteTable"]
 
 
 class RouteTable:

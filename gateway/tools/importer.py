@@ -38,7 +38,9 @@ import yaml
 
 from gateway.errors import PolicyFileError
 from gateway.routing.permissions import KNOWN_POLICIES, humanize
-from gateway.routing.table import METHODS, Route, RouteTable, parse_template
+from gateway.routing.table import RouteTable
+from gateway.routing.templates import parse_template
+from gateway.routing.values import METHODS, Route
 
 __all__ = [
     "CURRENT_HEADER",

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.routing import table as routes
+from gateway.routing import targets
 from gateway.routing.table import RouteTable
 
 from .conftest import APP, ROUTES
@@ -80,7 +80,7 @@ REFUSAL_SHAPES: dict[str, Callable[[int], str]] = {
 
 @pytest.mark.parametrize("name", REFUSAL_SHAPES)
 def test_refusal_checks_grow_linearly_with_the_path(name):
-    ratio = growth(REFUSAL_SHAPES[name], routes.check_target)
+    ratio = growth(REFUSAL_SHAPES[name], targets.check_target)
     strict = growth(REFUSAL_SHAPES[name], lambda target: TABLE.match("GET", target))
 
     assert ratio < 8, f"check_target: 4x longer target cost {ratio:.1f}x"
