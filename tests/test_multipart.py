@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from job_grants import a_gate
 from multidict import CIMultiDict
 
-from gateway.core import multipart, tokens
+from gateway.core import multipart, params, tokens
 from gateway.core.decision import Reason
 from gateway.core.multipart import Field, MultipartError, Scanner
 from gateway.core.request import RequestView
@@ -56,7 +56,7 @@ def scan(
     body: bytes,
     chunks: list[int] | None = None,
     boundary: str = "XyZ",
-    watch: Callable[[str], bool] = tokens.reads_param,
+    watch: Callable[[str], bool] = params.reads_param,
 ) -> list[Field]:
     """Feed `body` cut at `chunks` (positions), then finish; the watched fields."""
     scanner = Scanner(boundary, watch)
@@ -284,7 +284,7 @@ def test_a_long_preamble_is_refused() -> None:
 
 
 def test_after_a_refusal_the_scanner_refuses_everything() -> None:
-    scanner = Scanner("XyZ", tokens.reads_param)
+    scanner = Scanner("XyZ", params.reads_param)
     with pytest.raises(MultipartError):
         scanner.feed(b"x--XyZ\r\n")
     with pytest.raises(MultipartError):
@@ -314,7 +314,7 @@ def test_a_part_is_reported_in_the_chunk_that_completes_its_closing_boundary() -
     # two bytes after. Ours must be the very chunk holding the boundary's last byte.
     closing = UPLOAD.index(A.encode()) + len(A) + len(b"\r\n--XyZ")
     for cut in range(1, len(UPLOAD)):
-        scanner = Scanner("XyZ", tokens.reads_param)
+        scanner = Scanner("XyZ", params.reads_param)
         first = scanner.feed(UPLOAD[:cut])
         second = scanner.feed(UPLOAD[cut:])
         assert (first, second) == (
@@ -354,7 +354,7 @@ def test_any_chunking_gives_the_same_fields(body: bytes, cuts: list[int]) -> Non
 
 def test_memory_stays_bounded_over_a_large_body() -> None:
     chunk = bytes(range(256)) * 256  # 64 KiB, no CR: nothing to carry but the boundary's length
-    scanner = Scanner("XyZ", tokens.reads_param)
+    scanner = Scanner("XyZ", params.reads_param)
     scanner.feed(FILE[: FILE.index(b"\r\n\r\n") + 4])
     tracemalloc.start()
     try:
@@ -559,7 +559,7 @@ def test_a_quoted_printable_credential_part_is_refused_when_buffered(content_typ
     # quoted-printable, Rack does not) Rails authenticates `glcbt-x`.
     body = AMBIGUOUS["quoted-printable (Go decodes it, Rack does not)"]
     view = RequestView("POST", "/x", CIMultiDict([("Content-Type", content_type)]), body)
-    with pytest.raises(tokens.BodyError, match="Content-Transfer-Encoding"):
+    with pytest.raises(params.BodyError, match="Content-Transfer-Encoding"):
         tokens.extract(view)
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from gateway.core import policy, tokens, visibility
+from gateway.core import params, policy, tokens, visibility
 from gateway.core.decision import Audit, Decision, Reason, bad_target, gitlab_message, refuse
 from gateway.core.request import RequestView
 from gateway.errors import ConfigError, PolicyFileError, StoreUnavailable
@@ -139,7 +139,7 @@ class Gate:
         stream with `gateway.proxy.bodyguard.Guard` (the proxy does; see gateway/proxy/handler.py)."""
         if view.method in _METHODS_WITHOUT_BODY:
             return False
-        if tokens.body_kind(view.headers, view.method) is None:
+        if params.body_kind(view.headers, view.method) is None:
             return False
         if view.headers.get("Content-Length", "").strip() == "0":
             return False
@@ -174,7 +174,7 @@ class Gate:
         found: tokens.Extraction | Decision
         try:
             found = self.tokens.read(view)
-        except tokens.BodyError as exc:
+        except params.BodyError as exc:
             found = refuse(Reason.BAD_BODY, str(exc))
         if isinstance(found, tokens.Candidate):
             return found

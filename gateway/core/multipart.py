@@ -6,7 +6,7 @@ multipart body can carry a credential, even after a file part of hundreds of MB 
 NuGet upload). Every multipart body the gateway judges is read by this module's `Scanner`:
 
 - a buffered body (up to `body_inspect_limit`) is fed whole, then finished
-  (`tokens._multipart_pairs`, for `tokens.extract`);
+  (`params._multipart_pairs`, for `tokens.read`);
 - a body too large to buffer is fed chunk by chunk as it streams upstream
   (`gateway.proxy.bodyguard.Guard`, which judges its parts by the same token rules).
 
@@ -19,7 +19,7 @@ matters: a lenient buffered reader would let a small body through with a part Wo
 and Rack does not (quoted-printable `=67lcbt-` is `glcbt-` to Rails behind Workhorse).
 
 Pure: no aiohttp, no I/O, and no token rules: which part names are watched is the caller's
-predicate (`tokens.reads_param`).
+predicate (`params.reads_param`).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from gateway.core import tokens
+from gateway.core import params
 from gateway.settings import LogFormat, Settings
 
 __all__ = [
@@ -49,7 +49,7 @@ __all__ = [
 
 REDACTED = "[REDACTED]"
 
-# Query parameters GitLab reads credentials from: every name `tokens.credential_param` knows
+# Query parameters GitLab reads credentials from: every name `params.credential_param` knows
 # (`job_token`, `token`, `access_token`, `bearer_token`, `private_token`: lib/gitlab/auth/
 # auth_finders.rb, config/initializers/doorkeeper.rb), plus secrets that are no job-token
 # carrier: `feed_token`/`rss_token` (AuthFinders#find_user_from_feed_token).
@@ -64,7 +64,7 @@ TOKEN_PARAMS = frozenset(
         "rss_token",
     }
 )
-# The separators `tokens.parse_form` splits on (Rack 2's `[&;] *`), kept to rebuild the target.
+# The separators `params.parse_form` splits on (Rack 2's `[&;] *`), kept to rebuild the target.
 _QUERY_SEP = re.compile(r"([&;] *)")
 
 # GitLab-issued secrets carry a `gl<kind>-` prefix (glcbt- job tokens, glpat-, glrt-, ...).
@@ -76,8 +76,8 @@ _SCRUBBED_KEYS = ("event", "error", "exception")
 def redact_target(target: str) -> str:
     """The request target with the value of every credential-bearing query parameter redacted.
 
-    The query is split as `tokens.parse_form` splits it (on `&` and `;`, as Rack 2 does) and
-    each name is read by `tokens.credential_param` after percent-decoding: whatever name the
+    The query is split as `params.parse_form` splits it (on `&` and `;`, as Rack 2 does) and
+    each name is read by `params.credential_param` after percent-decoding: whatever name the
     extractor reads a credential from (`[job_token]`, `job_token]`, `%5Bjob_token%5D`,
     `job%5Ftoken`, `x=1;[token]=...`) is redacted, so the two cannot disagree. Names are also
     compared lower-cased (redacting more is harmless).
@@ -107,9 +107,9 @@ def redact_target(target: str) -> str:
 
 def _is_token_name(name: str) -> bool:
     decoded = unquote_plus(name)
-    if tokens.credential_param(decoded) is not None:
+    if params.credential_param(decoded) is not None:
         return True
-    base = tokens.param_base(decoded.lower())
+    base = params.param_base(decoded.lower())
     return base is not None and base[0] in TOKEN_PARAMS
 
 

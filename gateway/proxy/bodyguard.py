@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.core import multipart, tokens
+from gateway.core import multipart, params, tokens
 from gateway.core.decision import Decision, Reason, refuse
 from gateway.core.request import RequestView
 from gateway.errors import GatewayError
@@ -62,7 +62,7 @@ class Guard:
         self._view = view
         self._tokens = reader
         self._decided = reader.extract(view)
-        self._scanner = multipart.Scanner(boundary, tokens.reads_param)
+        self._scanner = multipart.Scanner(boundary, params.reads_param)
         self._params: dict[tuple[str, object], None] = {}  # ordered, without repeats
         self._enforce = enforce
         self.violation: Decision | None = None
@@ -89,13 +89,13 @@ class Guard:
 
     def _check(self, fields: Sequence[multipart.Field]) -> None:
         for field in fields:
-            self._params.update(dict.fromkeys(tokens.part_params(field.name, field.value)))
+            self._params.update(dict.fromkeys(params.part_params(field.name, field.value)))
         if len(self._params) > MAX_WATCHED:
             self._refuse(Reason.BAD_BODY, "too many credential fields")
             return
         try:
             found = self._tokens.extract(self._view, list(self._params))
-        except tokens.BodyError as exc:
+        except params.BodyError as exc:
             self._refuse(Reason.BAD_BODY, str(exc))
             return
         if tokens.same_credential(found, self._decided):

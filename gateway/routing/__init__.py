@@ -6,6 +6,6 @@ carry (`facts`), the route files and their schemas (`file`), the request-target 
 apply before any match (`targets`), GitLab's policy names (`permissions`), overlap analysis
 (`overlaps`), git over HTTP (`gitpath`) and the table that ties them (`table.RouteTable`).
 MAY IMPORT: the standard library, pydantic/yaml (route files), `gateway.errors`, and
-`gateway.core.tokens` from `gitpath` only (the Basic credentials of a git client). Nothing here
-does I/O after start-up.
+`gateway.core.params` from `gitpath` only (Rack's query parsing, for git's `service`).
+Nothing here does I/O after start-up.
 """

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from gateway.core import tokens
+from gateway.core import params
 
 __all__ = ["GitAccess", "parse"]
 
@@ -47,7 +47,7 @@ def parse(method: str, raw_path: str, raw_query: str) -> GitAccess | None:
 
 
 def _refs(project: str, raw_query: str) -> GitAccess:
-    services = [value for key, value in tokens.parse_form(raw_query) if key == "service"]
+    services = [value for key, value in params.parse_form(raw_query) if key == "service"]
     push = "git-receive-pack" in services
     return GitAccess(project, push, "git-receive-pack" if push else "git-upload-pack")
 

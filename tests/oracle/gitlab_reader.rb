@@ -204,7 +204,7 @@ def read_request(request)
 end
 
 # One JSON [function, argument] per line in, its Ruby result out: the primitives
-# gateway/core/tokens.py mirrors, compared one by one (tests/oracle/test_oracle.py).
+# gateway/core/params.py mirrors, compared one by one (tests/oracle/test_oracle.py).
 PRIMITIVES = {
   "split2" => ->(arg) { arg.split(" ", 2) }, # ActionPack auth_scheme / auth_param
   "media_type" => ->(arg) { Rack::MediaType.type(arg) },

@@ -21,7 +21,7 @@ from typing import Any
 
 from multidict import CIMultiDict
 
-from gateway.core import tokens
+from gateway.core import params, tokens
 from gateway.core.request import RequestView
 
 SCRIPT = Path(__file__).with_name("gitlab_reader.rb")
@@ -281,16 +281,16 @@ class Verdict:
 
 def gateway_reads(request: Raw) -> Verdict:
     """`tokens.extract` on the view the proxy would evaluate: the body only when the gate asks
-    for it (`Gate.needs_body`: a form, JSON or multipart body by `tokens.body_kind`)."""
+    for it (`Gate.needs_body`: a form, JSON or multipart body by `params.body_kind`)."""
     headers: CIMultiDict[str] = CIMultiDict(request.headers)
     if request.body:
         headers.add("Content-Length", str(len(request.body)))
-    kind = tokens.body_kind(headers, request.method)
+    kind = params.body_kind(headers, request.method)
     body = request.body if request.body and kind is not None else None
     view = RequestView(request.method, request.target, headers, body)
     try:
         found = getattr(tokens, "read", tokens.extract)(view)  # `read`: candidates too
-    except tokens.BodyError as exc:
+    except params.BodyError as exc:
         return Verdict(refused=f"bad_body: {exc}")
     if isinstance(found, tokens.Conflict):
         return Verdict(refused=f"conflict: {found.detail}")

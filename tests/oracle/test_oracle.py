@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from multidict import CIMultiDict
 
-from gateway.core import tokens
+from gateway.core import params, tokens
 from gateway.core.request import RequestView
 
 from .generate import KNOWN, requests
@@ -193,12 +193,12 @@ def test_deep_json_is_a_400_for_rails_and_for_the_gateway(gitlab):
     assert reading.api.status == 400 or reading.api.error is not None, reading
     assert not reading.api.carriers, reading
     view = RequestView("POST", "/api/v4/x", CIMultiDict(request.headers), request.body)
-    with pytest.raises(tokens.BodyError):
+    with pytest.raises(params.BodyError):
         tokens.extract(view)
 
 
 def test_ruby_decode64_is_rubys(gitlab):
-    """`tokens.ruby_decode64` against Ruby's own `Base64.decode64`, on strings made of the
+    """`params.ruby_decode64` against Ruby's own `Base64.decode64`, on strings made of the
     alphabet, padding, and the bytes Ruby skips."""
     del gitlab  # only for the skip-with-reason: the same Ruby runs the comparison
     cases = [
@@ -216,7 +216,7 @@ def test_ruby_decode64_is_rubys(gitlab):
     )
     expected = [base64.b64decode(line) for line in out.stdout.splitlines()]
     for case, want in zip(cases, expected, strict=True):
-        assert tokens.ruby_decode64(case) == want, case
+        assert params.ruby_decode64(case) == want, case
 
 
 def _ruby_primitives(calls: list[tuple[str, str]]) -> list[dict[str, object]]:
@@ -251,13 +251,13 @@ def test_the_reading_primitives_are_rubys(gitlab):
         ruby = next(answers)["result"]
         # Ruby splits a blank non-empty value into [""]: no scheme either way.
         want = (ruby[0] or None if ruby else None, ruby[1] if len(ruby) > 1 else None)  # type: ignore[index, arg-type]
-        assert tokens.authorization_scheme(value) == want, value
+        assert params.authorization_scheme(value) == want, value
     for value in types:
-        assert tokens.media_type(value) == next(answers)["result"], value
+        assert params.media_type(value) == next(answers)["result"], value
     for key in keys:
         ruby_params = dict(next(answers)["result"])  # type: ignore[call-overload]
         decoded = unquote_plus(key)
-        base = tokens.param_base(decoded)
+        base = params.param_base(decoded)
         # Whenever Rack fills a top-level key (a name without brackets, as every credential
         # name is) with the plain string, the gateway reads that key, not nested; whenever the
         # gateway reads a plain key, Rack filled it so. (`x[` fills the key `x[` itself.)

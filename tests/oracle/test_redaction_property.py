@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from security.conftest import exchange, http, parse_answer
 
-from gateway.core import tokens
+from gateway.core import params
 from gateway.ops import log
 
 from .generate import POOL, credential_query, requests, secrets, urlencoded
@@ -95,6 +95,6 @@ def test_the_log_redacts_every_parameter_the_extractor_reads(query):
     `credential_param`) has its value replaced in the logged target."""
     query = query.replace(" ", "%20")
     logged = log.redact_target("/x?" + query).partition("?")[2]
-    for key, value in tokens.parse_form(logged):
-        if tokens.credential_param(key) is not None:
+    for key, value in params.parse_form(logged):
+        if params.credential_param(key) is not None:
             assert value in ("", log.REDACTED), (query, logged)
