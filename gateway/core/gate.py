@@ -464,7 +464,7 @@ class Gate:
     # ---- group and instance package routes (issue 10, point 5)
 
     def _package_target(
-        self, route: Route, params: Mapping[str, str], target: Target, path: str
+        self, route: Route, matched: Mapping[str, str], target: Target, path: str
     ) -> Aim:
         """The package a group/instance package route is about (gateway/stores/packages.py),
         when it can be judged: GitLab finds no package (no lookup needed), or the operator
@@ -473,7 +473,7 @@ class Gate:
         if target.kind not in (TargetKind.GROUP, TargetKind.UNRESOLVED):
             return target
         group = target.ref if target.kind is TargetKind.GROUP else None
-        query = query_for(route.path, params, group, path)
+        query = query_for(route.path, matched, group, path)
         if query is None or (query.needs_lookup and self.packages is None):
             return target
         return query
