@@ -40,10 +40,21 @@ pids+=($!)
   --port "$PROXY_PORT" --admin-port "$ADMIN_PORT" --store "$STORE" &
 pids+=($!)
 
-# Wait until the gateway says it is ready (or one of the two processes died).
-"$PY" - "$ADMIN_PORT" "${pids[@]}" <<'EOF' || die "the demo did not start (see the messages above)"
+# Wait until the gateway says it is ready and the demo upstream answers (or one of the two
+# processes died): the commands printed below must work at once.
+"$PY" - "$ADMIN_PORT" "$UPSTREAM_PORT" "${pids[@]}" <<'EOF' || die "the demo did not start (see the messages above)"
 import os, sys, time, urllib.request
-port, pids = sys.argv[1], [int(p) for p in sys.argv[2:]]
+port, upstream, pids = sys.argv[1], sys.argv[2], [int(p) for p in sys.argv[3:]]
+
+
+def answers(url):
+    try:
+        with urllib.request.urlopen(url, timeout=1) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
 deadline = time.monotonic() + 30
 while time.monotonic() < deadline:
     for pid in pids:
@@ -55,12 +66,9 @@ while time.monotonic() < deadline:
             pass  # not our child (the shell's): kill(0) already proved it alive
         except ProcessLookupError:
             sys.exit(1)
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1) as answer:
-            if answer.status == 200:
-                sys.exit(0)
-    except OSError:
-        time.sleep(0.2)
+    if answers(f"http://127.0.0.1:{port}/-/ready") and answers(f"http://127.0.0.1:{upstream}/"):
+        sys.exit(0)
+    time.sleep(0.2)
 sys.exit(1)
 EOF
 
