@@ -11,18 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 pytest_plugins: list[str] = ["fixtures.upstream", "fixtures.proxy", "fixtures.registry"]
 
 REPO = Path(__file__).resolve().parent.parent
 SEED_PAGE = REPO / "tests" / "fixtures" / "pages" / "000_bfd2f6b9226250fa.txt"
 CURRENT_PAGE = REPO / "tests" / "fixtures" / "pages" / "current-skratsch-b3c84db4.md"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _redis_unavailable(reason: str) -> None:

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from dockerfile_model import Dockerfile
+from ports import free_port
 
 from gateway.settings import Settings
 
@@ -55,14 +56,6 @@ GRANTS = REPO / "policies" / "grants.example.yaml"
 APP_JOB_TOKEN = "glcbt-demo-app-job"
 GRANTED = "/api/v4/projects/20/deployments"
 DENIED = "/api/v4/projects/20/releases"
-
-
-def free_port() -> int:
-    """A free TCP port on loopback (own copy: `from conftest import` is ambiguous once
-    tests/stores/conftest.py is collected under the same module name)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def settings_from_environment(env: Mapping[str, str]) -> Settings:

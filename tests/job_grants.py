@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import socket
 from pathlib import Path
 
 from multidict import CIMultiDict
@@ -55,12 +54,6 @@ allowlists:
 
 def the_grants() -> Grants:
     return parse_grants(GRANTS_YAML, "test grants")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_grants(path: Path, text: str = GRANTS_YAML) -> Path:

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from job_grants import APP, GRANTS_YAML, free_port, write_grants
+from job_grants import APP, GRANTS_YAML, write_grants
+from ports import free_port
 
 from gateway.core import tokens
 

@@ -23,10 +23,10 @@ from job_grants import (
     TOOL,
     a_gate,
     a_request,
-    free_port,
     the_grants,
     write_grants,
 )
+from ports import free_port
 
 from gateway.core import tokens
 from gateway.core.decision import Reason

@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from fixtures.upstream import Received, Upstream, _app
+from ports import free_port
 from security.conftest import GRANTS_YAML
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,12 +40,6 @@ DEPLOY = REPO / "deploy"
 VENV_BIN = Path(sys.executable).parent
 # The ports the recipes are written with, replaced by free ones in the tests.
 PROXY_AT, DECISION_AT, INTERNAL_AT = 8080, 8082, 8181
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def program(name: str, *candidates: str) -> str:
