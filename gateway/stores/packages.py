@@ -47,7 +47,7 @@ from yarl import URL
 
 from gateway.errors import StoreUnavailable
 from gateway.routing.values import TargetKind
-from gateway.stores.cache import MISS, CacheMiss, Lru
+from gateway.stores.cache import MISS, Lru
 
 __all__ = ["PER_PAGE", "Miss", "PackageLookup", "PackageQuery", "query_for"]
 
@@ -209,10 +209,6 @@ class PackageLookup:
 
     def invalidate(self) -> None:
         self._cache.clear()
-
-    def peek(self, query: PackageQuery) -> tuple[int, ...] | CacheMiss:
-        """The cached project ids, or MISS."""
-        return self._cache.get(query)
 
     async def projects(self, query: PackageQuery) -> tuple[int, ...]:
         """The distinct ids of the projects holding the package (empty: no such package)."""
