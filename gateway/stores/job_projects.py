@@ -22,13 +22,14 @@ import aiohttp
 
 from gateway.errors import StoreUnavailable
 from gateway.stores.cache import MISS, Lru
+from gateway.stores.upstream_http import UpstreamClient
 
 __all__ = ["JobProjects"]
 
 NEGATIVE_TTL = 5.0
 
 
-class JobProjects:
+class JobProjects(UpstreamClient):
     """Answers "is job J in project P?" from the upstream, with the operator's read token."""
 
     def __init__(
@@ -43,16 +44,11 @@ class JobProjects:
         size: int,
         negative_ttl: float = NEGATIVE_TTL,
     ) -> None:
+        super().__init__(timeout)
         self.base = base_url.rstrip("/") + relative_url_root + api_prefix
         self._token = token  # sent as PRIVATE-TOKEN only; never logged
-        self.timeout = timeout
         self.ttl, self.negative_ttl = ttl, negative_ttl
         self._cache: Lru[tuple[int, int], bool] = Lru(size)  # (project id, job id)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
 
     def invalidate(self) -> None:
         self._cache.clear()
@@ -68,11 +64,9 @@ class JobProjects:
         return found
 
     async def _ask(self, job_id: int, project_id: int) -> bool:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         url = f"{self.base}/projects/{project_id}/jobs/{job_id}"
         try:
-            async with self._session.get(
+            async with self._client().get(
                 url, headers={"PRIVATE-TOKEN": self._token}, allow_redirects=False
             ) as resp:
                 if resp.status == 200:

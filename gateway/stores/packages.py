@@ -48,6 +48,7 @@ from yarl import URL
 from gateway.errors import StoreUnavailable
 from gateway.routing.values import TargetKind
 from gateway.stores.cache import MISS, Lru
+from gateway.stores.upstream_http import UpstreamClient
 
 __all__ = ["PER_PAGE", "Miss", "PackageLookup", "PackageQuery", "query_for"]
 
@@ -184,7 +185,7 @@ def query_for(
     return None
 
 
-class PackageLookup:
+class PackageLookup(UpstreamClient):
     def __init__(
         self,
         base_url: str,
@@ -196,16 +197,12 @@ class PackageLookup:
         ttl: float,
         size: int,
     ) -> None:
+        super().__init__(timeout)
         self.origin = base_url.rstrip("/")
         self.base = self.origin + relative_url_root + api_prefix
         self._token = token
-        self.timeout, self.ttl = timeout, ttl
+        self.ttl = ttl
         self._cache: Lru[PackageQuery, tuple[int, ...]] = Lru(size)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
 
     def invalidate(self) -> None:
         self._cache.clear()
@@ -269,11 +266,6 @@ class PackageLookup:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise StoreUnavailable(f"package lookup: {exc.__class__.__name__}") from None
         return status, location
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
-        return self._session
 
     async def _ask(
         self, group: str, package_type: str, name: str, status: str | None = None

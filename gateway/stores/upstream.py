@@ -24,13 +24,14 @@ import aiohttp
 from gateway.errors import StoreUnavailable
 from gateway.stores.cache import MISS, Lru
 from gateway.stores.grants import Job, Project
+from gateway.stores.upstream_http import UpstreamClient
 
 __all__ = ["UpstreamValidator"]
 
 NEGATIVE_TTL = 5.0
 
 
-class UpstreamValidator:
+class UpstreamValidator(UpstreamClient):
     def __init__(
         self,
         base_url: str,
@@ -43,17 +44,12 @@ class UpstreamValidator:
         negative_ttl: float = NEGATIVE_TTL,
         negative_size: int | None = None,
     ) -> None:
+        super().__init__(timeout)
         self.url = base_url.rstrip("/") + relative_url_root + api_prefix + "/job"
         self.root = relative_url_root
-        self.timeout = timeout
         self.ttl, self.negative_ttl = ttl, negative_ttl
         self._cache: Lru[str, Job] = Lru(size)
         self._negative: Lru[str, bool] = Lru(size if negative_size is None else negative_size)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
 
     def invalidate(self) -> None:
         self._cache.clear()
@@ -75,10 +71,8 @@ class UpstreamValidator:
         return job
 
     async def _ask(self, digest: str, secret: str) -> Job | None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         try:
-            async with self._session.get(
+            async with self._client().get(
                 self.url, headers={"JOB-TOKEN": secret}, allow_redirects=False
             ) as resp:
                 if resp.status in (401, 403, 404):
