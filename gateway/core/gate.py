@@ -356,8 +356,7 @@ class Gate:
             cached = self._access.get(id(route))  # what the route requires, built once
             if cached is None or cached[0] is not route:
                 cached = self._access[id(route)] = (route, _access(route))
-            path = view.target.partition("?")[0]
-            aim = self._package_target(route, found.params, found.target, path)
+            aim = self._package_target(route, found.params, found.target, view.target)
             return credential, cached[1], aim
         not_available = policy.deny(
             Reason.ROUTE_NOT_AVAILABLE, NOT_AVAILABLE, Audit(credential.fingerprint)
@@ -464,16 +463,17 @@ class Gate:
     # ---- group and instance package routes (issue 10, point 5)
 
     def _package_target(
-        self, route: Route, matched: Mapping[str, str], target: Target, path: str
+        self, route: Route, matched: Mapping[str, str], target: Target, request_target: str
     ) -> Aim:
         """The package a group/instance package route is about (gateway/stores/packages.py),
         when it can be judged: GitLab finds no package (no lookup needed), or the operator
         configured the lookup (`package_lookup_token`). Else the route's own target.
-        `path` is the request's raw path (no query): the route a miss is confirmed on."""
+        The request's raw path (`request_target` without its query) is the route a miss is
+        confirmed on; split only here, on these routes, not on every matched request."""
         if target.kind not in (TargetKind.GROUP, TargetKind.UNRESOLVED):
             return target
         group = target.ref if target.kind is TargetKind.GROUP else None
-        query = query_for(route.path, matched, group, path)
+        query = query_for(route.path, matched, group, request_target.partition("?")[0])
         if query is None or (query.needs_lookup and self.packages is None):
             return target
         return query
