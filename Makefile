@@ -3,8 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
-UPSTREAM_PORT ?= 8081
+STAMP := $(VENV)/.installed-$(shell sha256sum < pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
 .PHONY: venv test test-engines lint typecheck pytest pytest-aiohttp pytest-lean run bench bench-smoke routes system-deps docker-prepare clean

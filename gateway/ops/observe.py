@@ -180,8 +180,10 @@ async def run(observer: Observer, sink: RedisSink) -> None:
             await asyncio.sleep(FLUSH_SECONDS)
             await flush(observer, sink)
     finally:
-        with contextlib.suppress(Exception):
-            await flush(observer, sink)
+        try:
+            await flush(observer, sink)  # logs and drops the store's own failures
+        except Exception:  # anything else: say so, never lose the counts silently
+            log.exception("observations not stored at shutdown")
         with contextlib.suppress(Exception):
             await sink.close()
 

@@ -41,7 +41,7 @@ from gateway.errors import ConfigError
 from gateway.ops import log, metrics
 from gateway.ops.admin import Readiness
 from gateway.proxy import server
-from gateway.settings import Settings
+from gateway.settings import Settings, env_for
 
 __all__ = ["Supervisor", "serve"]
 
@@ -305,5 +305,5 @@ def _check_port_free(host: str, port: int, flag: str = "--port") -> None:
             probe.bind((host, port))
         except OSError as exc:
             reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            env = "GATEWAY_" + flag.removeprefix("--").replace("-", "_").upper()
+            env = env_for(flag.removeprefix("--").replace("-", "_"))
             raise ConfigError(f"{flag} / {env}: cannot listen on {host}:{port}: {reason}") from None
