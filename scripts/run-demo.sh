@@ -47,9 +47,13 @@ import os, sys, time, urllib.request
 port, upstream, pids = sys.argv[1], sys.argv[2], [int(p) for p in sys.argv[3:]]
 
 
+# Loopback only: never through an http_proxy from the environment (urlopen would use it).
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def answers(url):
     try:
-        with urllib.request.urlopen(url, timeout=1) as answer:
+        with _direct.open(url, timeout=1) as answer:
             return answer.status == 200
     except OSError:
         return False
