@@ -394,26 +394,24 @@ def test_encoded_project_paths_reach_gitlab_byte_for_byte(
 
 
 RUNNER_JOB = b'{"token": "glcbt-demo-app-job", "state": "running"}'
+RUNNER_HEADERS = {"Content-Type": "application/json", "JOB-TOKEN": APP_JOB_TOKEN}
+RUNNER_CALLS = [
+    ("PUT", "/api/v4/jobs/5001"),
+    ("PATCH", "/api/v4/jobs/5001/trace"),
+    ("POST", "/api/v4/jobs/5001/artifacts/authorize"),
+    ("POST", "/api/v4/jobs/5001/artifacts"),
+    ("POST", "/api/v4/jobs/request"),
+    ("POST", "/api/v4/runners/verify"),
+]
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
-        ("PUT", "/api/v4/jobs/5001"),
-        ("PATCH", "/api/v4/jobs/5001/trace"),
-        ("POST", "/api/v4/jobs/5001/artifacts/authorize"),
-        ("POST", "/api/v4/jobs/5001/artifacts"),
-        ("POST", "/api/v4/jobs/request"),
-        ("POST", "/api/v4/runners/verify"),
-    ],
-)
+@pytest.mark.parametrize(("method", "path"), RUNNER_CALLS)
 def test_the_runner_api_goes_through_the_gateway(
     gitlab_behind_nginx: tuple[int, RunningGateway], method: str, path: str
 ) -> None:
     # GitLab's rule for each runner route: the job's own token on its own job, the runner's
     # token on /jobs/request and /runners (policies/routes-supplementary.yaml).
-    headers = {"Content-Type": "application/json", "JOB-TOKEN": APP_JOB_TOKEN}
-    status, _, body = through_nginx(gitlab_behind_nginx, path, method, RUNNER_JOB, **headers)
+    status, _, body = through_nginx(gitlab_behind_nginx, path, method, RUNNER_JOB, **RUNNER_HEADERS)
     assert status == 200
     assert body["raw_path"] == path
     assert via_gateway(body)
@@ -422,31 +420,21 @@ def test_the_runner_api_goes_through_the_gateway(
 def test_a_job_token_on_another_job_is_refused_behind_nginx(
     gitlab_behind_nginx: tuple[int, RunningGateway],
 ) -> None:
-    headers = {"Content-Type": "application/json", "JOB-TOKEN": APP_JOB_TOKEN}
     status, answer_headers, body = through_nginx(
-        gitlab_behind_nginx, "/api/v4/jobs/5002", "PUT", RUNNER_JOB, **headers
+        gitlab_behind_nginx, "/api/v4/jobs/5002", "PUT", RUNNER_JOB, **RUNNER_HEADERS
     )
     assert status == 403
     assert answer_headers["X-Gateway-Reason"] == "job_token_mismatch"
     assert body["message"] == "403 Forbidden"
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
-        ("PUT", "/api/v4/jobs/5001"),
-        ("PATCH", "/api/v4/jobs/5001/trace"),
-        ("POST", "/api/v4/jobs/5001/artifacts/authorize"),
-        ("POST", "/api/v4/jobs/5001/artifacts"),
-        ("POST", "/api/v4/jobs/request"),
-        ("POST", "/api/v4/runners/verify"),
-    ],
-)
+@pytest.mark.parametrize(("method", "path"), RUNNER_CALLS)
 def test_the_runner_bypass_option_sends_the_runner_api_straight_to_gitlab(
     runners_around_the_gateway: tuple[int, RunningGateway], method: str, path: str
 ) -> None:
-    headers = {"Content-Type": "application/json", "JOB-TOKEN": APP_JOB_TOKEN}
-    status, _, body = through_nginx(runners_around_the_gateway, path, method, RUNNER_JOB, **headers)
+    status, _, body = through_nginx(
+        runners_around_the_gateway, path, method, RUNNER_JOB, **RUNNER_HEADERS
+    )
     assert status == 200
     assert body["raw_path"] == path
     assert not via_gateway(body)
@@ -464,9 +452,8 @@ def test_the_runner_bypass_option_sends_the_runner_api_straight_to_gitlab(
 def test_only_the_exact_runner_calls_skip_the_gateway(
     runners_around_the_gateway: tuple[int, RunningGateway], method: str, path: str
 ) -> None:
-    headers = {"Content-Type": "application/json", "JOB-TOKEN": APP_JOB_TOKEN}
     status, answer_headers, body = through_nginx(
-        runners_around_the_gateway, path, method, RUNNER_JOB, **headers
+        runners_around_the_gateway, path, method, RUNNER_JOB, **RUNNER_HEADERS
     )
     if status == 200:
         assert via_gateway(body), f"{method} {path} skipped the gateway"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures.proxy import call
+from fixtures.proxy import Answer, call
 from fixtures.upstream import Upstream
 from job_grants import APP, TOOL, write_grants
 
@@ -100,9 +100,28 @@ async def a_granting_gateway(a_gateway: Any, upstream: Upstream, tmp_path: Path)
     return f"{gateway.url}{API}"
 
 
-@pytest.mark.parametrize(
+EACH_FAMILY = pytest.mark.parametrize(
     ("family", "method", "path", "body", "ctype"), FAMILIES, ids=[f[0] for f in FAMILIES]
 )
+
+
+async def a_family_call(
+    a_gateway: Any,
+    upstream: Upstream,
+    tmp_path: Path,
+    token: str,
+    method: str,
+    path: str,
+    body: bytes | None,
+    ctype: str | None,
+) -> Answer:
+    """The family's call with this job token, through a gateway granting `write_grants`."""
+    api = await a_granting_gateway(a_gateway, upstream, tmp_path)
+    headers = {"JOB-TOKEN": token, **({"Content-Type": ctype} if ctype else {})}
+    return await call(method, f"{api}{TARGET}{path}", data=body, headers=headers)
+
+
+@EACH_FAMILY
 async def test_an_admitted_job_token_reaches_the_upstream_unchanged(
     a_gateway: Any,
     an_upstream: Upstream,
@@ -113,9 +132,7 @@ async def test_an_admitted_job_token_reaches_the_upstream_unchanged(
     body: bytes | None,
     ctype: str | None,
 ) -> None:
-    api = await a_granting_gateway(a_gateway, an_upstream, tmp_path)
-    headers = {"JOB-TOKEN": APP, **({"Content-Type": ctype} if ctype else {})}
-    got = await call(method, f"{api}{TARGET}{path}", data=body, headers=headers)
+    got = await a_family_call(a_gateway, an_upstream, tmp_path, APP, method, path, body, ctype)
     assert got.status == 200, got.body
     seen = an_upstream.last
     assert (seen.method, seen.raw_path) == (method, f"{API}{TARGET}{path}")
@@ -123,9 +140,7 @@ async def test_an_admitted_job_token_reaches_the_upstream_unchanged(
     assert seen.header("JOB-TOKEN") == [APP]
 
 
-@pytest.mark.parametrize(
-    ("family", "method", "path", "body", "ctype"), FAMILIES, ids=[f[0] for f in FAMILIES]
-)
+@EACH_FAMILY
 async def test_a_job_token_the_allowlist_does_not_admit_reaches_nothing(
     a_gateway: Any,
     an_upstream: Upstream,
@@ -136,9 +151,7 @@ async def test_a_job_token_the_allowlist_does_not_admit_reaches_nothing(
     body: bytes | None,
     ctype: str | None,
 ) -> None:
-    api = await a_granting_gateway(a_gateway, an_upstream, tmp_path)
-    headers = {"JOB-TOKEN": TOOL, **({"Content-Type": ctype} if ctype else {})}
-    got = await call(method, f"{api}{TARGET}{path}", data=body, headers=headers)
+    got = await a_family_call(a_gateway, an_upstream, tmp_path, TOOL, method, path, body, ctype)
     assert got.status == 403
     assert got.headers["X-Gateway-Reason"] == "not_allowlisted"
     assert got.json()["message"] == (

@@ -7,46 +7,21 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
-from job_grants import APP, GRANTS_YAML, the_grants
+from job_grants import APP, GRANTS_YAML
+from store_backends import BACKENDS, a_backend
 
 from gateway.core import tokens
 from gateway.errors import ConfigError
-from gateway.stores import Store, open_store
+from gateway.stores import Store
 from gateway.stores.file import FileStore
 from gateway.stores.grants import EntryKind, Project, parse_grants
 
 
-def redis_db(url: str, db: int) -> str:
-    base, _, _ = url.rpartition("/")
-    return f"{base}/{db}"
-
-
-async def flush(url: str) -> None:
-    client = aioredis.Redis.from_url(url)
-    await client.flushdb()
-    await client.aclose()
-
-
-@pytest.fixture(params=["memory", "sqlite", "file", "redis"])
+@pytest.fixture(params=BACKENDS)
 async def a_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     """Each backend, holding `job_grants.GRANTS_YAML`."""
-    kind = request.param
-    if kind == "memory":
-        store = open_store("memory://")
-    elif kind == "sqlite":
-        store = open_store(f"sqlite:///{tmp_path}/store.db", create=True)
-    elif kind == "file":
-        (tmp_path / "grants.yaml").write_text(GRANTS_YAML)
-        store = open_store(f"file://{tmp_path}/grants.yaml")
-    else:
-        url = redis_db(request.getfixturevalue("redis_url"), 5)
-        await flush(url)
-        store = open_store(url)
-    if kind != "file":
-        await store.load(the_grants())
-    yield store
-    await store.close()
+    async with a_backend(request, tmp_path, GRANTS_YAML, 5) as store:
+        yield store
 
 
 async def test_a_job_is_found_by_the_digest_of_its_token(a_store: Store) -> None:

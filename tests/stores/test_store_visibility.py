@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
+from store_backends import BACKENDS, a_backend
 
 from gateway.errors import PolicyFileError
 from gateway.stores import Store, open_store
@@ -31,27 +31,10 @@ jobs:
 """
 
 
-@pytest.fixture(params=["memory", "sqlite", "file", "redis"])
+@pytest.fixture(params=BACKENDS)
 async def a_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    kind = request.param
-    if kind == "memory":
-        store = open_store("memory://")
-    elif kind == "sqlite":
-        store = open_store(f"sqlite:///{tmp_path}/store.db", create=True)
-    elif kind == "file":
-        (tmp_path / "grants.yaml").write_text(GRANTS)
-        store = open_store(f"file://{tmp_path}/grants.yaml")
-    else:
-        base = request.getfixturevalue("redis_url").rpartition("/")[0]
-        url = f"{base}/6"
-        client = aioredis.Redis.from_url(url)
-        await client.flushdb()
-        await client.aclose()
-        store = open_store(url)
-    if kind != "file":
-        await store.load(parse_grants(GRANTS, "visibility grants"))
-    yield store
-    await store.close()
+    async with a_backend(request, tmp_path, GRANTS, 6) as store:
+        yield store
 
 
 async def test_visibility_and_features_come_back_by_id_and_path(a_store: Store) -> None:
