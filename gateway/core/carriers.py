@@ -186,8 +186,8 @@ class CarrierMap:
         self.headers = frozenset(name.upper() for family in families for name in family.headers)
         # A literal segment every family's paths hold ("packages" for FAMILIES), and the escapes
         # of its characters (`%70` is `p`): see family_for.
-        self._needle = _needle(families)
-        escapes = "|".join(f"%{ord(c):02X}" for c in sorted(set(self._needle)))
+        self.needle = _needle(families)
+        escapes = "|".join(f"%{ord(c):02X}" for c in sorted(set(self.needle)))
         self._hidden = re.compile(escapes or "(?!)", re.IGNORECASE)
 
     def family_for(self, target: str) -> Family:
@@ -196,7 +196,7 @@ class CarrierMap:
         path = target.partition("?")[0]
         if "%" not in path:
             return self._match(path)
-        if self._needle and self._needle not in path and self._hidden.search(path) is None:
+        if self.needle and self.needle not in path and self._hidden.search(path) is None:
             # Neither reading below can hold the needle, so neither matches: decoding only
             # turns escapes into characters, and no escape here is one of the needle's.
             return DEFAULT

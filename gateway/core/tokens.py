@@ -427,8 +427,9 @@ class Reader:
     def _family(self, target: str) -> Family:
         """The route family of a request-target: decided only for the carriers whose reading
         depends on it (Authorization, a named header, `token`), not for JOB-TOKEN alone."""
-        # Every family lives under a `packages` segment: other targets skip the expression.
-        if "packages" in target or "%" in target:
+        # A target without the literal every family's paths share (`CarrierMap.needle`,
+        # "packages" for FAMILIES; "" matches every target) and without escapes is in none.
+        if self._carriers.needle in target or "%" in target:
             return self._carriers.family_for(target)
         return DEFAULT
 
