@@ -452,14 +452,16 @@ class LeanProxy:
     ) -> None:
         """Stream the client's body upstream; the guard sees each chunk before it goes, and
         the end before the last one does. A failure of ours closes the upstream connection
-        (it never receives the request whole) and is in `transfer.body_failure`."""
+        (it never receives the request whole) and is in `transfer.body_failure`; any other
+        fault closes it too (fail closed: the response side answers 502, never waits on an
+        upstream that will not get the rest)."""
         try:
             await self._upload_body(incoming, guard, upstream, transfer)
-        except (ClientBodyError, BodyTooLarge, bodyguard.Refused):
-            upstream.close()
-            raise
         except UpstreamFailure:
             return  # the upstream closed or answered: the response side tells what happened
+        except Exception:
+            upstream.close()
+            raise
         upstream.expect_response(self._read_timeout)
 
     async def _upload_body(
