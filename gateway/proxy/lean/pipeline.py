@@ -221,11 +221,15 @@ class LeanProxy:
         except ClientGone:  # left while its body was being read for the decision
             exchange.status, exchange.transfer.error = 499, "client_disconnected"
             return False
-        except Exception as exc:  # a fault of ours while forwarding: never a clean answer
+        except Exception as exc:  # a fault of ours while forwarding: fail closed
             _log.exception("forward_failed", request_id=exchange.transfer.request_id)
             exchange.transfer.error = f"internal_error: {type(exc).__name__}"
-            exchange.status = exchange.status or 500
-            conn.abort()
+            if exchange.transfer.status:  # the response started: never a clean end to it
+                exchange.status = exchange.transfer.status
+                conn.abort()
+                return False
+            # Nothing sent back yet: a 500, as the aiohttp engine answers (`Proxy._respond`).
+            self._refuse(conn, incoming, exchange, plan.closing(plan.INTERNAL_ERROR))
             return False
         finally:
             metrics.IN_FLIGHT.dec()
