@@ -138,7 +138,6 @@ class LeanProxy:
         pool: Pool,
         upstream_host: str,
     ) -> None:
-        self._settings = settings
         self._gate = gate
         self._now: Callable[[RequestView], Decision | None] | None = getattr(
             gate, "evaluate_now", None
