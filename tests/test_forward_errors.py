@@ -146,3 +146,28 @@ async def test_connections_over_max_connections_get_a_503(an_upstream, a_gateway
     assert b"X-Gateway-Reason: overloaded" in answer or answer == b""
     await asyncio.sleep(0.2)
     assert (await call("GET", gateway.url + "/x")).status == 200  # served again once below
+
+
+@pytest.mark.parametrize("engine", ["aiohttp", "lean"])
+@pytest.mark.parametrize("where", ["outbound", "response"])
+async def test_a_fault_of_ours_before_the_answer_started_is_a_500(
+    an_upstream, a_gateway, monkeypatch, engine, where
+):
+    # Building the upstream request (before anything is forwarded) or the relayed response's
+    # headers (before anything is sent back) fails: a 500 answer, never a forward or a silent cut.
+    from gateway.proxy.headers import HeaderPolicy
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("a bug")
+
+    gateway = await a_gateway(an_upstream.url, engine=engine)
+    names = {"outbound": ["outbound", "outbound_from"], "response": ["response"]}[where]
+    for name in names:
+        monkeypatch.setattr(HeaderPolicy, name, broken)
+
+    status, headers, body = await fetch(gateway.url + "/api/v4/projects")
+
+    assert status == 500, body
+    assert headers["X-Gateway-Reason"] == "internal_error"
+    if where == "outbound":
+        assert an_upstream.received == []

@@ -545,3 +545,29 @@ async def test_a_refusal_after_the_response_started_aborts_the_client(a_gateway,
     assert (line["reason"], line["decision"]) == ("credential_conflict", "deny")
     await gate.close()
     await runner.cleanup()
+
+
+@pytest.mark.parametrize("engine", ["aiohttp", "lean"])
+async def test_a_fault_in_the_guard_fails_closed_without_completing_the_upload(
+    a_tap, a_gateway, monkeypatch, engine
+):
+    # A bug of ours in the guard (not a refusal) must neither forward the chunk it was checking
+    # nor leave the exchange waiting on an upstream that will never get the rest: a 502.
+    from gateway.proxy import bodyguard
+
+    def broken(self: bodyguard.Guard, chunk: bytes) -> None:
+        raise RuntimeError("a bug")
+
+    gateway, gate = await a_guarded_gateway(a_gateway, a_tap.url, engine=engine)
+    monkeypatch.setattr(bodyguard.Guard, "feed", broken)
+    upload = Upload(2 * LIMIT)
+
+    async with asyncio.timeout(10):
+        answer = await call(
+            "POST", gateway.url + UPLOAD, data=upload.stream(), headers=upload.headers()
+        )
+
+    assert answer.status == 502, answer.body
+    if a_tap.seen:
+        assert not a_tap.seen[0].complete
+    await gate.close()

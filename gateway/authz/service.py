@@ -341,18 +341,15 @@ def _json(
     """A denial. Without `body` (nginx: it never passes an auth subrequest's body on, and a
     body it does not read costs it the keep-alive connection) the message is in the header
     only, and the recipe rebuilds GitLab's JSON from it."""
-    if not body:
-        headers = [_NO_CACHE, ("X-Gateway-Reason", reason.value)]
-        if request_id is not None:
-            headers.append(("X-Gateway-Request-Id", request_id))
-        headers.append(("X-Gateway-Message", json.dumps(message)[1:-1]))
-        return Response(status, headers)
-    headers = [_JSON, _NO_CACHE, ("X-Gateway-Reason", reason.value)]
+    headers = [_JSON, _NO_CACHE] if body else [_NO_CACHE]
+    headers.append(("X-Gateway-Reason", reason.value))
     if request_id is not None:
         headers.append(("X-Gateway-Request-Id", request_id))
     # The message as a JSON string's contents (ASCII, quotes and controls escaped): a header
     # value that cannot split the answer, and that nginx can splice into `{"message":"..."}`.
     headers.append(("X-Gateway-Message", json.dumps(message)[1:-1]))
+    if not body:
+        return Response(status, headers)
     return Response(status, headers, orjson.dumps({"message": message}))
 
 

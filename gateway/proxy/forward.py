@@ -42,6 +42,7 @@ __all__ = [
     "Forwarder",
     "Transfer",
     "UpstreamBadResponse",
+    "inspect_chunk",
     "open_session",
 ]
 
@@ -247,7 +248,9 @@ class ClientForwarder:
                 raise transfer.body_failure from exc
             if not chunk:
                 if inspector is not None:
-                    _inspect(inspector, None, transfer)  # before aiohttp ends the body upstream
+                    inspect_chunk(
+                        inspector, None, transfer
+                    )  # before aiohttp ends the body upstream
                 return
             transfer.bytes_in += len(chunk)
             if self._max_body and transfer.bytes_in > self._max_body:
@@ -257,7 +260,7 @@ class ClientForwarder:
                 # The last chunk completes a Content-Length body upstream: the end is judged
                 # before it goes (the parser has fed EOF by the time readany returns it).
                 last = content.at_eof() or (length is not None and transfer.bytes_in >= length)
-                _inspect(inspector, chunk, transfer, last=last)
+                inspect_chunk(inspector, chunk, transfer, last=last)
             yield chunk
 
     async def _relay(
@@ -332,10 +335,11 @@ class _Upload:
     leg: _Leg
 
 
-def _inspect(
+def inspect_chunk(
     inspector: BodyInspector, chunk: bytes | None, transfer: Transfer, *, last: bool = True
 ) -> None:
-    """Run the inspector on `chunk` (None: the end of the body); its refusal stops the upload."""
+    """Run the inspector on `chunk` (None: the end of the body); its refusal stops the upload
+    and is kept in `transfer.body_failure` (both engines' upload loops)."""
     try:
         if chunk is not None:
             inspector.feed(chunk)

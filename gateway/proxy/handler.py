@@ -33,19 +33,17 @@ from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.core import tokens
-from gateway.core.decision import Decision, Reason, refuse
+from gateway.core.decision import Decision, Reason
 from gateway.core.request import RequestView
-from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from gateway.errors import UpstreamError
 from gateway.ops import metrics
 from gateway.ops.exchange import (
     Exchange,
     Recorder,
     RequestIds,
-    accepted_request_id,
-    client_address,
 )
 from gateway.proxy import bodyguard, plan
-from gateway.proxy.forward import BodyTooLarge, ClientBodyError, Forwarder, Transfer
+from gateway.proxy.forward import BodyTooLarge, ClientBodyError, Forwarder
 from gateway.proxy.headers import HeaderPolicy
 from gateway.proxy.plan import Permit, Verdict
 from gateway.proxy.responses import refusal
@@ -205,27 +203,13 @@ class Proxy:
         return Expected(exchange, verdict)
 
     def _begin(self, request: web.BaseRequest) -> Exchange:
-        peer = request.remote
-        if self._headers.trusts(peer):
-            # Behind a trusted proxy: the log shows the real client (the proxy in `peer`), and
-            # the proxy's request id is kept, so one id follows the request through every hop.
-            headers = request.headers
-            remote = client_address(peer, headers.getall("X-Forwarded-For", ()), self._trusts)
-            kept = accepted_request_id(headers.getall("X-Request-Id", ()))
-            return Exchange(
-                transfer=Transfer(request_id=kept or self._ids.new()),
-                method=request.method,
-                target=request.raw_path,
-                remote=remote,
-                started=perf_counter(),
-                peer=peer if remote != peer else None,
-            )
-        return Exchange(
-            transfer=Transfer(request_id=self._ids.new()),
-            method=request.method,
-            target=request.raw_path,
-            remote=peer,
-            started=perf_counter(),
+        return plan.begin(
+            self._ids,
+            self._trusts,
+            request.remote,
+            request.headers,
+            request.method,
+            request.raw_path,
         )
 
     async def _respond(
@@ -352,15 +336,7 @@ class Proxy:
             # The client may still be sending: aiohttp reads and discards the rest for a while
             # (lingering close) so the 413 is not lost to a connection reset.
             return self._refuse(exchange, plan.TOO_LARGE)
-        reason = _UPSTREAM_REASONS.get(type(exc), Reason.UPSTREAM_BAD_RESPONSE)
-        metrics.UPSTREAM_ERRORS.labels(reason.value).inc()
-        return self._refuse(exchange, refuse(reason))  # 502, or 504 for a timeout (`STATUS`)
-
-
-_UPSTREAM_REASONS: dict[type[Exception], Reason] = {
-    UpstreamUnreachable: Reason.UPSTREAM_UNREACHABLE,
-    UpstreamTimeout: Reason.UPSTREAM_TIMEOUT,
-}
+        return self._refuse(exchange, plan.upstream_failed(exc))  # 502, or 504 for a timeout
 
 
 async def _read_within(request: web.BaseRequest, seconds: float) -> bytes:

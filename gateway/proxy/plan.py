@@ -9,13 +9,18 @@ upload, a fault of ours) are the constants below.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from time import perf_counter
 
 from gateway.core import multipart, tokens
 from gateway.core.decision import Audit, Decision, Reason, bad_target, refuse
 from gateway.core.request import Headers, RequestView
-from gateway.ops.exchange import Exchange
+from gateway.errors import UpstreamTimeout, UpstreamUnreachable
+from gateway.ops import metrics
+from gateway.ops.exchange import Exchange, RequestIds, accepted_request_id, client_address
 from gateway.proxy import bodyguard
+from gateway.proxy.forward import Transfer
 from gateway.proxy.headers import is_upgrade
 from gateway.routing import targets
 
@@ -27,12 +32,14 @@ __all__ = [
     "TOO_LARGE",
     "Permit",
     "Verdict",
+    "begin",
     "closing",
     "deny_streamed",
     "framing_problem",
     "precheck",
     "stream_guard",
     "unreadable_body",
+    "upstream_failed",
     "verdict",
 ]
 
@@ -41,6 +48,10 @@ NOT_INSPECTABLE = refuse(Reason.BODY_NOT_INSPECTABLE)  # over `body_inspect_limi
 BODY_TIMEOUT = refuse(Reason.CLIENT_TIMEOUT, close=True)  # 408: the upload stalled
 INTERNAL_ERROR = refuse(Reason.INTERNAL_ERROR)  # 500: a fault of ours, never a forward
 DRAIN_CUT = refuse(Reason.DRAIN_CUT, close=True)  # 503: SIGTERM's grace period ended
+# An upstream failure before the response started: 502, or 504 for a timeout (`decision.STATUS`).
+_UPSTREAM_UNREACHABLE = refuse(Reason.UPSTREAM_UNREACHABLE)
+_UPSTREAM_TIMEOUT = refuse(Reason.UPSTREAM_TIMEOUT)
+_UPSTREAM_BAD_RESPONSE = refuse(Reason.UPSTREAM_BAD_RESPONSE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +64,37 @@ class Permit:
 
 
 Verdict = Decision | Permit  # a Decision here is always a refusal: answer it
+
+
+def begin(
+    ids: RequestIds,
+    trusts: Callable[[str | None], bool],
+    peer: str | None,
+    headers: Headers,
+    method: str,
+    target: str,
+) -> Exchange:
+    """The request's record. Behind a trusted proxy (`trusts`, `HeaderPolicy.trusts`), the log
+    shows the real client (the proxy in `peer`), and the proxy's well-formed request id is kept,
+    so one id follows the request through every hop."""
+    if trusts(peer):
+        remote = client_address(peer, headers.getall("X-Forwarded-For", ()), trusts)
+        kept = accepted_request_id(headers.getall("X-Request-Id", ()))
+        return Exchange(
+            transfer=Transfer(request_id=kept or ids.new()),
+            method=method,
+            target=target,
+            remote=remote,
+            started=perf_counter(),
+            peer=peer if remote != peer else None,
+        )
+    return Exchange(
+        transfer=Transfer(request_id=ids.new()),
+        method=method,
+        target=target,
+        remote=peer,
+        started=perf_counter(),
+    )
 
 
 def precheck(
@@ -140,6 +182,19 @@ def stream_guard(
 def unreadable_body(detail: str, *, close: bool = False) -> Decision:
     """The client broke its own upload (framing, disconnect): its fault, a 400 `bad_body`."""
     return refuse(Reason.BAD_BODY, f"the request body could not be read ({detail})", close=close)
+
+
+def upstream_failed(exc: Exception) -> Decision:
+    """The refusal for an upstream failure before the response started (counted in
+    `gateway_upstream_errors_total`): unreachable and timed out, else a bad response."""
+    if isinstance(exc, UpstreamUnreachable):
+        decision = _UPSTREAM_UNREACHABLE
+    elif isinstance(exc, UpstreamTimeout):
+        decision = _UPSTREAM_TIMEOUT
+    else:
+        decision = _UPSTREAM_BAD_RESPONSE
+    metrics.UPSTREAM_ERRORS.labels(decision.reason.value).inc()
+    return decision
 
 
 def verdict(view: RequestView, exchange: Exchange, decision: Decision, *, dry_run: bool) -> Verdict:

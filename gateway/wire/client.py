@@ -154,11 +154,6 @@ class UpstreamConnection(asyncio.Protocol):
         while self._writable is not None and self._head is None and self._failure is None:
             await asyncio.shield(self._writable)
 
-    @property
-    def answered(self) -> bool:
-        """The response head has arrived (or the exchange failed)."""
-        return self._head is not None or self._failure is not None
-
     def expect_response(self, within: float) -> None:
         """The request is sent: its response head must begin within `within` seconds, else
         the exchange fails with `TimedOut` (aiohttp's `sock_read` for the first byte)."""

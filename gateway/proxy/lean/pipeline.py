@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import structlog
 from multidict import CIMultiDict
 
-from gateway.core.decision import Decision, Reason, refuse
+from gateway.core.decision import Decision, Reason
 from gateway.core.request import RequestView
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from gateway.ops import metrics
@@ -33,11 +33,16 @@ from gateway.ops.exchange import (
     Exchange,
     Recorder,
     RequestIds,
-    accepted_request_id,
-    client_address,
 )
 from gateway.proxy import bodyguard, plan
-from gateway.proxy.forward import BodyTooLarge, ClientBodyError, Transfer, UpstreamBadResponse
+from gateway.proxy.forward import (
+    SMALL_BODY,
+    BodyTooLarge,
+    ClientBodyError,
+    Transfer,
+    UpstreamBadResponse,
+    inspect_chunk,
+)
 from gateway.proxy.handler import Decider
 from gateway.proxy.headers import HeaderPolicy
 from gateway.proxy.lean.connection import ClientConnection, ClientGone, Incoming, ParseFailed
@@ -60,7 +65,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LeanProxy", "refusal_bytes"]
 
-SMALL_BODY = 64 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # RFC 9110 §9.2.1 safe methods: a stale keep-alive connection is retried only for these, and
 # only without a body (the upstream cannot have acted on a request it never read whole).
@@ -134,7 +138,6 @@ class LeanProxy:
         pool: Pool,
         upstream_host: str,
     ) -> None:
-        self._settings = settings
         self._gate = gate
         self._now: Callable[[RequestView], Decision | None] | None = getattr(
             gate, "evaluate_now", None
@@ -157,27 +160,9 @@ class LeanProxy:
         self._read_timeout = settings.read_timeout
 
     def _begin(self, conn: ClientConnection, incoming: Incoming) -> Exchange:
-        """The request's record (`Proxy._begin`): behind a trusted proxy, the log shows the real
-        client (the proxy in `peer`) and the proxy's well-formed request id is kept."""
-        peer = conn.peer
-        if self._headers.trusts(peer):
-            headers = incoming.headers
-            remote = client_address(peer, headers.getall("X-Forwarded-For", ()), self._trusts)
-            kept = accepted_request_id(headers.getall("X-Request-Id", ()))
-            return Exchange(
-                transfer=Transfer(request_id=kept or self._ids.new()),
-                method=incoming.method,
-                target=incoming.target,
-                remote=remote,
-                started=perf_counter(),
-                peer=peer if remote != peer else None,
-            )
-        return Exchange(
-            transfer=Transfer(request_id=self._ids.new()),
-            method=incoming.method,
-            target=incoming.target,
-            remote=peer,
-            started=perf_counter(),
+        """The request's record (`plan.begin`)."""
+        return plan.begin(
+            self._ids, self._trusts, conn.peer, incoming.headers, incoming.method, incoming.target
         )
 
     @property
@@ -221,11 +206,15 @@ class LeanProxy:
         except ClientGone:  # left while its body was being read for the decision
             exchange.status, exchange.transfer.error = 499, "client_disconnected"
             return False
-        except Exception as exc:  # a fault of ours while forwarding: never a clean answer
+        except Exception as exc:  # a fault of ours while forwarding: fail closed
             _log.exception("forward_failed", request_id=exchange.transfer.request_id)
             exchange.transfer.error = f"internal_error: {type(exc).__name__}"
-            exchange.status = exchange.status or 500
-            conn.abort()
+            if exchange.transfer.status:  # the response started: never a clean end to it
+                exchange.status = exchange.transfer.status
+                conn.abort()
+                return False
+            # Nothing sent back yet: a 500, as the aiohttp engine answers (`Proxy._respond`).
+            self._refuse(conn, incoming, exchange, plan.closing(plan.INTERNAL_ERROR))
             return False
         finally:
             metrics.IN_FLIGHT.dec()
@@ -452,14 +441,16 @@ class LeanProxy:
     ) -> None:
         """Stream the client's body upstream; the guard sees each chunk before it goes, and
         the end before the last one does. A failure of ours closes the upstream connection
-        (it never receives the request whole) and is in `transfer.body_failure`."""
+        (it never receives the request whole) and is in `transfer.body_failure`; any other
+        fault closes it too (fail closed: the response side answers 502, never waits on an
+        upstream that will not get the rest)."""
         try:
             await self._upload_body(incoming, guard, upstream, transfer)
-        except (ClientBodyError, BodyTooLarge, bodyguard.Refused):
-            upstream.close()
-            raise
         except UpstreamFailure:
             return  # the upstream closed or answered: the response side tells what happened
+        except Exception:
+            upstream.close()
+            raise
         upstream.expect_response(self._read_timeout)
 
     async def _upload_body(
@@ -483,7 +474,7 @@ class LeanProxy:
                 raise transfer.body_failure from exc
             if not chunk:
                 if guard is not None:
-                    _inspect(guard, None, transfer)
+                    inspect_chunk(guard, None, transfer)
                 if chunked:
                     upstream.write(b"0\r\n\r\n")
                 return
@@ -493,7 +484,7 @@ class LeanProxy:
                 raise transfer.body_failure
             if guard is not None:
                 last = length is not None and transfer.bytes_in >= length
-                _inspect(guard, chunk, transfer, last=last)
+                inspect_chunk(guard, chunk, transfer, last=last)
             upstream.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
             await upstream.drain()
 
@@ -609,29 +600,5 @@ class LeanProxy:
             return self._refuse(conn, incoming, exchange, exc.violation)
         if isinstance(exc, BodyTooLarge):
             return self._refuse(conn, incoming, exchange, plan.TOO_LARGE)
-        reason = _upstream_reason(exc)
-        metrics.UPSTREAM_ERRORS.labels(reason.value).inc()
-        # 502, or 504 for a timeout (`decision.STATUS`)
-        return self._refuse(conn, incoming, exchange, refuse(reason))
-
-
-def _upstream_reason(exc: Exception) -> Reason:
-    if isinstance(exc, UpstreamUnreachable):
-        return Reason.UPSTREAM_UNREACHABLE
-    if isinstance(exc, UpstreamTimeout):
-        return Reason.UPSTREAM_TIMEOUT
-    return Reason.UPSTREAM_BAD_RESPONSE
-
-
-def _inspect(
-    guard: bodyguard.Guard, chunk: bytes | None, transfer: Transfer, *, last: bool = True
-) -> None:
-    """Run the guard on `chunk` (None: the end of the body); its refusal stops the upload."""
-    try:
-        if chunk is not None:
-            guard.feed(chunk)
-        if last:
-            guard.end()
-    except bodyguard.Refused as exc:
-        transfer.body_failure = exc
-        raise
+        # 502, or 504 for a timeout
+        return self._refuse(conn, incoming, exchange, plan.upstream_failed(exc))
