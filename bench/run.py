@@ -753,15 +753,10 @@ def prepare_gateway(ctx: Ctx) -> None:
         "--create",
     ]
     try:
-        done = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            cwd=ctx.args.gateway_dir,
-            env={**os.environ, **_gateway_env(ctx)},
-            check=False,
-        )
+        done = _store_load(ctx, argv)
+        if done.returncode == 2 and "unrecognized arguments: --create" in done.stderr:
+            # A checkout from before `store load --create` (--gateway-dir): it created the store.
+            done = _store_load(ctx, argv[:-1])
     except subprocess.TimeoutExpired:
         ctx.gateway_problem = "`gateway store load` timed out"
         return
@@ -770,6 +765,18 @@ def prepare_gateway(ctx: Ctx) -> None:
         ctx.gateway_problem = (
             f"not available yet: `gateway store load` exited {done.returncode}: {output[-200:]}"
         )
+
+
+def _store_load(ctx: Ctx, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ctx.args.gateway_dir,
+        env={**os.environ, **_gateway_env(ctx)},
+        check=False,
+    )
 
 
 def _gateway_env(ctx: Ctx) -> dict[str, str]:
